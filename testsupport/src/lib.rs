@@ -1,0 +1,26 @@
+//! Test support for Contrail integration tests.
+//!
+//! * [`poll_until`] / [`poll_until_async`]: wait for a condition with a deadline instead of sleeping.
+//! * [`RedisServer`] and [`NatsServer`]: real `redis-server` / `nats-server` child processes on free
+//!   loopback ports, each in its own temporary directory, killed on drop.
+//! * [`ImpairmentProxy`]: a seeded userspace UDP proxy that adds loss, duplication, reordering, delay
+//!   and jitter between a QUIC client and server.
+//! * [`ProcessGuard`]: a child process that is killed on drop, with `SIGTERM` / `SIGKILL` helpers.
+//! * [`RespValue`]: a tiny RESP client used to inspect Redis state without a Redis crate.
+
+#![warn(missing_docs)]
+
+mod launch;
+mod nats;
+mod poll;
+mod process;
+mod proxy;
+mod redis;
+mod resp;
+
+pub use nats::NatsServer;
+pub use poll::{poll_until, poll_until_async, Ready, POLL_INTERVAL};
+pub use process::ProcessGuard;
+pub use proxy::{Impairment, ImpairmentProxy, ProxyHandle, ProxyStats, MAX_FLOWS};
+pub use redis::RedisServer;
+pub use resp::RespValue;

@@ -1,0 +1,235 @@
+//! A real `redis-server` child process on a free loopback port.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tempfile::TempDir;
+
+use crate::launch::{self, Spec};
+use crate::process::ProcessGuard;
+use crate::resp::RespValue;
+
+/// A `redis-server` (no persistence, `--save "" --appendonly no`) on `127.0.0.1:<random port>`,
+/// running in its own temporary directory; killed when dropped.
+///
+/// Requires `redis-server` in `PATH` (`apt-get install -y redis-server`).
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    dir: TempDir,
+    process: Option<ProcessGuard>,
+}
+
+impl RedisServer {
+    /// Starts a server on a random port in 20000-60000 (retrying another port when the chosen one is
+    /// in use) and waits until it answers `PING`.
+    ///
+    /// # Panics
+    /// When `redis-server` is missing, exits for another reason, or does not answer in time.
+    pub fn start() -> RedisServer {
+        let dir = tempfile::Builder::new()
+            .prefix("contrail-redis-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create redis temp dir: {e}"));
+        let (process, port) = launch::start_random(&spec(dir.path(), &log_path(dir.path())));
+        tracing::debug!(port, "redis-server started");
+        RedisServer {
+            port,
+            dir,
+            process: Some(process),
+        }
+    }
+
+    /// The server's address (stays the same across [`RedisServer::restart`]).
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// Connection URL, `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The server's working directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Whether the server process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.process.as_mut().is_some_and(ProcessGuard::is_running)
+    }
+
+    /// Kills the server (`SIGKILL`) and waits for it to exit. The port stays reserved in this
+    /// struct for [`RedisServer::restart`]. No-op when already stopped.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill_hard();
+        }
+    }
+
+    /// Stops the server if running, then starts it again on the same port and waits until it
+    /// answers `PING`. Data is not preserved (no persistence).
+    ///
+    /// # Panics
+    /// When the port cannot be re-bound or the server does not answer in time.
+    pub fn restart(&mut self) {
+        self.stop();
+        let spec_log = log_path(self.dir.path());
+        self.process = Some(launch::start_on(
+            &spec(self.dir.path(), &spec_log),
+            self.port,
+        ));
+    }
+
+    /// Sends one command and returns the reply (which may be [`RespValue::Error`]).
+    pub fn try_cmd(&self, args: &[&str]) -> io::Result<RespValue> {
+        RespValue::request(self.addr(), args)
+    }
+
+    /// Sends one command over a fresh connection and returns the reply, e.g.
+    /// `server.cmd(&["TTL", "key"]).as_int()`.
+    ///
+    /// # Panics
+    /// On connection or protocol errors (an error *reply* is returned, not a panic).
+    pub fn cmd(&self, args: &[&str]) -> RespValue {
+        self.try_cmd(args)
+            .unwrap_or_else(|e| panic!("redis command {args:?} to {} failed: {e}", self.addr()))
+    }
+}
+
+fn log_path(dir: &Path) -> PathBuf {
+    dir.join("redis.log")
+}
+
+fn spec<'a>(dir: &'a Path, log: &'a Path) -> Spec<'a> {
+    Spec {
+        binary: "redis-server",
+        package: "redis-server",
+        log,
+        args: Box::new(move |cmd: &mut Command, port: u16| {
+            cmd.arg("--port")
+                .arg(port.to_string())
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--daemonize", "no", "--protected-mode", "yes"])
+                .arg("--dir")
+                .arg(dir);
+        }),
+        probe: Box::new(probe),
+    }
+}
+
+/// `PING` must answer `+PONG`, and `INFO server` must name our process (not some other server
+/// that already owned the port).
+fn probe(addr: SocketAddr, pid: u32) -> bool {
+    match RespValue::request(addr, &["PING"]) {
+        Ok(RespValue::Simple(s)) if s == "PONG" => {}
+        _ => return false,
+    }
+    match RespValue::request(addr, &["INFO", "server"]) {
+        Ok(v) => v.as_str().is_some_and(|info| {
+            info.lines()
+                .any(|l| l.trim() == format!("process_id:{pid}"))
+        }),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    use crate::poll::poll_until;
+
+    #[test]
+    fn answers_commands_and_replies_parse() {
+        let redis = RedisServer::start();
+        assert_eq!(
+            redis.url(),
+            format!("redis://127.0.0.1:{}/", redis.addr().port())
+        );
+        assert_eq!(redis.cmd(&["PING"]), RespValue::Simple("PONG".into()));
+        assert_eq!(
+            redis.cmd(&["SET", "k", "v", "EX", "100"]).as_str(),
+            Some("OK")
+        );
+        assert_eq!(redis.cmd(&["GET", "k"]), RespValue::Bulk(b"v".to_vec()));
+        let ttl = redis.cmd(&["TTL", "k"]).as_int().expect("ttl int");
+        assert!((1..=100).contains(&ttl), "ttl {ttl}");
+        assert!(redis.cmd(&["GET", "missing"]).is_nil());
+        assert!(redis.cmd(&["NOSUCHCOMMAND"]).is_error());
+        let id = redis.cmd(&["XADD", "s", "*", "f", "v"]);
+        assert!(id.as_str().is_some_and(|s| s.contains('-')), "{id:?}");
+        let range = redis.cmd(&["XRANGE", "s", "-", "+"]);
+        let entries = range.as_array().expect("array");
+        assert_eq!(entries.len(), 1);
+        let fields = entries[0].as_array().expect("entry")[1]
+            .as_array()
+            .expect("fields");
+        assert_eq!(fields[0].as_str(), Some("f"));
+        assert_eq!(fields[1].as_str(), Some("v"));
+        // No persistence configured.
+        let save = redis.cmd(&["CONFIG", "GET", "save"]);
+        assert_eq!(save.as_array().expect("array")[1].as_str(), Some(""));
+        let aof = redis.cmd(&["CONFIG", "GET", "appendonly"]);
+        assert_eq!(aof.as_array().expect("array")[1].as_str(), Some("no"));
+    }
+
+    #[test]
+    fn two_servers_get_distinct_ports() {
+        let a = RedisServer::start();
+        let b = RedisServer::start();
+        assert_ne!(a.addr(), b.addr());
+        a.cmd(&["SET", "only-a", "1"]);
+        assert!(b.cmd(&["GET", "only-a"]).is_nil());
+    }
+
+    #[test]
+    fn stop_and_restart_on_same_port() {
+        let mut redis = RedisServer::start();
+        let addr = redis.addr();
+        redis.cmd(&["SET", "k", "v"]);
+        redis.stop();
+        assert!(!redis.is_running());
+        assert!(
+            redis.try_cmd(&["PING"]).is_err(),
+            "still answering after stop"
+        );
+        redis.stop(); // idempotent
+        redis.restart();
+        assert_eq!(redis.addr(), addr);
+        assert_eq!(redis.cmd(&["PING"]).as_str(), Some("PONG"));
+        assert!(
+            redis.cmd(&["GET", "k"]).is_nil(),
+            "data survived without persistence"
+        );
+        redis.restart(); // restart while running
+        assert_eq!(redis.cmd(&["PING"]).as_str(), Some("PONG"));
+    }
+
+    #[test]
+    fn occupied_port_is_detected_not_mistaken_for_ours() {
+        let taken = RedisServer::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = log_path(dir.path());
+        // The other server answers PING on that port, but it is not our process.
+        let spec = spec(dir.path(), &log);
+        match launch::attempt(&spec, taken.addr().port()) {
+            launch::Attempt::AddrInUse => {}
+            launch::Attempt::Up(p) => panic!("claimed the port of another server (pid {})", p.id()),
+        }
+    }
+
+    #[test]
+    fn drop_kills_the_server() {
+        let redis = RedisServer::start();
+        let addr = redis.addr();
+        let dir = redis.dir().to_path_buf();
+        drop(redis);
+        assert!(RespValue::request(addr, &["PING"]).is_err());
+        poll_until(Duration::from_secs(5), "temp dir removal", || !dir.exists());
+    }
+}
