@@ -696,6 +696,15 @@ def check_terraform(env_vars: set[str], endpoints: set[str], metrics: set[str]) 
         R.check("type" in body, f"variable {name} has a type")
         if body.get("sensitive") is True:
             R.check(body.get("default", "") in ("", None), f"sensitive variable {name} has no real default")
+    readme = (DEPLOY / "README.md").read_text() if (DEPLOY / "README.md").is_file() else ""
+    for name in variables:
+        R.check(f"| `{name}` |" in readme, f"variable {name} is documented in deploy/README.md")
+    outputs = {}
+    for d in docs:
+        for entry in d.get("output", []):
+            outputs.update(entry)
+    for name in outputs:
+        R.check(f"| `{name}` |" in readme, f"output {name} is documented in deploy/README.md")
     locals_ = {}
     for d in docs:
         for entry in d.get("locals", []):
@@ -856,15 +865,36 @@ def check_observability(metrics: set[str]) -> None:
 
 # ----------------------------------------------------------------------------- relay CLI
 
+def relay_subcommands() -> set[str]:
+    """Names of the clap subcommands of the relay binary (variants of a `#[derive(Subcommand)]` enum)."""
+    names: set[str] = set()
+    for path in (ROOT / "relay" / "src").rglob("*.rs"):
+        text = path.read_text()
+        for m in re.finditer(r"derive\([^)]*\bSubcommand\b[^)]*\)\]\s*(?:#\[[^\]]*\]\s*)*(?:pub\s+)?enum\s+\w+\s*\{(.*?)\n\}",
+                             text, re.S):
+            body = re.sub(r"//[^\n]*", "", m.group(1))
+            depth, top = 0, []
+            for ch in body:  # keep only top-level text (variant names, not their fields)
+                depth += ch in "{("
+                depth -= ch in "})"
+                top.append(ch if depth == 0 else " ")
+            for v in re.findall(r"^\s*(?:#\[[^\]]*\]\s*)*([A-Z]\w*)", "".join(top), re.M):
+                names.add(snake(v).replace("_", "-"))
+            for r in re.findall(r'command\s*\(\s*name\s*=\s*"([^"]+)"', m.group(1)):
+                names.add(r)
+    return names
+
+
 def check_relay_cli() -> None:
     R.begin("relay CLI the assets assume")
-    src = "\n".join(p.read_text() for p in (ROOT / "relay" / "src").rglob("*.rs"))
+    subs = relay_subcommands()
     for sub, why in (("healthcheck", "image HEALTHCHECK, compose and ECS health checks"),
                      ("drain", "Kubernetes preStop hook")):
-        if not re.search(rf'"{sub}"|\b{sub.capitalize()}\b\s*[({{,]', src):
-            R.warn(f"`contrail-relay {sub}` not found in relay/src yet (used by the {why})")
-        else:
+        if sub in subs:
             R.check(True, f"contrail-relay {sub} subcommand present")
+        else:
+            R.warn(f"`contrail-relay {sub}` subcommand not found in relay/src yet (used by the {why}); "
+                   f"subcommands found: {sorted(subs) or 'none'}")
 
 
 def main() -> int:
