@@ -20,12 +20,17 @@ async fn key_appears_with_json_and_ttl_and_is_deleted_on_down() {
     let json: serde_json::Value = serde_json::from_str(&v).expect("value is JSON");
     assert_eq!(json["relay_id"], "relay-test");
     assert_eq!(json["session_id"], "s1");
-    let ttl = redis.cmd(&["TTL", "drone:d1"]).as_int().expect("TTL is an integer");
+    let ttl = redis
+        .cmd(&["TTL", "drone:d1"])
+        .as_int()
+        .expect("TTL is an integer");
     assert!((40..=45).contains(&ttl), "ttl {ttl}");
 
     events.session_down("d1", "s1");
-    poll_until_async(DEADLINE, "drone:d1 deleted", async || get(&redis, "drone:d1").is_none())
-        .await;
+    poll_until_async(DEADLINE, "drone:d1 deleted", async || {
+        get(&redis, "drone:d1").is_none()
+    })
+    .await;
     control.shutdown().await.expect("shutdown");
 }
 
@@ -37,11 +42,21 @@ async fn ttl_is_refreshed_while_session_lives() {
     poll_until_async(DEADLINE, "drone:d2 set", async || get(&redis, "drone:d2")).await;
     // Refreshes happen every ttl/2 = 1 s: the remaining TTL first runs down below 1.5 s, then
     // jumps back up; and the key outlives several TTLs.
-    poll_until_async(DEADLINE, "ttl runs down", async || pttl(&redis, "drone:d2") < 1500).await;
-    poll_until_async(DEADLINE, "ttl refreshed", async || pttl(&redis, "drone:d2") > 1700).await;
+    poll_until_async(DEADLINE, "ttl runs down", async || {
+        pttl(&redis, "drone:d2") < 1500
+    })
+    .await;
+    poll_until_async(DEADLINE, "ttl refreshed", async || {
+        pttl(&redis, "drone:d2") > 1700
+    })
+    .await;
     let started = tokio::time::Instant::now();
     poll_until_async(DEADLINE, "key outlives 3 TTLs", async || {
-        assert_eq!(get(&redis, "drone:d2"), Some(value("s2")), "key lost during refresh");
+        assert_eq!(
+            get(&redis, "drone:d2"),
+            Some(value("s2")),
+            "key lost during refresh"
+        );
         started.elapsed() > Duration::from_secs(5)
     })
     .await;
@@ -62,8 +77,10 @@ async fn key_taken_over_by_another_session_is_not_deleted() {
     // A later change to another agent proves the pipeline holding our delete has been applied.
     events.session_up(session("marker", "m"));
     poll_until_async(DEADLINE, "marker set", async || get(&redis, "drone:marker")).await;
-    poll_until_async(DEADLINE, "fleet empty of d3", async || control.fleet().get("d3").is_none())
-        .await;
+    poll_until_async(DEADLINE, "fleet empty of d3", async || {
+        control.fleet().get("d3").is_none()
+    })
+    .await;
     assert_eq!(get(&redis, "drone:d3").as_deref(), Some(theirs));
     // Nor does the refresh overwrite it while our old session still looks live.
     events.session_up(session("d4", "old"));
@@ -74,7 +91,11 @@ async fn key_taken_over_by_another_session_is_not_deleted() {
     let routing = report.routing.expect("routing enabled");
     assert_eq!((routing.attempted, routing.deleted), (2, 1), "{routing:?}");
     assert_eq!(get(&redis, "drone:d4").as_deref(), Some(theirs4));
-    assert_eq!(get(&redis, "drone:marker"), None, "shutdown removes keys of live sessions");
+    assert_eq!(
+        get(&redis, "drone:marker"),
+        None,
+        "shutdown removes keys of live sessions"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,12 +104,16 @@ async fn superseding_session_keeps_its_key_when_old_one_goes_down() {
     let control = start_with_redis(Some(&redis), TTL).await;
     let events = control.events();
     events.session_up(session("d5", "first"));
-    poll_until_async(DEADLINE, "first", async || get(&redis, "drone:d5") == Some(value("first")))
-        .await;
+    poll_until_async(DEADLINE, "first", async || {
+        get(&redis, "drone:d5") == Some(value("first"))
+    })
+    .await;
     events.session_up(session("d5", "second"));
     events.session_down("d5", "first");
-    poll_until_async(DEADLINE, "second", async || get(&redis, "drone:d5") == Some(value("second")))
-        .await;
+    poll_until_async(DEADLINE, "second", async || {
+        get(&redis, "drone:d5") == Some(value("second"))
+    })
+    .await;
     events.session_up(session("marker", "m"));
     poll_until_async(DEADLINE, "marker", async || get(&redis, "drone:marker")).await;
     assert_eq!(get(&redis, "drone:d5"), Some(value("second")));
@@ -100,7 +125,13 @@ async fn republishes_everything_after_redis_restarts() {
     let mut redis = RedisServer::start();
     let control = start_with_redis(Some(&redis), Duration::from_secs(4)).await;
     let events = control.events();
-    let redis_healthy = || control.health().report().iter().any(|c| c.name == "redis" && c.healthy);
+    let redis_healthy = || {
+        control
+            .health()
+            .report()
+            .iter()
+            .any(|c| c.name == "redis" && c.healthy)
+    };
     events.session_up(session("a", "sa"));
     poll_until_async(DEADLINE, "drone:a", async || get(&redis, "drone:a")).await;
 
@@ -131,7 +162,9 @@ async fn unreachable_redis_at_start_is_not_fatal() {
     control.lifecycle().mark_ready();
     assert_eq!(control.fleet().len(), 1);
     redis.restart();
-    poll_until_async(DEADLINE, "published once redis is up", async || get(&redis, "drone:late"))
-        .await;
+    poll_until_async(DEADLINE, "published once redis is up", async || {
+        get(&redis, "drone:late")
+    })
+    .await;
     control.shutdown().await.expect("shutdown");
 }

@@ -27,8 +27,12 @@ pub fn routing_config(redis: Option<&RedisServer>, ttl: Duration) -> RoutingConf
 }
 
 pub async fn start(config: ControlConfig) -> Control {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
-    Control::start(config, listener, None).await.expect("control starts")
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    Control::start(config, listener, None)
+        .await
+        .expect("control starts")
 }
 
 pub async fn start_with_redis(redis: Option<&RedisServer>, ttl: Duration) -> Control {
@@ -56,7 +60,11 @@ pub fn value(session: &str) -> String {
 
 /// `GET key` as a string, `None` when missing or when redis is unreachable.
 pub fn get(redis: &RedisServer, key: &str) -> Option<String> {
-    redis.try_cmd(&["GET", key]).ok()?.as_str().map(str::to_owned)
+    redis
+        .try_cmd(&["GET", key])
+        .ok()?
+        .as_str()
+        .map(str::to_owned)
 }
 
 pub fn pttl(redis: &RedisServer, key: &str) -> i64 {

@@ -1,0 +1,361 @@
+//! The connection driver: connect, register, write frames, read acks, reconnect.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use super::state::Shared;
+use super::{ClientConfig, ClientError, SessionInfo};
+use crate::codec::FrameCodec;
+use crate::proto::{control_message::Msg, ControlMessage, NackStatus, Ping, Register, Resume};
+use crate::ErrorCode;
+
+/// Max frames handed to one `write_all_chunks` call.
+const WRITE_CHUNKS: usize = 1024;
+
+enum Outcome {
+    /// The user closed the agent.
+    Closed,
+    /// Stop for good.
+    Terminal(ClientError),
+    /// Try again after `delay` (None: the backoff), possibly on the next relay.
+    Retry {
+        delay: Option<Duration>,
+        next_relay: bool,
+        registered: bool,
+    },
+}
+
+pub(super) async fn run(endpoint: quinn::Endpoint, config: ClientConfig, shared: Arc<Shared>) {
+    let mut relay_idx = 0usize;
+    let mut backoff = config.reconnect_min;
+    loop {
+        if shared.is_closed() {
+            break;
+        }
+        let addr = config.relays[relay_idx % config.relays.len()];
+        let outcome = session(&endpoint, addr, &config, &shared).await;
+        shared.set_conn(None);
+        match outcome {
+            Outcome::Closed => break,
+            Outcome::Terminal(err) => {
+                tracing::warn!(agent = %config.agent_id, error = %err, "agent stopped");
+                shared.set_terminal(err);
+                break;
+            }
+            Outcome::Retry {
+                delay,
+                next_relay,
+                registered,
+            } => {
+                if registered {
+                    backoff = config.reconnect_min;
+                }
+                if next_relay || !registered {
+                    relay_idx += 1;
+                }
+                let wait = delay.unwrap_or(backoff);
+                backoff = (backoff * 2).min(config.reconnect_max);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shared.close_notify.notified() => break,
+                }
+            }
+        }
+    }
+    endpoint.close(quinn::VarInt::from_u32(ErrorCode::Normal.close_code()), b"");
+}
+
+fn close_outcome(err: &quinn::ConnectionError, registered: bool) -> Outcome {
+    match err {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            let code = ErrorCode::from_close_code(close.error_code.into_inner())
+                .unwrap_or(ErrorCode::Unspecified);
+            let message = String::from_utf8_lossy(&close.reason).into_owned();
+            retry_or_terminal(code, message, registered)
+        }
+        quinn::ConnectionError::LocallyClosed => Outcome::Retry {
+            delay: None,
+            next_relay: false,
+            registered,
+        },
+        _ => Outcome::Retry {
+            delay: None,
+            next_relay: false,
+            registered,
+        },
+    }
+}
+
+fn retry_or_terminal(code: ErrorCode, message: String, registered: bool) -> Outcome {
+    match code {
+        ErrorCode::Draining => Outcome::Retry {
+            delay: None,
+            next_relay: true,
+            registered,
+        },
+        ErrorCode::QuotaExceeded => Outcome::Retry {
+            delay: Some(Duration::from_secs(1)),
+            next_relay: false,
+            registered,
+        },
+        c if c.is_retryable() || c == ErrorCode::Normal => Outcome::Retry {
+            delay: None,
+            next_relay: false,
+            registered,
+        },
+        _ => Outcome::Terminal(ClientError::Rejected { code, message }),
+    }
+}
+
+async fn read_control(
+    recv: &mut quinn::RecvStream,
+    buf: &mut BytesMut,
+    codec: &FrameCodec,
+) -> Result<Option<ControlMessage>, Outcome> {
+    loop {
+        match codec.decode_message::<ControlMessage>(buf) {
+            Ok(Some(m)) => return Ok(Some(m)),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Outcome::Terminal(ClientError::Rejected {
+                    code: e.code(),
+                    message: format!("relay sent an undecodable control message: {e}"),
+                }))
+            }
+        }
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => return Ok(None),
+            Err(quinn::ReadError::ConnectionLost(e)) => return Err(close_outcome(&e, true)),
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+async fn session(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    config: &ClientConfig,
+    shared: &Arc<Shared>,
+) -> Outcome {
+    let retry = Outcome::Retry {
+        delay: None,
+        next_relay: false,
+        registered: false,
+    };
+    let connecting = match endpoint.connect(addr, &config.server_name) {
+        Ok(c) => c,
+        Err(e) => return Outcome::Terminal(ClientError::Config(e.to_string())),
+    };
+    let conn = match tokio::time::timeout(config.connect_timeout, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, error = %e, "connect failed");
+            return match e {
+                quinn::ConnectionError::ApplicationClosed(_) => close_outcome(&e, false),
+                _ => retry,
+            };
+        }
+        Err(_) => return retry,
+    };
+    shared.set_conn(Some(conn.clone()));
+    let codec = FrameCodec::default();
+    let (mut ctl_tx, mut ctl_rx) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => return close_outcome(&e, false),
+    };
+    let resume = shared
+        .resume_claim()
+        .map(|(last_acked_seq, previous_session_id)| Resume {
+            last_acked_seq,
+            previous_session_id,
+        });
+    let register = ControlMessage {
+        msg: Some(Msg::Register(Register {
+            agent_id: config.agent_id.as_str().to_string(),
+            agent_version: config.agent_version.clone(),
+            platform: config.platform.clone(),
+            auth_token: config.auth_token.clone(),
+            resume,
+        })),
+    };
+    let mut out = BytesMut::new();
+    if codec.encode(&register, &mut out).is_err() {
+        return Outcome::Terminal(ClientError::Config("register message too large".into()));
+    }
+    if ctl_tx.write_all(&out).await.is_err() {
+        return match conn.close_reason() {
+            Some(e) => close_outcome(&e, false),
+            None => retry,
+        };
+    }
+    let mut inbuf = BytesMut::new();
+    let first = tokio::time::timeout(
+        config.connect_timeout,
+        read_control(&mut ctl_rx, &mut inbuf, &codec),
+    )
+    .await;
+    let registered = match first {
+        Err(_) => {
+            conn.close(
+                quinn::VarInt::from_u32(ErrorCode::Timeout.close_code()),
+                b"",
+            );
+            return retry;
+        }
+        Ok(Err(outcome)) => return outcome,
+        Ok(Ok(None)) => {
+            return match conn.closed().await {
+                e => close_outcome(&e, false),
+            }
+        }
+        Ok(Ok(Some(ControlMessage {
+            msg: Some(Msg::Registered(r)),
+        }))) => r,
+        Ok(Ok(Some(ControlMessage {
+            msg: Some(Msg::Error(e)),
+        }))) => {
+            let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
+            return retry_or_terminal(code, e.message, false);
+        }
+        Ok(Ok(Some(_))) => {
+            return Outcome::Terminal(ClientError::Rejected {
+                code: ErrorCode::ProtocolViolation,
+                message: "relay answered Register with an unexpected message".into(),
+            })
+        }
+    };
+    let heartbeat = Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(100)));
+    shared.on_registered(
+        SessionInfo {
+            session_id: registered.session_id,
+            relay_id: registered.relay_id,
+            max_inflight: registered.max_inflight,
+            resume_from_seq: registered.resume_from_seq,
+            heartbeat_interval_ms: registered.heartbeat_interval_ms,
+        },
+        registered.max_frame_bytes,
+    );
+    let mut uni = match conn.open_uni().await {
+        Ok(s) => s,
+        Err(e) => return close_outcome(&e, true),
+    };
+
+    let writer = async {
+        let mut chunks: Vec<Bytes> = Vec::with_capacity(WRITE_CHUNKS);
+        loop {
+            let notified = shared.work.notified();
+            let paused = shared.next_chunks(&mut chunks, WRITE_CHUNKS);
+            if chunks.is_empty() {
+                match paused {
+                    Some(until) => tokio::time::sleep_until(until).await,
+                    None => notified.await,
+                }
+                continue;
+            }
+            if uni.write_all_chunks(&mut chunks).await.is_err() {
+                return;
+            }
+            chunks.clear();
+        }
+    };
+    let reader = async {
+        let mut drain: Option<(tokio::time::Instant, Duration)> = None;
+        loop {
+            let next = match drain {
+                None => read_control(&mut ctl_rx, &mut inbuf, &codec).await,
+                Some((deadline, reconnect_after)) => {
+                    // Draining: keep reading acks until what was written is acked, then leave.
+                    if shared.written_all_acked() || tokio::time::Instant::now() >= deadline {
+                        conn.close(
+                            quinn::VarInt::from_u32(ErrorCode::Normal.close_code()),
+                            b"drained",
+                        );
+                        return Outcome::Retry {
+                            delay: Some(reconnect_after),
+                            next_relay: true,
+                            registered: true,
+                        };
+                    }
+                    match tokio::time::timeout_at(
+                        deadline,
+                        read_control(&mut ctl_rx, &mut inbuf, &codec),
+                    )
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => continue,
+                    }
+                }
+            };
+            match next {
+                Err(outcome) => return outcome,
+                Ok(None) => return close_outcome(&conn.closed().await, true),
+                Ok(Some(ControlMessage { msg: Some(m) })) => match m {
+                    Msg::Ack(a) => shared.on_ack(a.up_to_seq),
+                    Msg::Nack(n) => {
+                        if n.status == NackStatus::RetryWithBackoff as i32 {
+                            let after = Duration::from_millis(u64::from(n.retry_after_ms.max(10)));
+                            shared.on_nack_retry(n.seq, after);
+                        } else {
+                            shared.on_nack_permanent();
+                        }
+                    }
+                    Msg::Drain(d) => {
+                        shared.on_drain();
+                        drain = Some((
+                            tokio::time::Instant::now() + Duration::from_secs(2),
+                            Duration::from_millis(u64::from(d.reconnect_after_ms)),
+                        ));
+                    }
+                    Msg::Error(e) => {
+                        let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
+                        tracing::warn!(%code, message = %e.message, "relay reported an error");
+                    }
+                    _ => {}
+                },
+                Ok(Some(ControlMessage { msg: None })) => {}
+            }
+        }
+    };
+    let pinger = async {
+        let mut nonce = 0u64;
+        let mut tick = tokio::time::interval(heartbeat);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            nonce += 1;
+            let ping = ControlMessage {
+                msg: Some(Msg::Ping(Ping {
+                    nonce,
+                    sent_at_unix_ns: 0,
+                })),
+            };
+            let mut b = BytesMut::new();
+            if codec.encode(&ping, &mut b).is_err() || ctl_tx.write_all(&b).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+
+    let outcome = tokio::select! {
+        _ = writer => close_outcome(&conn.closed().await, true),
+        o = reader => o,
+        _ = pinger => close_outcome(&conn.closed().await, true),
+        _ = shared.close_notify.notified() => Outcome::Closed,
+    };
+    match outcome {
+        Outcome::Closed => {
+            let _ = uni.finish();
+            conn.close(
+                quinn::VarInt::from_u32(ErrorCode::Normal.close_code()),
+                b"bye",
+            );
+            Outcome::Closed
+        }
+        other => other,
+    }
+}

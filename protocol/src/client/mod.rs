@@ -1,0 +1,200 @@
+//! The agent client library: what a drone embeds to stream telemetry to a relay.
+//!
+//! An [`Agent`] owns one QUIC connection at a time. It registers, keeps at most `max_inflight`
+//! frames unacked (sending awaits credit, it never spins), and when the connection drops it
+//! reconnects with capped backoff (rotating through the configured relays), registers with the
+//! last acked seq, and resends every unacked frame with its original `seq`.
+//!
+//! ```no_run
+//! use contrail_protocol::client::{Agent, ClientConfig, OutFrame, Trust};
+//! use contrail_protocol::AgentId;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = ClientConfig::new(
+//!     "127.0.0.1:4433".parse()?,
+//!     AgentId::new("drone-1")?,
+//!     Trust::CaFile(".contrail/dev/cert.pem".into()),
+//! );
+//! let agent = Agent::connect(config).await?;
+//! for i in 0..1000u32 {
+//!     let payload = i.to_be_bytes();
+//!     agent
+//!         .send(&OutFrame { kind: 33, payload: &payload, ..OutFrame::default() })
+//!         .await?;
+//! }
+//! agent.flush().await?; // every frame acked by the relay's required sinks
+//! agent.close().await?;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod driver;
+mod state;
+
+pub use config::{ClientAuth, ClientConfig, Trust};
+pub use state::AgentStats;
+
+use std::sync::Arc;
+
+use crate::ErrorCode;
+use state::Shared;
+
+/// Why the agent could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The TLS or QUIC configuration is unusable (bad CA file, bad key).
+    #[error("client configuration: {0}")]
+    Config(String),
+    /// The relay refused or closed the session with a code that retrying will not fix.
+    #[error("relay closed the session: {code} ({message})")]
+    Rejected {
+        /// The code the relay sent.
+        code: ErrorCode,
+        /// The relay's message.
+        message: String,
+    },
+    /// No relay could be reached before the connect timeout.
+    #[error("could not connect: {0}")]
+    Connect(String),
+    /// The frame is larger than the relay's max frame size.
+    #[error("frame of {len} bytes exceeds the relay's limit of {max}")]
+    FrameTooLarge {
+        /// Encoded length.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// The agent was closed.
+    #[error("agent is closed")]
+    Closed,
+}
+
+/// One frame to send. `seq` and `sent_at` are filled in by the agent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OutFrame<'a> {
+    /// Kind (e.g. MAVLink message id).
+    pub kind: u32,
+    /// Flight id.
+    pub flight_id: &'a str,
+    /// Payload.
+    pub payload: &'a [u8],
+    /// Content type.
+    pub content_type: &'a str,
+    /// Device time.
+    pub device_time: u64,
+}
+
+/// What the relay said when the current session registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Session id (32 hex chars).
+    pub session_id: String,
+    /// Relay id.
+    pub relay_id: String,
+    /// Credit window.
+    pub max_inflight: u32,
+    /// Seq the relay asked to resume after.
+    pub resume_from_seq: u64,
+    /// Heartbeat interval.
+    pub heartbeat_interval_ms: u32,
+}
+
+/// A connected agent. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct Agent {
+    shared: Arc<Shared>,
+    driver: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Connects and registers; returns once the first session is registered.
+    pub async fn connect(config: ClientConfig) -> Result<Agent, ClientError> {
+        let endpoint = config::build_endpoint(&config)?;
+        let shared = Arc::new(Shared::new(&config));
+        let driver = tokio::spawn(driver::run(endpoint, config, shared.clone()));
+        let agent = Agent {
+            shared,
+            driver: Some(driver),
+        };
+        agent.shared.wait_first_session().await?;
+        Ok(agent)
+    }
+
+    /// Sends one frame, awaiting credit when the window is full. Returns its seq.
+    pub async fn send(&self, frame: &OutFrame<'_>) -> Result<u64, ClientError> {
+        self.shared
+            .send_many(1, |_| *frame)
+            .await
+            .map(|(last, _)| last)
+    }
+
+    /// Sends up to `count` frames built by `make(seq)`, as many as the credit window allows at
+    /// once (at least one), under one lock. Returns `(last seq sent, how many were sent)`.
+    pub async fn send_many<'a>(
+        &self,
+        count: usize,
+        make: impl FnMut(u64) -> OutFrame<'a>,
+    ) -> Result<(u64, usize), ClientError> {
+        self.shared.send_many(count, make).await
+    }
+
+    /// Highest seq the relay acked (cumulative).
+    pub fn acked_seq(&self) -> u64 {
+        self.shared.acked()
+    }
+
+    /// Last seq handed out.
+    pub fn last_seq(&self) -> u64 {
+        self.shared.last_seq()
+    }
+
+    /// A watch of the acked seq, for callers measuring ack latency.
+    pub fn ack_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.ack_watch()
+    }
+
+    /// Waits until every frame up to `seq` is acked.
+    pub async fn wait_acked(&self, seq: u64) -> Result<(), ClientError> {
+        self.shared.wait_acked(seq).await
+    }
+
+    /// Waits until every frame sent so far is acked.
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        self.wait_acked(self.last_seq()).await
+    }
+
+    /// The current session, if connected.
+    pub fn session(&self) -> Option<SessionInfo> {
+        self.shared.session()
+    }
+
+    /// Counters: frames sent, acked, nacks, reconnects, resent frames.
+    pub fn stats(&self) -> AgentStats {
+        self.shared.stats()
+    }
+
+    /// Closes the current connection abruptly (no drain), as a cut link would; the agent
+    /// reconnects and resumes. Meant for tests and chaos drills.
+    pub fn drop_connection(&self) {
+        self.shared.drop_connection();
+    }
+
+    /// Flushes, then closes the session cleanly.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        let flushed = self.flush().await;
+        self.shared.close();
+        if let Some(driver) = self.driver.take() {
+            let _ = driver.await;
+        }
+        flushed
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.shared.close();
+        if let Some(driver) = &self.driver {
+            driver.abort();
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Command line: flags (each also readable from its environment variable) layered over the
+//! TOML file, plus the `healthcheck` and `drain` helper subcommands used by container probes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+
+/// contrail-relay: QUIC telemetry relay.
+#[derive(Debug, Parser)]
+#[command(name = "contrail-relay", version, about)]
+pub struct Cli {
+    /// Subcommand (default: run the relay).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Relay settings.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Exit 0 if the relay's /healthz answers 200 (container health checks).
+    Healthcheck {
+        /// Base URL of the admin HTTP server.
+        #[arg(long, default_value = "http://127.0.0.1:2112")]
+        url: String,
+    },
+    /// Ask a running relay to drain (Kubernetes preStop).
+    Drain {
+        /// Base URL of the admin HTTP server.
+        #[arg(long, default_value = "http://127.0.0.1:2112")]
+        url: String,
+        /// File holding the admin bearer token.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// Wait until the relay stops answering (bounded by --wait-secs).
+        #[arg(long)]
+        wait: bool,
+        /// Upper bound of --wait.
+        #[arg(long, default_value_t = 60)]
+        wait_secs: u64,
+    },
+}
+
+/// Flags of the relay itself; each overrides the config file.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "CONTRAIL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// QUIC listen address (UDP).
+    #[arg(long, env = "CONTRAIL_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, env = "CONTRAIL_TLS_CERT")]
+    pub cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "CONTRAIL_TLS_KEY")]
+    pub key: Option<PathBuf>,
+    /// Directory of the generated development certificate.
+    #[arg(long, env = "CONTRAIL_DEV_CERT_DIR")]
+    pub dev_cert_dir: Option<PathBuf>,
+    /// Max concurrent sessions.
+    #[arg(long, env = "CONTRAIL_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+    /// Credit window per agent.
+    #[arg(long, env = "CONTRAIL_MAX_INFLIGHT")]
+    pub max_inflight: Option<u32>,
+    /// Max frame size in bytes.
+    #[arg(long, env = "CONTRAIL_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Handshake + register timeout.
+    #[arg(long, env = "CONTRAIL_HANDSHAKE_TIMEOUT_MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// QUIC idle timeout.
+    #[arg(long, env = "CONTRAIL_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Heartbeat interval told to agents.
+    #[arg(long, env = "CONTRAIL_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u32>,
+    /// HTTP admin/metrics listen address.
+    #[arg(long, env = "CONTRAIL_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Admin bearer token.
+    #[arg(long, env = "CONTRAIL_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Drain deadline.
+    #[arg(long, env = "CONTRAIL_DRAIN_DEADLINE_MS")]
+    pub drain_deadline_ms: Option<u64>,
+    /// Relay id.
+    #[arg(long, env = "RELAY_ID")]
+    pub relay_id: Option<String>,
+    /// Redis address (enables routing publication).
+    #[arg(long, env = "REDIS_ADDR")]
+    pub redis_addr: Option<String>,
+    /// Redis password.
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+    /// Redis database.
+    #[arg(long, env = "REDIS_DB")]
+    pub redis_db: Option<i64>,
+    /// Routing key TTL.
+    #[arg(long, env = "CONTRAIL_REDIS_TTL_SECS")]
+    pub redis_ttl_secs: Option<u64>,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "CONTRAIL_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl RunArgs {
+    /// The file (if any) with every flag/env override applied.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($flag:expr => $($field:tt)+) => {
+                if let Some(v) = $flag.clone() { c.$($field)+ = v; }
+            };
+        }
+        set!(self.listen => listen);
+        if self.cert.is_some() {
+            c.tls.cert = self.cert.clone();
+        }
+        if self.key.is_some() {
+            c.tls.key = self.key.clone();
+        }
+        set!(self.dev_cert_dir => tls.dev_cert_dir);
+        set!(self.max_sessions => limits.max_sessions);
+        set!(self.max_inflight => limits.max_inflight);
+        set!(self.max_frame_bytes => limits.max_frame_bytes);
+        set!(self.handshake_timeout_ms => limits.handshake_timeout_ms);
+        set!(self.idle_timeout_ms => limits.idle_timeout_ms);
+        set!(self.heartbeat_interval_ms => limits.heartbeat_interval_ms);
+        set!(self.http_listen => http.listen);
+        if self.admin_token.is_some() {
+            c.http.admin_token = self.admin_token.clone();
+        }
+        set!(self.drain_deadline_ms => drain.deadline_ms);
+        if self.relay_id.is_some() {
+            c.relay_id = self.relay_id.clone();
+        }
+        if self.redis_addr.is_some() {
+            c.redis.addr = self.redis_addr.clone();
+        }
+        if self.redis_password.is_some() {
+            c.redis.password = self.redis_password.clone();
+        }
+        if self.redis_db.is_some() {
+            c.redis.db = self.redis_db;
+        }
+        set!(self.redis_ttl_secs => redis.ttl_secs);
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// A minimal HTTP/1.1 request over std TCP for the probe subcommands (no extra dependency).
+pub fn http_request(
+    base: &str,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    let hostport = base
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&hostport)?
+        .next()
+        .ok_or_else(|| std::io::Error::other("no address"))?;
+    let timeout = std::time::Duration::from_secs(2);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 16];
+    let n = s.read(&mut head)?;
+    let text = std::str::from_utf8(&head[..n]).unwrap_or("");
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("bad HTTP response"))
+}

@@ -1,0 +1,461 @@
+//! The relay's one typed configuration tree: TOML file, then flags and environment variables
+//! (see `cli.rs`), then one pure [`Config::validate`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::sink::file::FileFormat;
+use crate::sink::WhenFull;
+
+/// Every environment variable the relay reads (deployment assets are checked against it).
+pub const ENV_VARS: &[&str] = &[
+    "CONTRAIL_CONFIG",
+    "CONTRAIL_LISTEN",
+    "CONTRAIL_TLS_CERT",
+    "CONTRAIL_TLS_KEY",
+    "CONTRAIL_DEV_CERT_DIR",
+    "CONTRAIL_MAX_SESSIONS",
+    "CONTRAIL_MAX_INFLIGHT",
+    "CONTRAIL_MAX_FRAME_BYTES",
+    "CONTRAIL_HANDSHAKE_TIMEOUT_MS",
+    "CONTRAIL_IDLE_TIMEOUT_MS",
+    "CONTRAIL_HEARTBEAT_INTERVAL_MS",
+    "CONTRAIL_HTTP_LISTEN",
+    "CONTRAIL_ADMIN_TOKEN",
+    "CONTRAIL_DRAIN_DEADLINE_MS",
+    "CONTRAIL_AUTH_MODE",
+    "CONTRAIL_AUTH_TOKENS_FILE",
+    "CONTRAIL_JWT_SECRET",
+    "CONTRAIL_LOG",
+    "RELAY_ID",
+    "REDIS_ADDR",
+    "REDIS_PASSWORD",
+    "REDIS_DB",
+    "CONTRAIL_REDIS_TTL_SECS",
+];
+
+/// A configuration problem, reported to the operator before anything starts.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or had unknown keys.
+    #[error("parsing {path}: {source}")]
+    Parse {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: toml::de::Error,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid setting `{field}`: {reason}")]
+    Invalid {
+        /// Dotted field name.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole relay configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Relay id in `Registered` and Redis routing (else `RELAY_ID`, else hostname, else `relay`).
+    pub relay_id: Option<String>,
+    /// QUIC listen address (UDP).
+    pub listen: SocketAddr,
+    /// TLS.
+    pub tls: TlsConfig,
+    /// Limits.
+    pub limits: Limits,
+    /// HTTP admin/metrics.
+    pub http: HttpConfig,
+    /// Graceful drain.
+    pub drain: DrainConfig,
+    /// Redis routing publication.
+    pub redis: RedisConfig,
+    /// Sinks; empty means one `stdout` sink.
+    pub sinks: Vec<SinkConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            relay_id: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            tls: TlsConfig::default(),
+            limits: Limits::default(),
+            http: HttpConfig::default(),
+            drain: DrainConfig::default(),
+            redis: RedisConfig::default(),
+            sinks: Vec::new(),
+        }
+    }
+}
+
+/// TLS settings. Without `cert`/`key` the relay generates a development certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+    /// Where the development certificate is written (`cert.pem`, `key.pem`).
+    pub dev_cert_dir: PathBuf,
+    /// Extra names for the development certificate (always includes localhost, 127.0.0.1, ::1).
+    pub dev_cert_names: Vec<String>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: None,
+            key: None,
+            dev_cert_dir: PathBuf::from(".contrail/dev"),
+            dev_cert_names: Vec::new(),
+        }
+    }
+}
+
+/// Limits on what peers can make the relay hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Concurrent agent sessions.
+    pub max_sessions: usize,
+    /// Credit window: frames an agent may have unacked.
+    pub max_inflight: u32,
+    /// Largest frame body accepted.
+    pub max_frame_bytes: usize,
+    /// QUIC handshake + Register must finish within this.
+    pub handshake_timeout_ms: u64,
+    /// QUIC idle timeout.
+    pub idle_timeout_ms: u64,
+    /// Heartbeat interval suggested to agents.
+    pub heartbeat_interval_ms: u32,
+    /// Resume cursors kept (live and recently disconnected agents).
+    pub resume_max_agents: usize,
+    /// How long a disconnected agent's resume cursor is kept.
+    pub resume_ttl_secs: u64,
+    /// Per-session read buffer, bytes (bounds one batch).
+    pub read_buffer_bytes: usize,
+    /// Connections still in the handshake / register phase.
+    pub max_pending_handshakes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_sessions: 10_000,
+            max_inflight: 1024,
+            max_frame_bytes: 64 * 1024,
+            handshake_timeout_ms: 5_000,
+            idle_timeout_ms: 30_000,
+            heartbeat_interval_ms: 5_000,
+            resume_max_agents: 100_000,
+            resume_ttl_secs: 300,
+            read_buffer_bytes: 256 * 1024,
+            max_pending_handshakes: 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// Handshake timeout.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    /// Idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
+/// HTTP admin/metrics server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address (TCP).
+    pub listen: SocketAddr,
+    /// Bearer token for state-changing endpoints; none disables them.
+    pub admin_token: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2112)),
+            admin_token: None,
+        }
+    }
+}
+
+/// Graceful drain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// The process exits within this after a drain starts.
+    pub deadline_ms: u64,
+    /// What agents are told to wait before reconnecting elsewhere.
+    pub reconnect_after_ms: u32,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            deadline_ms: 10_000,
+            reconnect_after_ms: 500,
+        }
+    }
+}
+
+/// Redis routing publication (enabled when `addr` is set).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `host:port` (or a `redis://` URL).
+    pub addr: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+    /// Database index.
+    pub db: Option<i64>,
+    /// Key TTL; refreshed every TTL/2.
+    pub ttl_secs: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            addr: None,
+            password: None,
+            db: None,
+            ttl_secs: 45,
+        }
+    }
+}
+
+/// Sink kinds available from configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkType {
+    /// NDJSON on stdout.
+    Stdout,
+    /// Files with rotation.
+    File,
+}
+
+/// One `[[sinks]]` entry. Type-specific keys are checked by [`Config::validate`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Unique name (metric label).
+    pub name: String,
+    /// Kind.
+    #[serde(rename = "type")]
+    pub kind: SinkType,
+    /// Acks wait for this sink.
+    #[serde(default)]
+    pub required: bool,
+    /// Full-queue policy of an optional sink.
+    #[serde(default)]
+    pub when_full: WhenFull,
+    /// Queue capacity in batches.
+    #[serde(default = "default_queue_batches")]
+    pub queue_batches: usize,
+    /// Only these kinds (empty: all).
+    #[serde(default)]
+    pub include_kinds: Vec<u32>,
+    /// Never these kinds.
+    #[serde(default)]
+    pub exclude_kinds: Vec<u32>,
+    /// Only agents matching these globs (empty: all).
+    #[serde(default)]
+    pub include_agents: Vec<String>,
+    /// Never agents matching these globs.
+    #[serde(default)]
+    pub exclude_agents: Vec<String>,
+    /// file: path of the active file.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// file: `ndjson` or `protobuf`.
+    #[serde(default)]
+    pub format: Option<FileFormat>,
+    /// file: rotate at this size (0: never).
+    #[serde(default)]
+    pub rotate_bytes: Option<u64>,
+    /// file: fdatasync every write.
+    #[serde(default)]
+    pub fsync: Option<bool>,
+}
+
+fn default_queue_batches() -> usize {
+    1024
+}
+
+impl Config {
+    /// Reads and parses a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Checks every value; pure, so tests call it directly.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_sessions == 0 {
+            return Err(invalid("limits.max_sessions", "must be at least 1"));
+        }
+        if l.max_inflight == 0 || l.max_inflight > 1 << 20 {
+            return Err(invalid("limits.max_inflight", "must be 1..=1048576"));
+        }
+        if l.max_frame_bytes < 64 || l.max_frame_bytes > 16 << 20 {
+            return Err(invalid("limits.max_frame_bytes", "must be 64..=16777216"));
+        }
+        if l.read_buffer_bytes < l.max_frame_bytes + 4 {
+            return Err(invalid(
+                "limits.read_buffer_bytes",
+                "must hold at least one max-size frame plus its prefix",
+            ));
+        }
+        if l.handshake_timeout_ms == 0 || l.idle_timeout_ms == 0 {
+            return Err(invalid("limits", "timeouts must be positive"));
+        }
+        if l.heartbeat_interval_ms == 0 || u64::from(l.heartbeat_interval_ms) >= l.idle_timeout_ms {
+            return Err(invalid(
+                "limits.heartbeat_interval_ms",
+                "must be positive and below idle_timeout_ms",
+            ));
+        }
+        if l.resume_max_agents < l.max_sessions {
+            return Err(invalid(
+                "limits.resume_max_agents",
+                "must be at least max_sessions",
+            ));
+        }
+        if (self.tls.cert.is_some()) != (self.tls.key.is_some()) {
+            return Err(invalid("tls", "cert and key go together"));
+        }
+        if self.http.admin_token.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid("http.admin_token", "must not be empty"));
+        }
+        if self.redis.ttl_secs < 2 {
+            return Err(invalid("redis.ttl_secs", "must be at least 2"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for s in &self.sinks {
+            let field = |k: &str| format!("sinks.{}.{k}", s.name);
+            if s.name.is_empty() || !names.insert(s.name.as_str()) {
+                return Err(invalid("sinks.name", "names must be unique and non-empty"));
+            }
+            if s.queue_batches == 0 {
+                return Err(invalid(&field("queue_batches"), "must be at least 1"));
+            }
+            match s.kind {
+                SinkType::Stdout => {
+                    if s.path.is_some() || s.rotate_bytes.is_some() || s.fsync.is_some() {
+                        return Err(invalid(
+                            &field("path"),
+                            "only file sinks take path/rotate_bytes/fsync",
+                        ));
+                    }
+                }
+                SinkType::File => {
+                    if s.path.is_none() {
+                        return Err(invalid(&field("path"), "file sinks need a path"));
+                    }
+                }
+            }
+            crate::sink::Filter::new(
+                &s.include_kinds,
+                &s.exclude_kinds,
+                &s.include_agents,
+                &s.exclude_agents,
+                None,
+            )
+            .map_err(|e| invalid(&field("include_agents"), e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid_and_listens_on_4433() {
+        let c = Config::default();
+        c.validate().expect("valid");
+        assert_eq!(c.listen.port(), 4433);
+        assert_eq!(c.http.listen.port(), 2112);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::from_toml("lisen = \"127.0.0.1:1\"").expect_err("unknown key");
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn full_example_parses_and_bad_values_are_named() {
+        let c = Config::from_toml(
+            r#"
+            relay_id = "r1"
+            listen = "0.0.0.0:4433"
+            [limits]
+            max_inflight = 256
+            [[sinks]]
+            name = "archive"
+            type = "file"
+            required = true
+            path = "/tmp/x.ndjson"
+            format = "protobuf"
+            rotate_bytes = 1000000
+            [[sinks]]
+            name = "debug"
+            type = "stdout"
+            when_full = "drop_newest"
+            include_kinds = [0, 33]
+            "#,
+        )
+        .expect("parses");
+        c.validate().expect("valid");
+        let mut bad = c.clone();
+        bad.limits.max_inflight = 0;
+        let e = bad.validate().expect_err("invalid");
+        assert!(e.to_string().contains("max_inflight"), "{e}");
+        let mut bad = c;
+        bad.sinks[0].path = None;
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,204 @@
+//! Per-agent stream cursors: what was forwarded to sinks and what every required sink accepted.
+//!
+//! A cursor outlives its session so that a reconnecting agent resumes where it left off: the
+//! relay tells it `resume_from_seq = completed`, drops resent frames up to `forwarded` as
+//! duplicates, and acks them once the earlier session's batches complete. The table is bounded
+//! in entries and age; the oldest idle cursors are evicted first (and counted).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use contrail_protocol::AgentId;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+/// Stream position of one agent.
+#[derive(Debug, Default)]
+pub struct AgentCursor {
+    forwarded: AtomicU64,
+    completed: AtomicU64,
+    completed_received_at: AtomicU64,
+    /// Woken whenever `completed` advances.
+    pub notify: Notify,
+}
+
+impl AgentCursor {
+    /// A cursor starting after `seq` (both forwarded and completed).
+    pub fn starting_at(seq: u64) -> Self {
+        AgentCursor {
+            forwarded: AtomicU64::new(seq),
+            completed: AtomicU64::new(seq),
+            completed_received_at: AtomicU64::new(0),
+            notify: Notify::new(),
+        }
+    }
+    /// Highest seq handed to the sinks.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded.load(Ordering::Acquire)
+    }
+    /// Records that frames up to `seq` were handed to the sinks.
+    pub fn set_forwarded(&self, seq: u64) {
+        self.forwarded.fetch_max(seq, Ordering::AcqRel);
+    }
+    /// Highest seq every required sink accepted (the ack point).
+    pub fn completed(&self) -> u64 {
+        self.completed.load(Ordering::Acquire)
+    }
+    /// Records that every required sink accepted frames up to `seq`, waking the ack writer.
+    pub fn complete_through(&self, seq: u64) {
+        if self.completed.fetch_max(seq, Ordering::AcqRel) < seq {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Like [`complete_through`](Self::complete_through), remembering when the batch arrived
+    /// (for the receive → ack histogram).
+    pub fn complete_batch(&self, seq: u64, received_at: Instant) {
+        self.completed_received_at
+            .store(crate::clock::mono_ns(received_at), Ordering::Release);
+        self.complete_through(seq);
+    }
+
+    /// When the most recently completed batch was received.
+    pub fn completed_received_at(&self) -> Option<Instant> {
+        match self.completed_received_at.load(Ordering::Acquire) {
+            0 => None,
+            ns => Some(crate::clock::from_mono_ns(ns)),
+        }
+    }
+}
+
+struct Entry {
+    cursor: Arc<AgentCursor>,
+    live: bool,
+    touched: Instant,
+}
+
+/// Bounded table of cursors by agent id.
+pub struct ResumeTable {
+    inner: Mutex<HashMap<AgentId, Entry>>,
+    max_entries: usize,
+    ttl: Duration,
+}
+
+impl ResumeTable {
+    /// A table of at most `max_entries` cursors, idle ones kept for `ttl`.
+    pub fn new(max_entries: usize, ttl: Duration) -> Self {
+        ResumeTable {
+            inner: Mutex::new(HashMap::new()),
+            max_entries: max_entries.max(1),
+            ttl,
+        }
+    }
+
+    /// Takes the cursor for a registering agent. Without a resume claim the agent starts a new
+    /// stream (fresh cursor). With one, an existing cursor is kept and moved forward to the claim.
+    pub fn attach(&self, agent: &AgentId, claim: Option<u64>, now: Instant) -> Arc<AgentCursor> {
+        let mut map = self.inner.lock();
+        let cursor = match (claim, map.get(agent)) {
+            (Some(claim), Some(e)) => {
+                e.cursor.set_forwarded(claim);
+                e.cursor.complete_through(claim);
+                e.cursor.clone()
+            }
+            (Some(claim), None) => Arc::new(AgentCursor::starting_at(claim)),
+            (None, _) => Arc::new(AgentCursor::starting_at(0)),
+        };
+        if !map.contains_key(agent) && map.len() >= self.max_entries {
+            Self::evict(&mut map, now, self.ttl, true);
+        }
+        map.insert(
+            agent.clone(),
+            Entry {
+                cursor: cursor.clone(),
+                live: true,
+                touched: now,
+            },
+        );
+        cursor
+    }
+
+    /// Marks the agent's cursor idle (its session ended), if it is still `cursor`.
+    pub fn detach(&self, agent: &AgentId, cursor: &Arc<AgentCursor>, now: Instant) {
+        let mut map = self.inner.lock();
+        if let Some(e) = map.get_mut(agent) {
+            if Arc::ptr_eq(&e.cursor, cursor) {
+                e.live = false;
+                e.touched = now;
+            }
+        }
+        Self::evict(&mut map, now, self.ttl, false);
+    }
+
+    /// Number of cursors held.
+    pub fn len(&self) -> usize {
+        self.inner.lock().len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn evict(map: &mut HashMap<AgentId, Entry>, now: Instant, ttl: Duration, need_room: bool) {
+        let before = map.len();
+        map.retain(|_, e| e.live || now.duration_since(e.touched) < ttl);
+        let mut evicted = before - map.len();
+        if need_room && evicted == 0 {
+            let oldest = map
+                .iter()
+                .filter(|(_, e)| !e.live)
+                .min_by_key(|(_, e)| e.touched)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                map.remove(&k);
+                evicted += 1;
+            }
+        }
+        if evicted > 0 {
+            metrics::counter!("contrail_resume_evicted_total").increment(evicted as u64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> AgentId {
+        AgentId::new(s).expect("valid id")
+    }
+
+    #[test]
+    fn resume_keeps_the_cursor_and_fresh_start_resets() {
+        let t = ResumeTable::new(10, Duration::from_secs(60));
+        let now = Instant::now();
+        let c = t.attach(&id("a"), None, now);
+        c.set_forwarded(10);
+        c.complete_through(8);
+        t.detach(&id("a"), &c, now);
+        let again = t.attach(&id("a"), Some(5), now);
+        assert!(Arc::ptr_eq(&c, &again));
+        assert_eq!((again.forwarded(), again.completed()), (10, 8));
+        let fresh = t.attach(&id("a"), None, now);
+        assert_eq!((fresh.forwarded(), fresh.completed()), (0, 0));
+    }
+
+    #[test]
+    fn table_is_bounded_and_ages_out_idle_cursors() {
+        let t = ResumeTable::new(2, Duration::from_secs(60));
+        let now = Instant::now();
+        let a = t.attach(&id("a"), Some(1), now);
+        t.detach(&id("a"), &a, now);
+        let _b = t.attach(&id("b"), Some(1), now + Duration::from_secs(1));
+        let _c = t.attach(&id("c"), Some(1), now + Duration::from_secs(2));
+        assert_eq!(t.len(), 2, "idle cursor a was evicted for room");
+        let later = now + Duration::from_secs(120);
+        t.detach(&id("b"), &_b, later);
+        assert_eq!(t.len(), 2, "b just went idle: kept");
+        t.detach(&id("c"), &_c, later + Duration::from_secs(61));
+        assert_eq!(t.len(), 1, "b aged out");
+    }
+}

@@ -1,0 +1,490 @@
+//! The relay: QUIC endpoint, accept loop, session supervisor, sink actors, control plane, and
+//! the graceful drain that stops them in order.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use contrail_control::{Control, ControlConfig, ControlEvents, Lifecycle, LifecycleState};
+use contrail_protocol::{AgentId, ErrorCode};
+use metrics::{Counter, Gauge};
+use ractor::{Actor, ActorRef};
+use rustls_pki_types::CertificateDer;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::cursor::ResumeTable;
+use crate::fanout::FanOut;
+use crate::latency::Latency;
+use crate::session::supervisor::{SessionSupervisor, SupervisorMsg};
+use crate::session::{self, Registration, SessionEntry};
+use crate::sink::actor::{SinkActor, SinkArgs, SinkMsg};
+use crate::sink::{registry, SinkHandle, SinkSpec};
+use crate::tls;
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// TLS set-up failed.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// Binding or using a socket failed.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The control plane failed to start.
+    #[error("control: {0}")]
+    Control(#[from] contrail_control::ControlError),
+    /// An actor failed to spawn.
+    #[error("actor: {0}")]
+    Actor(String),
+}
+
+/// Test and embedding hooks (never reachable from the network or the config file).
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Called by the reader for every batch before it is checked; a panic here simulates a bug
+    /// in one session.
+    pub on_batch: Option<Arc<dyn Fn(&AgentId) + Send + Sync>>,
+}
+
+/// What every session shares.
+pub struct RelayCore {
+    /// Configuration.
+    pub config: Config,
+    /// This relay's id.
+    pub relay_id: String,
+    /// Sinks.
+    pub fanout: FanOut,
+    /// Resume cursors.
+    pub resume: ResumeTable,
+    /// Session up/down events to control.
+    pub events: ControlEvents,
+    /// Latency histograms.
+    pub latency: Latency,
+    /// Lifecycle latch.
+    pub lifecycle: Lifecycle,
+    /// Hooks.
+    pub hooks: Hooks,
+    supervisor: ActorRef<SupervisorMsg>,
+    sessions: AtomicUsize,
+    pending: AtomicUsize,
+    pub(crate) frames_received: Counter,
+    pub(crate) bytes_received: Counter,
+    pub(crate) frames_duplicate: Counter,
+    pub(crate) acks_sent: Counter,
+    pub(crate) credits_exhausted: Counter,
+    sessions_active: Gauge,
+    sessions_opened: Counter,
+}
+
+impl RelayCore {
+    pub(crate) fn is_draining(&self) -> bool {
+        matches!(
+            self.lifecycle.state(),
+            LifecycleState::Draining | LifecycleState::Stopped
+        )
+    }
+
+    /// Takes a session slot; false when the relay is at `max_sessions`.
+    pub(crate) fn try_reserve_session(&self) -> bool {
+        let max = self.config.limits.max_sessions;
+        if self.sessions.fetch_add(1, Ordering::AcqRel) >= max {
+            self.sessions.fetch_sub(1, Ordering::AcqRel);
+            metrics::counter!("contrail_limit_hits_total", "limit" => "max_sessions").increment(1);
+            return false;
+        }
+        self.sessions_opened.increment(1);
+        self.sessions_active.increment(1.0);
+        true
+    }
+
+    pub(crate) fn session_ended(&self, r: &Registration, now: Instant) {
+        self.sessions.fetch_sub(1, Ordering::AcqRel);
+        self.sessions_active.decrement(1.0);
+        self.events
+            .session_down(r.agent_id.as_str(), &r.session_id.to_hex());
+        self.resume.detach(&r.agent_id, &r.cursor, now);
+    }
+
+    pub(crate) fn handshake_done(&self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn count_rejection(&self, code: ErrorCode) {
+        metrics::counter!("contrail_sessions_rejected_total", "code" => code.label()).increment(1);
+    }
+
+    pub(crate) fn authenticate(
+        &self,
+        _agent: &AgentId,
+        _token: &str,
+        _conn: &quinn::Connection,
+    ) -> Result<(), ErrorCode> {
+        // auth.mode = none: every agent id is accepted (the relay warns at start).
+        Ok(())
+    }
+
+    pub(crate) async fn claim(&self, agent: &AgentId, entry: SessionEntry) -> Option<SessionEntry> {
+        let agent = agent.clone();
+        match self
+            .supervisor
+            .call(
+                |reply| SupervisorMsg::Claim {
+                    agent,
+                    entry,
+                    reply,
+                },
+                Some(Duration::from_secs(5)),
+            )
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(old)) => old,
+            _ => None,
+        }
+    }
+
+    /// Registered sessions right now.
+    pub fn session_count(&self) -> usize {
+        self.sessions.load(Ordering::Acquire)
+    }
+}
+
+/// Builds and starts a relay.
+pub struct RelayBuilder {
+    config: Config,
+    extra_sinks: Vec<SinkSpec>,
+    hooks: Hooks,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+impl RelayBuilder {
+    /// A relay with `config`.
+    pub fn new(config: Config) -> Self {
+        RelayBuilder {
+            config,
+            extra_sinks: Vec::new(),
+            hooks: Hooks::default(),
+            metrics: None,
+        }
+    }
+
+    /// Adds a sink built in code (e.g. a channel sink in tests), besides configured ones.
+    pub fn sink(mut self, spec: SinkSpec) -> Self {
+        self.extra_sinks.push(spec);
+        self
+    }
+
+    /// Installs hooks.
+    pub fn hooks(mut self, hooks: Hooks) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
+    /// Serves this Prometheus handle on `/metrics`.
+    pub fn metrics(mut self, handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
+        self
+    }
+
+    /// Starts on an already-bound UDP socket (QUIC) and TCP listener (HTTP).
+    pub async fn start(
+        self,
+        udp: std::net::UdpSocket,
+        http: tokio::net::TcpListener,
+    ) -> Result<RunningRelay, RelayError> {
+        let config = self.config;
+        config.validate()?;
+        let identity = tls::load_or_generate(&config.tls)?;
+        let relay_id = contrail_control::relay_id_from_env_or_host(config.relay_id.as_deref());
+        let control_cfg = ControlConfig {
+            http_listen: http.local_addr()?,
+            admin_token: config.http.admin_token.clone(),
+            routing: contrail_control::RoutingConfig {
+                addr: config.redis.addr.clone(),
+                password: config.redis.password.clone(),
+                db: config.redis.db,
+                ttl: Duration::from_secs(config.redis.ttl_secs),
+                relay_id: relay_id.clone(),
+                ..contrail_control::RoutingConfig::default()
+            },
+            drain_deadline: Duration::from_millis(config.drain.deadline_ms),
+            ..ControlConfig::default()
+        };
+        let control = Control::start(control_cfg, http, self.metrics).await?;
+        let latency = Latency::new(control.latency().clone());
+
+        let mut specs: Vec<SinkSpec> = config
+            .sinks
+            .iter()
+            .map(registry::build)
+            .collect::<Result<_, _>>()?;
+        specs.extend(self.extra_sinks);
+        if specs.is_empty() {
+            specs = registry::default_specs();
+        }
+        let mut handles = Vec::new();
+        let mut sink_actors = Vec::new();
+        for spec in specs {
+            let flag = control
+                .health()
+                .register(&format!("sink:{}", spec.common.name), spec.common.required);
+            let handle = Arc::new(SinkHandle::new(spec.common, latency.clone(), Some(flag)));
+            let (actor, join) = Actor::spawn(
+                None,
+                SinkActor,
+                SinkArgs {
+                    handle: handle.clone(),
+                    factory: spec.factory,
+                },
+            )
+            .await
+            .map_err(|e| RelayError::Actor(e.to_string()))?;
+            handles.push(handle);
+            sink_actors.push((actor, join));
+        }
+
+        let (supervisor, supervisor_join) = Actor::spawn(None, SessionSupervisor, ())
+            .await
+            .map_err(|e| RelayError::Actor(e.to_string()))?;
+        let limits = &config.limits;
+        let core = Arc::new(RelayCore {
+            relay_id,
+            fanout: FanOut::new(handles),
+            resume: ResumeTable::new(
+                limits.resume_max_agents,
+                Duration::from_secs(limits.resume_ttl_secs),
+            ),
+            events: control.events(),
+            latency,
+            lifecycle: control.lifecycle().clone(),
+            hooks: self.hooks,
+            supervisor: supervisor.clone(),
+            sessions: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            frames_received: metrics::counter!("contrail_frames_received_total"),
+            bytes_received: metrics::counter!("contrail_bytes_received_total"),
+            frames_duplicate: metrics::counter!("contrail_frames_duplicate_total"),
+            acks_sent: metrics::counter!("contrail_acks_sent_total"),
+            credits_exhausted: metrics::counter!("contrail_credits_exhausted_total"),
+            sessions_active: metrics::gauge!("contrail_sessions_active"),
+            sessions_opened: metrics::counter!("contrail_sessions_opened_total"),
+            config,
+        });
+
+        let server = tls::server_config(
+            &identity,
+            &core.config.limits,
+            &[contrail_protocol::ALPN_AGENT],
+        )?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            udp,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        let local_addr = endpoint.local_addr()?;
+        let accept = tokio::spawn(accept_loop(
+            core.clone(),
+            endpoint.clone(),
+            supervisor.clone(),
+        ));
+        core.lifecycle.mark_ready();
+        Ok(RunningRelay {
+            core,
+            endpoint,
+            control: Some(control),
+            supervisor,
+            supervisor_join: Some(supervisor_join),
+            sink_actors,
+            accept: Some(accept),
+            local_addr,
+            dev_cert_path: identity.dev_cert_path,
+            certificate: identity.chain[0].clone(),
+        })
+    }
+}
+
+async fn accept_loop(
+    core: Arc<RelayCore>,
+    endpoint: quinn::Endpoint,
+    supervisor: ActorRef<SupervisorMsg>,
+) {
+    let max_pending = core.config.limits.max_pending_handshakes;
+    while let Some(incoming) = endpoint.accept().await {
+        if core.pending.fetch_add(1, Ordering::AcqRel) >= max_pending {
+            core.pending.fetch_sub(1, Ordering::AcqRel);
+            metrics::counter!("contrail_limit_hits_total", "limit" => "max_pending_handshakes")
+                .increment(1);
+            incoming.refuse();
+            continue;
+        }
+        if let Err(e) = session::spawn(core.clone(), incoming, supervisor.get_cell()).await {
+            core.pending.fetch_sub(1, Ordering::AcqRel);
+            tracing::error!(error = %e, "could not spawn a session actor");
+        }
+    }
+}
+
+/// What a drain did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Sessions still open when the wait for agents to leave ended.
+    pub sessions_left: usize,
+    /// Sinks that failed to flush in time.
+    pub sinks_not_flushed: Vec<String>,
+    /// Whether everything finished before the deadline.
+    pub within_deadline: bool,
+}
+
+/// A started relay.
+pub struct RunningRelay {
+    core: Arc<RelayCore>,
+    endpoint: quinn::Endpoint,
+    control: Option<Control>,
+    supervisor: ActorRef<SupervisorMsg>,
+    supervisor_join: Option<JoinHandle<()>>,
+    sink_actors: Vec<(ActorRef<SinkMsg>, JoinHandle<()>)>,
+    accept: Option<JoinHandle<()>>,
+    local_addr: SocketAddr,
+    dev_cert_path: Option<PathBuf>,
+    certificate: CertificateDer<'static>,
+}
+
+impl RunningRelay {
+    /// The QUIC address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The HTTP address.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.control.as_ref().map(Control::http_addr)
+    }
+
+    /// Path of the development certificate, when one is in use.
+    pub fn dev_cert_path(&self) -> Option<&std::path::Path> {
+        self.dev_cert_path.as_deref()
+    }
+
+    /// The served leaf certificate (agents in tests pin it).
+    pub fn certificate(&self) -> CertificateDer<'static> {
+        self.certificate.clone()
+    }
+
+    /// Shared core (sessions, sinks, lifecycle).
+    pub fn core(&self) -> &Arc<RelayCore> {
+        &self.core
+    }
+
+    /// The control plane.
+    pub fn control(&self) -> Option<&Control> {
+        self.control.as_ref()
+    }
+
+    /// The sinks.
+    pub fn sinks(&self) -> &[Arc<SinkHandle>] {
+        self.core.fanout.sinks()
+    }
+
+    /// Resolves when a drain was requested (signal handler or admin API).
+    pub async fn drain_requested(&self) {
+        let mut rx = self.core.lifecycle.subscribe();
+        loop {
+            if *rx.borrow_and_update() != LifecycleState::Starting
+                && *rx.borrow() != LifecycleState::Ready
+            {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Graceful stop, bounded by `drain.deadline_ms`: readiness fails and new sessions are
+    /// refused at once, agents get `Drain` and leave (the relay keeps acking what they send
+    /// meanwhile), remaining connections close with `DRAINING`, sinks write everything queued
+    /// and flush, routing keys are removed, actors stop.
+    pub async fn drain(mut self, reason: &str) -> DrainReport {
+        let start = tokio::time::Instant::now();
+        let deadline = start + Duration::from_millis(self.core.config.drain.deadline_ms);
+        // Leave the last part of the deadline for flushing sinks and removing routing keys.
+        let agents_deadline =
+            start + Duration::from_millis(self.core.config.drain.deadline_ms * 6 / 10);
+        self.core.lifecycle.begin_drain(reason);
+        tracing::info!(%reason, "draining");
+        while self.core.session_count() > 0 && tokio::time::Instant::now() < agents_deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let sessions_left = self.core.session_count();
+        self.endpoint.close(
+            quinn::VarInt::from_u32(ErrorCode::Draining.close_code()),
+            b"relay draining",
+        );
+        if let Some(a) = self.accept.take() {
+            a.abort();
+            let _ = a.await;
+        }
+        // Stop session actors: their readers finish the batch in hand, then end.
+        let _ = self
+            .supervisor
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
+        if let Some(j) = self.supervisor_join.take() {
+            let _ = tokio::time::timeout_at(deadline, j).await;
+        }
+        let mut sinks_not_flushed = Vec::new();
+        for sink in self.core.fanout.sinks() {
+            match tokio::time::timeout_at(deadline, sink.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(sink = %sink.common.name, error = %e, "sink flush failed");
+                    sinks_not_flushed.push(sink.common.name.clone());
+                }
+                Err(_) => {
+                    tracing::error!(sink = %sink.common.name, queued = sink.queue.len(), "sink flush missed the drain deadline");
+                    sinks_not_flushed.push(sink.common.name.clone());
+                }
+            }
+        }
+        for (actor, join) in self.sink_actors.drain(..) {
+            actor.stop(None);
+            let _ = join.await;
+        }
+        if let Some(control) = self.control.take() {
+            if let Err(e) = control.shutdown().await {
+                tracing::warn!(error = %e, "control shutdown");
+            }
+        }
+        let within_deadline = tokio::time::Instant::now() <= deadline;
+        self.core.lifecycle.mark_stopped();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        DrainReport {
+            sessions_left,
+            sinks_not_flushed,
+            within_deadline,
+        }
+    }
+}
+
+impl Drop for RunningRelay {
+    fn drop(&mut self) {
+        if let Some(a) = self.accept.take() {
+            a.abort();
+        }
+        self.endpoint.close(
+            quinn::VarInt::from_u32(ErrorCode::Internal.close_code()),
+            b"relay stopped",
+        );
+        self.supervisor.stop(None);
+        for (actor, _) in &self.sink_actors {
+            actor.stop(None);
+        }
+    }
+}

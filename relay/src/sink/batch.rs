@@ -1,0 +1,80 @@
+//! The unit that travels from a session reader to every sink: one decoded read, shared.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use contrail_protocol::{AgentId, SessionId, TelemetryBatch};
+
+use crate::cursor::AgentCursor;
+
+/// Who sent a batch; shared by all batches of a session.
+#[derive(Debug)]
+pub struct BatchOrigin {
+    /// Agent id.
+    pub agent_id: AgentId,
+    /// Session id.
+    pub session_id: SessionId,
+    /// Session id as hex (formatted once per session, not per frame).
+    pub session_hex: String,
+}
+
+/// One batch of frames, shared (behind `Arc`) by every sink queue it is pushed to.
+#[derive(Debug)]
+pub struct SinkBatch {
+    /// Sender.
+    pub origin: Arc<BatchOrigin>,
+    /// Frames (zero-copy slices of the read buffer).
+    pub frames: TelemetryBatch,
+    /// When the reader decoded the batch.
+    pub received_at: Instant,
+    /// Same moment, Unix ns.
+    pub received_unix_ns: u64,
+    completion: Option<Completion>,
+}
+
+#[derive(Debug)]
+struct Completion {
+    remaining: AtomicUsize,
+    cursor: Arc<AgentCursor>,
+}
+
+impl SinkBatch {
+    /// A batch awaiting `required_sinks` completions before it advances `cursor`.
+    pub fn new(
+        origin: Arc<BatchOrigin>,
+        frames: TelemetryBatch,
+        received_at: Instant,
+        received_unix_ns: u64,
+        required_sinks: usize,
+        cursor: Arc<AgentCursor>,
+    ) -> Self {
+        let completion = if required_sinks == 0 {
+            cursor.complete_batch(frames.last_seq(), received_at);
+            None
+        } else {
+            Some(Completion {
+                remaining: AtomicUsize::new(required_sinks),
+                cursor,
+            })
+        };
+        SinkBatch {
+            origin,
+            frames,
+            received_at,
+            received_unix_ns,
+            completion,
+        }
+    }
+
+    /// A required sink accepted this batch. When the last one does, the agent's ack point
+    /// moves to this batch's last seq (sinks complete in order, so every earlier batch is done).
+    pub fn complete(&self) {
+        if let Some(c) = &self.completion {
+            if c.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                c.cursor
+                    .complete_batch(self.frames.last_seq(), self.received_at);
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Include/exclude filters by frame kind and agent-id pattern.
+
+use contrail_protocol::AgentId;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+/// Which frames a sink (or subscriber) takes. Empty include lists admit everything.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    include_kinds: Vec<u32>,
+    exclude_kinds: Vec<u32>,
+    include_agents: Option<GlobSet>,
+    exclude_agents: Option<GlobSet>,
+    flight_id: Option<String>,
+}
+
+/// A glob pattern did not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("bad agent pattern {pattern:?}: {reason}")]
+pub struct FilterError {
+    /// The pattern.
+    pub pattern: String,
+    /// Why.
+    pub reason: String,
+}
+
+fn globs(patterns: &[String]) -> Result<Option<GlobSet>, FilterError> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        b.add(Glob::new(p).map_err(|e| FilterError {
+            pattern: p.clone(),
+            reason: e.to_string(),
+        })?);
+    }
+    b.build().map(Some).map_err(|e| FilterError {
+        pattern: patterns.join(","),
+        reason: e.to_string(),
+    })
+}
+
+impl Filter {
+    /// Builds a filter; agent patterns are globs (`drone-*`).
+    pub fn new(
+        include_kinds: &[u32],
+        exclude_kinds: &[u32],
+        include_agents: &[String],
+        exclude_agents: &[String],
+        flight_id: Option<String>,
+    ) -> Result<Self, FilterError> {
+        let mut inc = include_kinds.to_vec();
+        inc.sort_unstable();
+        let mut exc = exclude_kinds.to_vec();
+        exc.sort_unstable();
+        Ok(Filter {
+            include_kinds: inc,
+            exclude_kinds: exc,
+            include_agents: globs(include_agents)?,
+            exclude_agents: globs(exclude_agents)?,
+            flight_id: flight_id.filter(|f| !f.is_empty()),
+        })
+    }
+
+    /// Whether every frame passes (lets sinks skip per-frame checks).
+    pub fn is_pass_all(&self) -> bool {
+        self.include_kinds.is_empty()
+            && self.exclude_kinds.is_empty()
+            && self.include_agents.is_none()
+            && self.exclude_agents.is_none()
+            && self.flight_id.is_none()
+    }
+
+    /// Agent check, once per batch.
+    pub fn admits_agent(&self, agent: &AgentId) -> bool {
+        if let Some(inc) = &self.include_agents {
+            if !inc.is_match(agent.as_str()) {
+                return false;
+            }
+        }
+        if let Some(exc) = &self.exclude_agents {
+            if exc.is_match(agent.as_str()) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Per-frame check of kind and flight id.
+    #[inline]
+    pub fn admits_frame(&self, kind: u32, flight_id: &str) -> bool {
+        (self.include_kinds.is_empty() || self.include_kinds.binary_search(&kind).is_ok())
+            && self.exclude_kinds.binary_search(&kind).is_err()
+            && self.flight_id.as_deref().is_none_or(|f| f == flight_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_by_kind_agent_and_flight() {
+        let f = Filter::new(
+            &[1, 2],
+            &[2],
+            &["drone-*".into()],
+            &["drone-bad*".into()],
+            Some("f1".into()),
+        )
+        .expect("filter");
+        assert!(f.admits_agent(&AgentId::new("drone-7").expect("id")));
+        assert!(!f.admits_agent(&AgentId::new("rover-1").expect("id")));
+        assert!(!f.admits_agent(&AgentId::new("drone-bad1").expect("id")));
+        assert!(f.admits_frame(1, "f1"));
+        assert!(!f.admits_frame(2, "f1"));
+        assert!(!f.admits_frame(3, "f1"));
+        assert!(!f.admits_frame(1, "f2"));
+        assert!(Filter::default().is_pass_all());
+    }
+}

@@ -1,0 +1,77 @@
+//! NDJSON rendering of frames, shared by the stdout and file sinks. Appends to a reused buffer:
+//! no allocation per frame once the buffer has grown.
+
+use std::io::Write as _;
+
+use base64::Engine as _;
+use contrail_protocol::FrameView;
+
+use super::SinkBatch;
+
+/// Appends one JSON object line for `frame` of `batch` to `out`.
+pub fn render_frame(out: &mut Vec<u8>, batch: &SinkBatch, frame: &FrameView<'_>) {
+    let _ = write!(
+        out,
+        "{{\"agent_id\":\"{}\",\"session_id\":\"{}\",\"seq\":{},\"kind\":{},\"sent_at_unix_ns\":{},\"device_time\":{},\"received_at_unix_ns\":{},\"flight_id\":",
+        batch.origin.agent_id.as_str(),
+        batch.origin.session_hex,
+        frame.seq(),
+        frame.kind(),
+        frame.sent_at_unix_ns(),
+        frame.device_time(),
+        batch.received_unix_ns,
+    );
+    json_string(out, frame.flight_id());
+    out.extend_from_slice(b",\"content_type\":");
+    json_string(out, frame.content_type());
+    out.extend_from_slice(b",\"payload_b64\":\"");
+    let payload = frame.payload();
+    let start = out.len();
+    out.resize(
+        start + base64::encoded_len(payload.len(), true).unwrap_or(0),
+        0,
+    );
+    let n = base64::engine::general_purpose::STANDARD
+        .encode_slice(payload, &mut out[start..])
+        .unwrap_or(0);
+    out.truncate(start + n);
+    out.extend_from_slice(b"\"}\n");
+}
+
+/// Appends `s` as a JSON string literal.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for &b in s.as_bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0..=0x1f => {
+                let _ = write!(out, "\\u{b:04x}");
+            }
+            _ => out.push(b),
+        }
+    }
+    out.push(b'"');
+}
+
+/// Renders every admitted frame of `batches` into `out`; returns how many.
+pub fn render_batches(
+    out: &mut Vec<u8>,
+    batches: &[std::sync::Arc<SinkBatch>],
+    filter: &super::Filter,
+) -> usize {
+    let mut n = 0;
+    let pass_all = filter.is_pass_all();
+    for b in batches {
+        if !pass_all && !filter.admits_agent(&b.origin.agent_id) {
+            continue;
+        }
+        for f in b.frames.iter() {
+            if pass_all || filter.admits_frame(f.kind(), f.flight_id()) {
+                render_frame(out, b, &f);
+                n += 1;
+            }
+        }
+    }
+    n
+}

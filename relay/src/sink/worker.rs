@@ -1,0 +1,226 @@
+//! The sink worker: pops batches in order, writes, retries, completes, flushes on request.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge};
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use super::queue::Pushed;
+use super::{BatchQueue, Sink, SinkBatch, SinkCommon, SinkError, SinkFactory};
+use crate::latency::Latency;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The shared half of a sink: its queue, health and metrics. The fan-out pushes into it; the
+/// worker (owned by the sink actor) pops from it. It outlives worker restarts, so nothing
+/// queued is lost when a worker is replaced.
+pub struct SinkHandle {
+    /// Settings.
+    pub common: SinkCommon,
+    /// The bounded queue.
+    pub queue: BatchQueue,
+    healthy: AtomicBool,
+    frames_written: AtomicU64,
+    flush_tx: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
+    flush_rx: Mutex<mpsc::Receiver<oneshot::Sender<Result<(), String>>>>,
+    m_accepted: Counter,
+    m_dropped_full: Counter,
+    m_dropped_error: Counter,
+    m_errors: Counter,
+    m_depth: Gauge,
+    m_healthy: Gauge,
+    latency: Latency,
+    health: Option<contrail_control::HealthFlag>,
+}
+
+impl std::fmt::Debug for SinkHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkHandle")
+            .field("name", &self.common.name)
+            .finish()
+    }
+}
+
+impl SinkHandle {
+    /// A handle with an empty queue.
+    pub fn new(
+        common: SinkCommon,
+        latency: Latency,
+        health: Option<contrail_control::HealthFlag>,
+    ) -> Self {
+        let name = common.name.clone();
+        let (flush_tx, flush_rx) = mpsc::channel(4);
+        let m_healthy = metrics::gauge!("contrail_sink_healthy", "sink" => name.clone());
+        m_healthy.set(0.0);
+        SinkHandle {
+            queue: BatchQueue::new(common.queue_batches),
+            healthy: AtomicBool::new(false),
+            frames_written: AtomicU64::new(0),
+            flush_tx,
+            flush_rx: Mutex::new(flush_rx),
+            m_accepted: metrics::counter!("contrail_sink_accepted_total", "sink" => name.clone()),
+            m_dropped_full: metrics::counter!("contrail_sink_dropped_total", "sink" => name.clone(), "reason" => "queue_full"),
+            m_dropped_error: metrics::counter!("contrail_sink_dropped_total", "sink" => name.clone(), "reason" => "write_failed"),
+            m_errors: metrics::counter!("contrail_sink_errors_total", "sink" => name.clone()),
+            m_depth: metrics::gauge!("contrail_sink_queue_depth", "sink" => name),
+            m_healthy,
+            latency,
+            health,
+            common,
+        }
+    }
+
+    /// Whether the last write (or connect) succeeded.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Frames written so far.
+    pub fn frames_written(&self) -> u64 {
+        self.frames_written.load(Ordering::Relaxed)
+    }
+
+    fn set_healthy(&self, ok: bool) {
+        if self.healthy.swap(ok, Ordering::AcqRel) != ok {
+            self.m_healthy.set(if ok { 1.0 } else { 0.0 });
+        }
+        if let Some(h) = &self.health {
+            h.set_healthy(ok);
+        }
+    }
+
+    /// Hands a batch to this sink: required sinks wait for room; optional ones apply their
+    /// `when_full` policy and count drops. Returns false only if the queue is closed.
+    pub async fn offer(&self, batch: &Arc<SinkBatch>) -> bool {
+        let ok = if self.common.required || self.common.when_full == super::WhenFull::Block {
+            self.queue.push_wait(batch.clone()).await
+        } else {
+            match self.queue.push_now(batch.clone(), self.common.when_full) {
+                Pushed::Queued => true,
+                Pushed::EvictedOldest | Pushed::DroppedNewest => {
+                    self.m_dropped_full.increment(batch.frames.len() as u64);
+                    true
+                }
+            }
+        };
+        self.m_depth.set(self.queue.len() as f64);
+        ok
+    }
+
+    /// Asks the worker to write everything queued and flush the sink; waits for it.
+    pub async fn flush(&self) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.flush_tx
+            .send(tx)
+            .await
+            .map_err(|_| "sink worker gone".to_string())?;
+        rx.await.map_err(|_| "sink worker gone".to_string())?
+    }
+}
+
+async fn build_with_retry(handle: &SinkHandle, factory: &SinkFactory) -> Box<dyn Sink> {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        match factory().await {
+            Ok(sink) => return sink,
+            Err(e) => {
+                handle.m_errors.increment(1);
+                handle.set_healthy(false);
+                tracing::warn!(sink = %handle.common.name, error = %e, retry_in = ?backoff, "sink unavailable");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Runs a sink until the task is aborted. Never returns on its own.
+pub async fn run(handle: Arc<SinkHandle>, factory: SinkFactory) {
+    let mut flush_rx = handle.flush_rx.lock().await;
+    let mut sink = build_with_retry(&handle, &factory).await;
+    handle.set_healthy(true);
+    let max = handle.common.max_batches_per_write.max(1);
+    let mut items: Vec<Arc<SinkBatch>> = Vec::with_capacity(max);
+    loop {
+        tokio::select! {
+            biased;
+            req = flush_rx.recv() => {
+                let Some(reply) = req else { return };
+                while handle.queue.pop_many(&mut items, max) > 0 {
+                    write_items(&handle, &factory, &mut sink, &mut items).await;
+                }
+                let res = sink.flush().await.map_err(|e| e.to_string());
+                let _ = reply.send(res);
+            }
+            _ = handle.queue.wait_non_empty() => {
+                handle.queue.pop_many(&mut items, max);
+                handle.m_depth.set(handle.queue.len() as f64);
+                write_items(&handle, &factory, &mut sink, &mut items).await;
+            }
+        }
+    }
+}
+
+async fn write_items(
+    handle: &SinkHandle,
+    factory: &SinkFactory,
+    sink: &mut Box<dyn Sink>,
+    items: &mut Vec<Arc<SinkBatch>>,
+) {
+    if items.is_empty() {
+        return;
+    }
+    let mut attempt = 0u32;
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        match sink.write(items, &handle.common.filter).await {
+            Ok(written) => {
+                handle.set_healthy(true);
+                handle.m_accepted.increment(written as u64);
+                handle
+                    .frames_written
+                    .fetch_add(written as u64, Ordering::Relaxed);
+                if handle.common.required {
+                    for b in items.iter() {
+                        b.complete();
+                    }
+                }
+                handle
+                    .latency
+                    .sink_written(&handle.common.name, items.iter().map(|b| b.received_at));
+                items.clear();
+                return;
+            }
+            Err(e) => {
+                handle.m_errors.increment(1);
+                handle.set_healthy(false);
+                if attempt == 0 || attempt % 20 == 0 {
+                    tracing::warn!(sink = %handle.common.name, error = %e, attempt, "sink write failed; retrying");
+                }
+                if !handle.common.required && attempt >= handle.common.optional_retries {
+                    let frames: usize = items.iter().map(|b| b.frames.len()).sum();
+                    handle.m_dropped_error.increment(frames as u64);
+                    items.clear();
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                attempt += 1;
+                if attempt % 3 == 0 {
+                    if let Ok(fresh) = factory().await {
+                        *sink = fresh;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl From<SinkError> for String {
+    fn from(e: SinkError) -> String {
+        e.to_string()
+    }
+}

@@ -1,0 +1,148 @@
+//! TLS for the QUIC endpoint: configured PEM files, or a generated development certificate.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{Limits, TlsConfig};
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// Reading or writing a PEM file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A PEM file held no usable certificate or key.
+    #[error("{0}")]
+    Pem(String),
+    /// rustls/quinn refused the configuration.
+    #[error("tls: {0}")]
+    Config(String),
+}
+
+/// Certificate chain and key the relay serves, and where the dev certificate was written.
+pub struct Identity {
+    /// Chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Private key.
+    pub key: PrivateKeyDer<'static>,
+    /// Path of the development certificate agents can trust (None with configured certs).
+    pub dev_cert_path: Option<PathBuf>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
+    move |source| TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = std::fs::read(path).map_err(io(path))?;
+    let chain: Result<Vec<_>, _> = rustls_pemfile::certs(&mut pem.as_slice()).collect();
+    let chain = chain.map_err(io(path))?;
+    if chain.is_empty() {
+        return Err(TlsError::Pem(format!(
+            "{} holds no certificate",
+            path.display()
+        )));
+    }
+    Ok(chain)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = std::fs::read(path).map_err(io(path))?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(io(path))?
+        .ok_or_else(|| TlsError::Pem(format!("{} holds no private key", path.display())))
+}
+
+/// Loads the configured certificate, or generates (once) and reuses a development certificate
+/// in `dev_cert_dir`.
+pub fn load_or_generate(cfg: &TlsConfig) -> Result<Identity, TlsError> {
+    if let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) {
+        return Ok(Identity {
+            chain: read_chain(cert)?,
+            key: read_key(key)?,
+            dev_cert_path: None,
+        });
+    }
+    let dir = &cfg.dev_cert_dir;
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    if cert_path.exists() && key_path.exists() {
+        return Ok(Identity {
+            chain: read_chain(&cert_path)?,
+            key: read_key(&key_path)?,
+            dev_cert_path: Some(cert_path),
+        });
+    }
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    names.extend(cfg.dev_cert_names.iter().cloned());
+    let certified = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| TlsError::Config(format!("generating dev certificate: {e}")))?;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    std::fs::write(&cert_path, certified.cert.pem()).map_err(io(&cert_path))?;
+    write_private(&key_path, certified.signing_key.serialize_pem().as_bytes())?;
+    Ok(Identity {
+        chain: vec![certified.cert.der().clone()],
+        key: PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+            .map_err(|e| TlsError::Pem(e.to_string()))?,
+        dev_cert_path: Some(cert_path),
+    })
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path).map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))
+}
+
+/// The quinn server configuration: TLS 1.3 only, the given ALPNs, Contrail's transport limits.
+pub fn server_config(
+    identity: &Identity,
+    limits: &Limits,
+    alpns: &[&[u8]],
+) -> Result<quinn::ServerConfig, TlsError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .map_err(|e| TlsError::Config(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+    .map_err(|e| TlsError::Config(e.to_string()))?;
+    tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
+    tls.max_early_data_size = 0;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout()).ok());
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1));
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(2));
+    let window = (limits.read_buffer_bytes as u64).clamp(64 * 1024, 16 << 20);
+    transport.stream_receive_window(quinn::VarInt::from_u64(window).unwrap_or(quinn::VarInt::MAX));
+    transport.receive_window(quinn::VarInt::from_u64(window * 2).unwrap_or(quinn::VarInt::MAX));
+    transport.send_window(1 << 20);
+    server.transport_config(Arc::new(transport));
+    server.max_incoming(limits.max_pending_handshakes.max(1));
+    Ok(server)
+}
