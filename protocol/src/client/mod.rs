@@ -27,7 +27,7 @@
 //! # Ok(()) }
 //! ```
 
-mod config;
+pub mod config;
 mod driver;
 mod state;
 

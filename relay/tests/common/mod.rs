@@ -1,0 +1,148 @@
+//! Shared harness for relay integration tests: an in-process relay on loopback port 0 with a
+//! generated certificate in a temp dir, and agents that trust exactly that certificate.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use contrail_protocol::client::{Agent, ClientConfig, OutFrame, Trust};
+use contrail_protocol::AgentId;
+use contrail_relay::sink::{channel, SinkBatch, SinkCommon, SinkSpec};
+use contrail_relay::{Config, Hooks, RelayBuilder, RunningRelay};
+use tokio::sync::mpsc;
+
+/// A relay under test and the temp dir holding its certificate and files.
+pub struct TestRelay {
+    pub relay: RunningRelay,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestRelay {
+    /// Agent settings for `agent_id` against this relay.
+    pub fn client_config(&self, agent_id: &str) -> ClientConfig {
+        let mut c = ClientConfig::new(
+            self.relay.local_addr(),
+            AgentId::new(agent_id).expect("valid agent id"),
+            Trust::CaDer(vec![self.relay.certificate()]),
+        );
+        c.connect_timeout = Duration::from_secs(5);
+        c
+    }
+
+    /// Connects a registered agent.
+    pub async fn agent(&self, agent_id: &str) -> Agent {
+        Agent::connect(self.client_config(agent_id))
+            .await
+            .expect("agent connects and registers")
+    }
+
+    /// A raw quinn client endpoint + config trusting the relay, with ALPN `alpn`.
+    pub fn raw_client(&self, alpn: &[u8]) -> (quinn::Endpoint, quinn::ClientConfig) {
+        let tls = contrail_protocol::client::config::rustls_client_config(
+            &Trust::CaDer(vec![self.relay.certificate()]),
+            None,
+            alpn,
+        )
+        .expect("tls config");
+        let cfg = contrail_protocol::client::config::quinn_client_config(tls, Duration::from_secs(10))
+            .expect("quinn config");
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
+        (ep, cfg)
+    }
+
+    /// The HTTP base URL.
+    pub fn http(&self) -> String {
+        format!("http://{}", self.relay.http_addr().expect("http addr"))
+    }
+}
+
+/// Config for tests: loopback port 0, cert in `dir`, quick timeouts.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    c.listen = "127.0.0.1:0".parse().expect("addr");
+    c.http.listen = "127.0.0.1:0".parse().expect("addr");
+    c.tls.dev_cert_dir = dir.join("certs");
+    c.limits.handshake_timeout_ms = 2_000;
+    c.drain.deadline_ms = 5_000;
+    c
+}
+
+/// Starts a relay with `config` plus `sinks` and `hooks`.
+pub async fn start_with(config: Config, dir: tempfile::TempDir, sinks: Vec<SinkSpec>, hooks: Hooks) -> TestRelay {
+    let udp = std::net::UdpSocket::bind(config.listen).expect("bind udp");
+    let http = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .expect("bind http");
+    let mut b = RelayBuilder::new(config).hooks(hooks);
+    for s in sinks {
+        b = b.sink(s);
+    }
+    let relay = b.start(udp, http).await.expect("relay starts");
+    TestRelay { relay, dir }
+}
+
+/// A channel sink spec and its receiver.
+pub fn channel_sink(name: &str, required: bool, capacity: usize) -> (SinkSpec, mpsc::Receiver<Arc<SinkBatch>>) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (
+        SinkSpec {
+            common: SinkCommon::new(name, required),
+            factory: channel::factory(tx),
+        },
+        rx,
+    )
+}
+
+/// Starts a relay whose only sink is a required channel sink.
+pub async fn start_with_channel(capacity: usize) -> (TestRelay, mpsc::Receiver<Arc<SinkBatch>>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = test_config(dir.path());
+    let (spec, rx) = channel_sink("chan", true, capacity);
+    (start_with(config, dir, vec![spec], Hooks::default()).await, rx)
+}
+
+/// A 256-byte test frame.
+pub fn frame(payload: &[u8]) -> OutFrame<'_> {
+    OutFrame {
+        kind: 33,
+        flight_id: "flight-1",
+        payload,
+        content_type: "application/octet-stream",
+        device_time: 0,
+    }
+}
+
+/// Sends `count` frames as fast as credits allow.
+pub async fn send_n(agent: &Agent, count: u64, payload: &[u8]) {
+    let mut sent = 0u64;
+    while sent < count {
+        let want = (count - sent).min(512) as usize;
+        let (_, n) = agent
+            .send_many(want, |_| frame(payload))
+            .await
+            .expect("send");
+        sent += n as u64;
+    }
+}
+
+/// Drains a channel sink receiver into (agent, seq) pairs until `want` frames were seen or the
+/// deadline passes.
+pub async fn collect_frames(
+    rx: &mut mpsc::Receiver<Arc<SinkBatch>>,
+    want: usize,
+    deadline: Duration,
+) -> Vec<(String, u64)> {
+    let mut out = Vec::with_capacity(want);
+    let end = tokio::time::Instant::now() + deadline;
+    while out.len() < want {
+        match tokio::time::timeout_at(end, rx.recv()).await {
+            Ok(Some(b)) => {
+                for f in b.frames.iter() {
+                    out.push((b.origin.agent_id.to_string(), f.seq()));
+                }
+            }
+            _ => break,
+        }
+    }
+    out
+}
