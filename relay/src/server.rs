@@ -74,6 +74,7 @@ pub struct RelayCore {
     supervisor: ActorRef<SupervisorMsg>,
     sessions: AtomicUsize,
     pending: AtomicUsize,
+    session_errors: std::sync::atomic::AtomicU64,
     pub(crate) frames_received: Counter,
     pub(crate) bytes_received: Counter,
     pub(crate) frames_duplicate: Counter,
@@ -147,6 +148,15 @@ impl RelayCore {
             Ok(ractor::rpc::CallResult::Success(old)) => old,
             _ => None,
         }
+    }
+
+    pub(crate) fn count_session_error(&self) {
+        self.session_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sessions that ended with an error code (not clean closes or supersedes).
+    pub fn session_errors(&self) -> u64 {
+        self.session_errors.load(Ordering::Relaxed)
     }
 
     /// Registered sessions right now.
@@ -267,6 +277,7 @@ impl RelayBuilder {
             supervisor: supervisor.clone(),
             sessions: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
+            session_errors: std::sync::atomic::AtomicU64::new(0),
             frames_received: metrics::counter!("contrail_frames_received_total"),
             bytes_received: metrics::counter!("contrail_bytes_received_total"),
             frames_duplicate: metrics::counter!("contrail_frames_duplicate_total"),

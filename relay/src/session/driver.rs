@@ -136,6 +136,7 @@ pub(crate) async fn run(
     } else {
         tracing::warn!(agent = %reg.agent_id, code = %end.code, reason = %end.reason, "session ended with error");
         if end.code != ErrorCode::Superseded {
+            core.count_session_error();
             metrics::counter!("contrail_protocol_errors_total", "code" => end.code.label())
                 .increment(1);
         }

@@ -168,6 +168,7 @@ impl Actor for SessionActor {
                         .unwrap_or_default();
                     tracing::error!(%agent, "session task panicked; closing the session with INTERNAL");
                     metrics::counter!("contrail_session_panics_total").increment(1);
+                    state.core.count_session_error();
                     state.shared.close(ErrorCode::Internal, "internal error");
                 }
                 state.driver = None;

@@ -24,6 +24,7 @@ pub struct SinkHandle {
     pub queue: BatchQueue,
     healthy: AtomicBool,
     frames_written: AtomicU64,
+    frames_dropped: AtomicU64,
     flush_tx: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
     flush_rx: Mutex<mpsc::Receiver<oneshot::Sender<Result<(), String>>>>,
     m_accepted: Counter,
@@ -59,6 +60,7 @@ impl SinkHandle {
             queue: BatchQueue::new(common.queue_batches),
             healthy: AtomicBool::new(false),
             frames_written: AtomicU64::new(0),
+            frames_dropped: AtomicU64::new(0),
             flush_tx,
             flush_rx: Mutex::new(flush_rx),
             m_accepted: metrics::counter!("contrail_sink_accepted_total", "sink" => name.clone()),
@@ -83,6 +85,20 @@ impl SinkHandle {
         self.frames_written.load(Ordering::Relaxed)
     }
 
+    /// Frames dropped so far (full queue of an optional sink, or failed writes).
+    pub fn frames_dropped(&self) -> u64 {
+        self.frames_dropped.load(Ordering::Relaxed)
+    }
+
+    fn count_dropped(&self, frames: u64, full: bool) {
+        self.frames_dropped.fetch_add(frames, Ordering::Relaxed);
+        if full {
+            self.m_dropped_full.increment(frames);
+        } else {
+            self.m_dropped_error.increment(frames);
+        }
+    }
+
     fn set_healthy(&self, ok: bool) {
         if self.healthy.swap(ok, Ordering::AcqRel) != ok {
             self.m_healthy.set(if ok { 1.0 } else { 0.0 });
@@ -101,7 +117,9 @@ impl SinkHandle {
             match self.queue.push_now(batch.clone(), self.common.when_full) {
                 Pushed::Queued => true,
                 Pushed::EvictedOldest | Pushed::DroppedNewest => {
-                    self.m_dropped_full.increment(batch.frames.len() as u64);
+                    // drop_oldest evicts a batch of unknown size; count the incoming one's size
+                    // as the best available measure.
+                    self.count_dropped(batch.frames.len() as u64, true);
                     true
                 }
             }
@@ -202,7 +220,7 @@ async fn write_items(
                 }
                 if !handle.common.required && attempt >= handle.common.optional_retries {
                     let frames: usize = items.iter().map(|b| b.frames.len()).sum();
-                    handle.m_dropped_error.increment(frames as u64);
+                    handle.count_dropped(frames as u64, false);
                     items.clear();
                     return;
                 }

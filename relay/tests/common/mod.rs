@@ -2,6 +2,8 @@
 //! generated certificate in a temp dir, and agents that trust exactly that certificate.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,9 +46,11 @@ impl TestRelay {
             alpn,
         )
         .expect("tls config");
-        let cfg = contrail_protocol::client::config::quinn_client_config(tls, Duration::from_secs(10))
-            .expect("quinn config");
-        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
+        let cfg =
+            contrail_protocol::client::config::quinn_client_config(tls, Duration::from_secs(10))
+                .expect("quinn config");
+        let ep =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
         (ep, cfg)
     }
 
@@ -68,7 +72,12 @@ pub fn test_config(dir: &std::path::Path) -> Config {
 }
 
 /// Starts a relay with `config` plus `sinks` and `hooks`.
-pub async fn start_with(config: Config, dir: tempfile::TempDir, sinks: Vec<SinkSpec>, hooks: Hooks) -> TestRelay {
+pub async fn start_with(
+    config: Config,
+    dir: tempfile::TempDir,
+    sinks: Vec<SinkSpec>,
+    hooks: Hooks,
+) -> TestRelay {
     let udp = std::net::UdpSocket::bind(config.listen).expect("bind udp");
     let http = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -82,7 +91,11 @@ pub async fn start_with(config: Config, dir: tempfile::TempDir, sinks: Vec<SinkS
 }
 
 /// A channel sink spec and its receiver.
-pub fn channel_sink(name: &str, required: bool, capacity: usize) -> (SinkSpec, mpsc::Receiver<Arc<SinkBatch>>) {
+pub fn channel_sink(
+    name: &str,
+    required: bool,
+    capacity: usize,
+) -> (SinkSpec, mpsc::Receiver<Arc<SinkBatch>>) {
     let (tx, rx) = mpsc::channel(capacity);
     (
         SinkSpec {
@@ -98,7 +111,10 @@ pub async fn start_with_channel(capacity: usize) -> (TestRelay, mpsc::Receiver<A
     let dir = tempfile::tempdir().expect("tempdir");
     let config = test_config(dir.path());
     let (spec, rx) = channel_sink("chan", true, capacity);
-    (start_with(config, dir, vec![spec], Hooks::default()).await, rx)
+    (
+        start_with(config, dir, vec![spec], Hooks::default()).await,
+        rx,
+    )
 }
 
 /// A 256-byte test frame.
