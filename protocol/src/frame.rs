@@ -203,6 +203,11 @@ pub struct FrameView<'a> {
 }
 
 impl<'a> FrameView<'a> {
+    /// A view of the frame `meta` describes inside `data` (offsets are into `data`).
+    pub(crate) fn from_parts(data: &'a Bytes, meta: &'a FrameMeta) -> Self {
+        FrameView { data, meta }
+    }
+
     fn slice(&self, r: (u32, u32)) -> &'a [u8] {
         &self.data[r.0 as usize..r.1 as usize]
     }

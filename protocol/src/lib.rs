@@ -6,12 +6,15 @@
 //! * [`frame`]: a zero-allocation view of a `TelemetryFrame` for the relay's hot path.
 //! * [`error`]: the one error-code enum shared by `Error` messages and QUIC close codes.
 //! * [`ids`]: identity newtypes.
-//! * `client` (feature `client`, on by default): the agent client library over quinn.
+//! * [`stored`]: zero-allocation views of the `StoredFrame`s live subscribers receive.
+//! * `client` (feature `client`, on by default): the agent client library over quinn, and the
+//!   live subscriber client (`client::subscriber`).
 
 pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod ids;
+pub mod stored;
 
 #[cfg(feature = "client")]
 pub mod client;
@@ -31,3 +34,4 @@ pub use codec::{CodecError, FrameCodec, LEN_PREFIX};
 pub use error::ErrorCode;
 pub use frame::{FrameMeta, FrameView, TelemetryBatch};
 pub use ids::{AgentId, IdError, SessionId};
+pub use stored::{StoredBatch, StoredMeta, StoredView};

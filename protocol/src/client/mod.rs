@@ -1,4 +1,5 @@
-//! The agent client library: what a drone embeds to stream telemetry to a relay.
+//! The agent client library: what a drone embeds to stream telemetry to a relay. The live
+//! subscriber client (backends receiving frames) is in [`subscriber`].
 //!
 //! An [`Agent`] owns one QUIC connection at a time. It registers, keeps at most `max_inflight`
 //! frames unacked (sending awaits credit, it never spins), and when the connection drops it
@@ -30,6 +31,7 @@
 pub mod config;
 mod driver;
 mod state;
+pub mod subscriber;
 
 pub use config::{ClientAuth, ClientConfig, Trust};
 pub use state::AgentStats;
