@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole Contrail test suite, from a fresh Debian machine: installs what the tests need
+# (real redis-server, nats-server, promtool), then format, lint, tests, deployment validation.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v nats-server >/dev/null || need+=(nats-server)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v python3 >/dev/null || need+=(python3 python3-venv)
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "== installing: ${need[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy (deny warnings)"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --workspace --all-targets -- --test-threads="${CONTRAIL_TEST_THREADS:-2}"
+cargo test --workspace --doc
+if [ -f deploy/validate.sh ]; then
+  echo "== deploy validation (promtool, compose/k8s/terraform agreement with the relay config)"
+  bash deploy/validate.sh
+fi
+echo "== all green"
