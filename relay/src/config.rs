@@ -261,6 +261,10 @@ pub enum SinkType {
     Stdout,
     /// Files with rotation.
     File,
+    /// Redis Streams (`XADD`, pipelined per write).
+    RedisStreams,
+    /// NATS JetStream (publish with acks and dedup ids).
+    NatsJetstream,
 }
 
 /// One `[[sinks]]` entry. Type-specific keys are checked by [`Config::validate`].
@@ -305,6 +309,34 @@ pub struct SinkConfig {
     /// file: fdatasync every write.
     #[serde(default)]
     pub fsync: Option<bool>,
+    /// redis_streams / nats_jetstream: server URL (`redis://…`, `nats://…`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// redis_streams: password (overrides one in the URL); nats_jetstream: auth token.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// redis_streams: stream key template, `{agent_id}` placeholder (default
+    /// `contrail:telemetry:{agent_id}`; without the placeholder one stream takes all agents).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// redis_streams: `MAXLEN ~` per stream (default 1000000; 0: no trimming).
+    #[serde(default)]
+    pub maxlen: Option<u64>,
+    /// nats_jetstream: subject template (default `contrail.telemetry.{agent_id}`).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// nats_jetstream: stream name, created when missing (default `CONTRAIL`).
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// nats_jetstream: duplicate window of a created stream, seconds (default 120).
+    #[serde(default)]
+    pub duplicate_window_secs: Option<u64>,
+    /// nats_jetstream: publish acks awaited concurrently (default 4096).
+    #[serde(default)]
+    pub max_pending_acks: Option<usize>,
+    /// redis_streams / nats_jetstream: connect and per-write timeout, ms (default 5000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 fn default_queue_batches() -> usize {
@@ -394,6 +426,8 @@ impl Config {
                         return Err(invalid(&field("path"), "file sinks need a path"));
                     }
                 }
+                SinkType::RedisStreams => crate::sink::redis_streams::validate(s)?,
+                SinkType::NatsJetstream => crate::sink::nats_jetstream::validate(s)?,
             }
             crate::sink::Filter::new(
                 &s.include_kinds,

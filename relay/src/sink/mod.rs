@@ -14,10 +14,13 @@ pub mod batch;
 pub mod channel;
 pub mod file;
 pub mod filter;
+pub mod nats_jetstream;
 pub mod ndjson;
 pub mod queue;
+pub mod redis_streams;
 pub mod registry;
 pub mod stdout;
+pub mod template;
 pub mod worker;
 
 use std::sync::Arc;

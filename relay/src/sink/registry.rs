@@ -32,6 +32,12 @@ pub fn build(cfg: &SinkConfig) -> Result<SinkSpec, ConfigError> {
             rotate_bytes: cfg.rotate_bytes.unwrap_or(0),
             fsync: cfg.fsync.unwrap_or(false),
         }),
+        SinkType::RedisStreams => {
+            super::redis_streams::factory(super::redis_streams::settings(cfg)?)
+        }
+        SinkType::NatsJetstream => {
+            super::nats_jetstream::factory(super::nats_jetstream::settings(cfg)?)
+        }
     };
     Ok(SinkSpec { common, factory })
 }
