@@ -1,1 +1,226 @@
-fn main() {}
+//! contrail-loadgen: drives a Contrail relay (or, for comparison, an MQTT broker or a NATS
+//! server) the way a fleet does, and reports throughput, ack and end-to-end latency, loss and
+//! duplicates. See `loadgen/scenarios/` for the named scenarios and `benches/README.md` for
+//! how the figures are produced.
+
+mod brokers;
+mod contrail;
+mod ctx;
+mod deliveries;
+mod hist;
+mod procfs;
+mod report;
+mod run;
+mod scenario;
+mod track;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use contrail_protocol::client::{config::load_ca_file, Trust};
+
+use scenario::{parse_duration, Overrides, Plan, Rate, ScenarioFile};
+
+/// What to drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TargetArg {
+    /// A Contrail relay (agents over QUIC, live subscriber for e2e).
+    Contrail,
+    /// An MQTT 3.1.1 broker (TCP).
+    Mqtt,
+    /// A NATS server.
+    Nats,
+}
+
+/// contrail-loadgen: simulated fleets with hdrhistogram reports.
+#[derive(Debug, Parser)]
+#[command(name = "contrail-loadgen", version, about)]
+struct Cli {
+    /// Built-in scenario (max, fleet, conns, soak, cpu100, cpu10k) or a TOML file.
+    #[arg(long)]
+    scenario: Option<String>,
+    /// Relay (or broker) address, `host:port`; repeat for fail-over (agents rotate through them).
+    #[arg(long = "relay", default_value = "127.0.0.1:4433")]
+    relays: Vec<String>,
+    /// What to drive.
+    #[arg(long, value_enum, default_value = "contrail")]
+    target: TargetArg,
+    /// MQTT QoS (0 or 1).
+    #[arg(long, default_value_t = 1)]
+    qos: u8,
+    /// CA certificate (PEM) trusted for the relay (or, with --target nats, enables TLS).
+    #[arg(long, default_value = ".contrail/dev/cert.pem")]
+    ca: PathBuf,
+    /// Use TLS to NATS (with --ca).
+    #[arg(long)]
+    tls: bool,
+    /// Name the relay's certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// Auth token (agents and subscriber).
+    #[arg(
+        long,
+        env = "CONTRAIL_LOADGEN_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    token: String,
+    /// Agents (publishers).
+    #[arg(long)]
+    agents: Option<usize>,
+    /// Per-agent rate: Hz, `max` (as fast as credits allow) or `idle`.
+    #[arg(long)]
+    rate: Option<Rate>,
+    /// Payload bytes per frame.
+    #[arg(long)]
+    payload: Option<usize>,
+    /// Measured duration (e.g. 10s, 2m).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// Warm-up after all agents connected, not measured.
+    #[arg(long, value_parser = parse_duration)]
+    warmup: Option<std::time::Duration>,
+    /// Spread agent start times over this.
+    #[arg(long, value_parser = parse_duration)]
+    ramp_up: Option<std::time::Duration>,
+    /// Connects in flight at once.
+    #[arg(long)]
+    connect_concurrency: Option<usize>,
+    /// Print latency and RSS every interval (soak).
+    #[arg(long, value_parser = parse_duration)]
+    interval: Option<std::time::Duration>,
+    /// Fail when errors / frames sent exceeds this.
+    #[arg(long)]
+    max_error_rate: Option<f64>,
+    /// Pid of a local relay (or broker): report its RSS per session and CPU per frame.
+    #[arg(long)]
+    relay_pid: Option<u32>,
+    /// Skip the subscriber (ack latency only).
+    #[arg(long)]
+    no_e2e: bool,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+    /// Worker threads (default: the number of CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("address `{addr}`"))?
+        .next()
+        .with_context(|| format!("address `{addr}` resolves to nothing"))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CONTRAIL_LOADGEN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(ok) => {
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("contrail-loadgen: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<bool> {
+    let file = cli
+        .scenario
+        .as_deref()
+        .map(ScenarioFile::load)
+        .transpose()?;
+    let overrides = Overrides {
+        agents: cli.agents,
+        rate: cli.rate,
+        payload: cli.payload,
+        warmup: cli.warmup,
+        duration: cli.duration,
+        ramp_up: cli.ramp_up,
+        connect_concurrency: cli.connect_concurrency,
+        interval: cli.interval,
+        max_error_rate: cli.max_error_rate,
+    };
+    let plan = Plan::build(file.as_ref(), &overrides)?;
+    let relays = cli
+        .relays
+        .iter()
+        .map(|r| resolve(r))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if cli.target == TargetArg::Mqtt && cli.qos > 1 {
+        anyhow::bail!("--qos must be 0 or 1");
+    }
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(t) = cli.threads {
+        rt.worker_threads(t.max(1));
+    }
+    let rt = rt.enable_all().build()?;
+    let agents = plan.agents;
+    let ctx = Arc::new(ctx::RunCtx::new(plan.clone(), ctx::run_prefix()));
+    let driver = match cli.target {
+        TargetArg::Contrail => {
+            let certs = load_ca_file(&cli.ca).with_context(|| {
+                format!(
+                    "trust: {} (the relay writes its development certificate there; pass --ca)",
+                    cli.ca.display()
+                )
+            })?;
+            run::Driver::Contrail(contrail::Target {
+                relays,
+                server_name: cli.server_name.clone(),
+                trust: Trust::CaDer(certs),
+                token: cli.token.clone(),
+            })
+        }
+        TargetArg::Mqtt => run::Driver::Broker(brokers::Target::new(
+            if cli.qos == 0 {
+                brokers::Kind::MqttQos0
+            } else {
+                brokers::Kind::MqttQos1
+            },
+            relays[0],
+            None,
+            agents,
+        )),
+        TargetArg::Nats => run::Driver::Broker(brokers::Target::new(
+            brokers::Kind::Nats,
+            relays[0],
+            cli.tls.then(|| cli.ca.clone()),
+            agents,
+        )),
+    };
+    let opts = run::RunOptions {
+        e2e: !cli.no_e2e,
+        relay_pid: cli.relay_pid,
+        quiet: cli.quiet,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let report = rt.block_on(run::execute(ctx, driver, opts));
+    print!("{}", report.table());
+    if let Some(path) = &cli.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    Ok(report.verdict.ok)
+}

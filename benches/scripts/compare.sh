@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Side-by-side: the same `max` and `fleet` workloads (same publishers, payload, rate, duration,
+# credit window, harness) against Contrail, Mosquitto (MQTT QoS 1 and QoS 0) and NATS (plain and
+# TLS), each started here on free loopback ports (never the machine's own 1883/4222), RUNS times
+# each (default 3); writes benches/results/compare-<date>.md with medians and ratios vs Contrail.
+#
+#   benches/scripts/compare.sh
+#   WORKLOADS=fleet TARGETS="contrail nats" RUNS=1 benches/scripts/compare.sh
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+WORKLOADS="${WORKLOADS:-max fleet}"
+TARGETS="${TARGETS:-contrail mqtt-qos1 mqtt-qos0 nats nats-tls}"
+[ -n "${NO_BUILD:-}" ] || build_release
+command -v mosquitto >/dev/null || PATH="$PATH:/usr/sbin"
+STAMP="$(date -u +%Y%m%d-%H%M)"
+RAW="$RESULTS/raw/compare-$STAMP"
+mkdir -p "$RAW"
+SINK="$(pick_sink)"
+
+# A TLS certificate for nats-server (localhost), made once.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+  -keyout "$WORK/nats.key" -out "$WORK/nats.crt" >/dev/null 2>&1
+
+start_target() { # sets PID, ARGS
+  local t="$1" port
+  case "$t" in
+    contrail)
+      start_relay "$SINK"
+      PID="$RELAY_PID"
+      ARGS=(--target contrail --relay "127.0.0.1:$RELAY_PORT" --ca "$RELAY_CA")
+      [ "$SINK" = live ] || ARGS+=(--no-e2e)
+      ;;
+    mqtt-qos0 | mqtt-qos1)
+      port="$(free_port tcp)"
+      cat >"$WORK/mosquitto.conf" <<CONF
+listener $port 127.0.0.1
+allow_anonymous true
+persistence false
+max_inflight_messages 1024
+max_queued_messages 1000000
+max_connections -1
+CONF
+      mosquitto -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
+      PID=$!
+      PIDS+=("$PID")
+      wait_for bash -c "echo > /dev/tcp/127.0.0.1/$port"
+      ARGS=(--target mqtt --qos "${t#mqtt-qos}" --relay "127.0.0.1:$port")
+      ;;
+    nats | nats-tls)
+      port="$(free_port tcp)"
+      if [ "$t" = nats-tls ]; then
+        nats-server -a 127.0.0.1 -p "$port" --tls --tlscert "$WORK/nats.crt" --tlskey "$WORK/nats.key" \
+          --max_pending 1GB >"$WORK/nats.log" 2>&1 &
+      else
+        nats-server -a 127.0.0.1 -p "$port" --max_pending 1GB >"$WORK/nats.log" 2>&1 &
+      fi
+      PID=$!
+      PIDS+=("$PID")
+      wait_for bash -c "echo > /dev/tcp/127.0.0.1/$port"
+      ARGS=(--target nats --relay "127.0.0.1:$port")
+      [ "$t" = nats-tls ] && ARGS+=(--tls --ca "$WORK/nats.crt")
+      ;;
+  esac
+}
+
+for w in $WORKLOADS; do
+  for t in $TARGETS; do
+    for i in $(seq 1 "$RUNS"); do
+      start_target "$t"
+      cmd=("$LOADGEN_BIN" --scenario "$w" "${ARGS[@]}" --relay-pid "$PID" --json "$RAW/$w-$t-$i.json" --quiet)
+      echo "== $w $t run $i: ${cmd[*]}" >&2
+      "${cmd[@]}" | tee "$RAW/$w-$t-$i.txt" || echo "(run exited non-zero)" >&2
+      stop_pid "$PID"
+    done
+  done
+done
+
+OUT="$RESULTS/compare-$STAMP.md"
+python3 "$(dirname "$0")/summarize.py" compare "$RAW" "$(machine_line)" "$SINK" >"$OUT"
+echo "wrote $OUT" >&2
+cat "$OUT"

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Turns contrail-loadgen JSON reports into Markdown tables of medians.
+
+usage: summarize.py scenarios|compare RAW_DIR MACHINE_LINE SINK
+"""
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+
+
+def load(raw):
+    runs = {}
+    for path in sorted(glob.glob(os.path.join(raw, "*.json"))):
+        name = re.sub(r"-\d+\.json$", "", os.path.basename(path))
+        with open(path) as f:
+            runs.setdefault(name, []).append(json.load(f))
+    return runs
+
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def get(r, *path):
+    for p in path:
+        if r is None:
+            return None
+        r = r.get(p) if isinstance(r, dict) else None
+    return r
+
+
+def fmt_rate(v):
+    if v is None:
+        return "n/a"
+    return f"{v / 1e6:.3f}M/s" if v >= 1e6 else f"{v / 1e3:.1f}k/s"
+
+
+def fmt_ms(us):
+    return "n/a" if us is None else f"{us / 1000:.2f}"
+
+
+def fmt(v, spec="{:.1f}"):
+    return "n/a" if v is None else spec.format(v)
+
+
+def metrics(rs):
+    m = {
+        "runs": len(rs),
+        "sent": med([get(r, "throughput", "sent_per_s") for r in rs]),
+        "acked": med([get(r, "throughput", "acked_per_s") for r in rs]),
+        "delivered": med([get(r, "throughput", "delivered_per_s") for r in rs]),
+        "ack_p50": med([get(r, "ack_latency", "p50_us") for r in rs]),
+        "ack_p99": med([get(r, "ack_latency", "p99_us") for r in rs]),
+        "ack_p999": med([get(r, "ack_latency", "p999_us") for r in rs]),
+        "e2e_p50": med([get(r, "e2e_latency", "p50_us") for r in rs]),
+        "e2e_p99": med([get(r, "e2e_latency", "p99_us") for r in rs]),
+        "e2e_p999": med([get(r, "e2e_latency", "p999_us") for r in rs]),
+        "lost": max([get(r, "totals", "lost") or 0 for r in rs], default=0),
+        "dups": max([get(r, "totals", "duplicates") or 0 for r in rs], default=0),
+        "conn_rate": med([get(r, "connect", "per_s") for r in rs]),
+        "rss_sess": med([get(r, "relay", "rss_per_session_kib") for r in rs]),
+        "cpu_frame": med([get(r, "relay", "cpu_ns_per_frame") for r in rs]),
+        "cpu_cores": med([get(r, "relay", "cpu_cores") for r in rs]),
+        "ok": sum(1 for r in rs if get(r, "verdict", "ok")),
+        "cmd": rs[0].get("command", ""),
+        "e2e_note": rs[0].get("e2e_note"),
+    }
+    m["delivered_or_acked"] = m["delivered"] if m["delivered"] is not None else m["acked"]
+    return m
+
+
+def scenarios(raw, machine, sink):
+    runs = load(raw)
+    out = [f"# Scenario results ({machine})", "",
+           f"Relay sink: `{sink}`. Medians of the runs shown; the machine has 2 cores shared by "
+           "relay, loadgen and subscriber (and other engineers' compiles): figures are noisy.", "",
+           "| scenario | runs (pass) | sent/s | acked/s | delivered/s | ack p50/p99/p99.9 ms | "
+           "e2e p50/p99/p99.9 ms | lost | dups | connects/s | RSS KiB/session | relay ns/frame | relay cores |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    cmds = []
+    for name, rs in runs.items():
+        m = metrics(rs)
+        out.append(
+            f"| {name} | {m['runs']} ({m['ok']}) | {fmt_rate(m['sent'])} | {fmt_rate(m['acked'])} | "
+            f"{fmt_rate(m['delivered'])} | {fmt_ms(m['ack_p50'])}/{fmt_ms(m['ack_p99'])}/{fmt_ms(m['ack_p999'])} | "
+            f"{fmt_ms(m['e2e_p50'])}/{fmt_ms(m['e2e_p99'])}/{fmt_ms(m['e2e_p999'])} | {m['lost']} | {m['dups']} | "
+            f"{fmt(m['conn_rate'], '{:.0f}')} | {fmt(m['rss_sess'], '{:.1f}')} | {fmt(m['cpu_frame'], '{:.0f}')} | "
+            f"{fmt(m['cpu_cores'], '{:.2f}')} |")
+        cmds.append(f"- {name}: `{m['cmd']}`" + (f" (e2e: {m['e2e_note']})" if m["e2e_note"] else ""))
+    out += ["", "Commands (first run of each):", ""] + cmds
+    return "\n".join(out)
+
+
+def compare(raw, machine, sink):
+    runs = load(raw)
+    by = {}
+    for name, rs in runs.items():
+        workload, target = name.split("-", 1)
+        by.setdefault(workload, {})[target] = metrics(rs)
+    out = [f"# Contrail vs Mosquitto vs NATS ({machine})", "",
+           f"Same harness (contrail-loadgen), publishers, payload, rate, duration and credit window "
+           f"(1024 outstanding per publisher). Contrail relay sink: `{sink}`. Medians; 2 shared cores, noisy. "
+           "Ratio = target / Contrail (throughput: higher is better; latency: lower is better).", ""]
+    for workload, targets in by.items():
+        base = targets.get("contrail", {})
+        out += [f"## {workload}", "",
+                "| target | runs (pass) | delivered (or acked)/s | ratio | e2e p50 ms | e2e p99 ms | ratio | e2e p99.9 ms | lost | dups | server cores |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for target, m in targets.items():
+            def ratio(a, b):
+                return "n/a" if a is None or not b else f"{a / b:.2f}×"
+            out.append(
+                f"| {target} | {m['runs']} ({m['ok']}) | {fmt_rate(m['delivered_or_acked'])} | "
+                f"{ratio(m['delivered_or_acked'], base.get('delivered_or_acked'))} | {fmt_ms(m['e2e_p50'])} | "
+                f"{fmt_ms(m['e2e_p99'])} | {ratio(m['e2e_p99'], base.get('e2e_p99'))} | {fmt_ms(m['e2e_p999'])} | "
+                f"{m['lost']} | {m['dups']} | {fmt(m['cpu_cores'], '{:.2f}')} |")
+        out += ["", "Commands:", ""] + [f"- {t}: `{m['cmd']}`" for t, m in targets.items()] + [""]
+    return "\n".join(out)
+
+
+def main():
+    mode, raw, machine, sink = sys.argv[1:5]
+    print(scenarios(raw, machine, sink) if mode == "scenarios" else compare(raw, machine, sink))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,757 @@
+//! Comparison targets: an MQTT broker (QoS 0 or 1, MQTT 3.1.1 spoken directly over TCP with
+//! no allocation per message) and a NATS server (plain or TLS, through `async-nats`).
+//!
+//! The harness logic is the one used for Contrail: N publishers, each its own connection and
+//! topic/subject; one subscriber matching every message by publisher and seq (loss and
+//! duplicates exact, e2e latency from the intended send time); the same credit window: a
+//! publisher has at most [`WINDOW`] messages outstanding. "Outstanding" means not yet PUBACKed
+//! for MQTT QoS 1, and not yet seen by the subscriber for QoS 0 and NATS (which have no
+//! publisher acks), so `max` runs measure what the broker sustains without dropping.
+//!
+//! Every message carries a 24-byte header in its payload: publisher index (u32), reserved
+//! (u32), seq (u64), intended send time (Unix ns, u64), all big-endian.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch, Notify, Semaphore};
+
+use crate::ctx::{AgentEnd, RunCtx};
+use crate::deliveries::DeliveryBook;
+use crate::hist;
+use crate::scenario::Rate;
+use crate::track::SendLog;
+
+/// Messages a publisher may have outstanding (Contrail's default `max_inflight`).
+pub const WINDOW: u64 = 1024;
+/// Payload header length.
+pub const HEADER: usize = 24;
+
+/// Which broker protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// MQTT 3.1.1, QoS 0.
+    MqttQos0,
+    /// MQTT 3.1.1, QoS 1.
+    MqttQos1,
+    /// NATS core.
+    Nats,
+}
+
+/// A broker to drive.
+#[derive(Clone)]
+pub struct Target {
+    /// Protocol.
+    pub kind: Kind,
+    /// Broker address.
+    pub addr: SocketAddr,
+    /// NATS over TLS with this CA file.
+    pub tls_ca: Option<PathBuf>,
+    /// Per-publisher credit: highest seq the subscriber has seen in order (QoS 0 / NATS).
+    pub credit: Arc<[AtomicU64]>,
+    /// Woken (at most every few hundred µs) when credits move.
+    pub credit_notify: Arc<Notify>,
+}
+
+impl Target {
+    /// A target for `agents` publishers.
+    pub fn new(kind: Kind, addr: SocketAddr, tls_ca: Option<PathBuf>, agents: usize) -> Self {
+        Target {
+            kind,
+            addr,
+            tls_ca,
+            credit: (0..agents).map(|_| AtomicU64::new(0)).collect(),
+            credit_notify: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Report name.
+    pub fn name(&self) -> String {
+        match (self.kind, self.tls_ca.is_some()) {
+            (Kind::MqttQos0, _) => "mqtt-qos0".into(),
+            (Kind::MqttQos1, _) => "mqtt-qos1".into(),
+            (Kind::Nats, false) => "nats".into(),
+            (Kind::Nats, true) => "nats-tls".into(),
+        }
+    }
+
+    /// Whether publishers get acks.
+    pub fn has_acks(&self) -> bool {
+        self.kind == Kind::MqttQos1
+    }
+
+    fn topic(&self, ctx: &RunCtx, idx: usize) -> String {
+        let p = ctx.id_prefix.trim_end_matches('-');
+        match self.kind {
+            Kind::Nats => format!("lg.{p}.{idx}"),
+            _ => format!("lg/{p}/{idx}"),
+        }
+    }
+
+    fn topic_filter(&self, ctx: &RunCtx) -> String {
+        let p = ctx.id_prefix.trim_end_matches('-');
+        match self.kind {
+            Kind::Nats => format!("lg.{p}.*"),
+            _ => format!("lg/{p}/+"),
+        }
+    }
+}
+
+/// Writes the payload header.
+fn put_header(dst: &mut [u8], idx: usize, seq: u64, stamp: u64) {
+    dst[0..4].copy_from_slice(&(idx as u32).to_be_bytes());
+    dst[4..8].copy_from_slice(&0u32.to_be_bytes());
+    dst[8..16].copy_from_slice(&seq.to_be_bytes());
+    dst[16..24].copy_from_slice(&stamp.to_be_bytes());
+}
+
+/// Reads the payload header: (publisher index, seq, stamp).
+pub fn parse_header(p: &[u8]) -> Option<(usize, u64, u64)> {
+    let h = p.get(..HEADER)?;
+    let idx = u32::from_be_bytes(h[0..4].try_into().ok()?) as usize;
+    let seq = u64::from_be_bytes(h[8..16].try_into().ok()?);
+    let stamp = u64::from_be_bytes(h[16..24].try_into().ok()?);
+    Some((idx, seq, stamp))
+}
+
+// ---------------------------------------------------------------------------------------------
+// MQTT 3.1.1 packets (just what the harness needs).
+
+fn put_remaining_len(dst: &mut BytesMut, mut len: usize) {
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        dst.put_u8(b);
+        if len == 0 {
+            break;
+        }
+    }
+}
+
+fn put_str(dst: &mut BytesMut, s: &str) {
+    dst.put_u16(s.len() as u16);
+    dst.put_slice(s.as_bytes());
+}
+
+fn mqtt_connect(dst: &mut BytesMut, client_id: &str) {
+    let body = 10 + 2 + client_id.len();
+    dst.put_u8(0x10);
+    put_remaining_len(dst, body);
+    put_str(dst, "MQTT");
+    dst.put_u8(4); // protocol level 3.1.1
+    dst.put_u8(0x02); // clean session
+    dst.put_u16(60); // keep alive, s
+    put_str(dst, client_id);
+}
+
+fn mqtt_subscribe(dst: &mut BytesMut, filter: &str, qos: u8) {
+    dst.put_u8(0x82);
+    put_remaining_len(dst, 2 + 2 + filter.len() + 1);
+    dst.put_u16(1);
+    put_str(dst, filter);
+    dst.put_u8(qos);
+}
+
+fn mqtt_publish(dst: &mut BytesMut, topic: &str, qos: u8, pid: u16, payload: &[u8]) {
+    dst.put_u8(0x30 | (qos << 1));
+    let len = 2 + topic.len() + if qos > 0 { 2 } else { 0 } + payload.len();
+    put_remaining_len(dst, len);
+    put_str(dst, topic);
+    if qos > 0 {
+        dst.put_u16(pid);
+    }
+    dst.put_slice(payload);
+}
+
+/// One parsed packet: (type nibble, flags, body).
+fn mqtt_next(buf: &mut BytesMut) -> anyhow::Result<Option<(u8, u8, BytesMut)>> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    let mut len = 0usize;
+    let mut mul = 1usize;
+    let mut i = 1;
+    loop {
+        let Some(&b) = buf.get(i) else {
+            return Ok(None);
+        };
+        len += (b & 0x7f) as usize * mul;
+        mul *= 128;
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        if i > 4 {
+            bail!("malformed MQTT remaining length");
+        }
+    }
+    if buf.len() < i + len {
+        return Ok(None);
+    }
+    let first = buf[0];
+    buf.advance(i);
+    Ok(Some((first >> 4, first & 0x0f, buf.split_to(len))))
+}
+
+/// A publish body: (topic, packet id, payload).
+fn mqtt_publish_parts(flags: u8, mut body: BytesMut) -> anyhow::Result<(u16, BytesMut)> {
+    if body.len() < 2 {
+        bail!("short PUBLISH");
+    }
+    let tlen = body.get_u16() as usize;
+    if body.len() < tlen {
+        bail!("short PUBLISH topic");
+    }
+    body.advance(tlen);
+    let qos = (flags >> 1) & 3;
+    let pid = if qos > 0 {
+        if body.len() < 2 {
+            bail!("short PUBLISH id");
+        }
+        body.get_u16()
+    } else {
+        0
+    };
+    Ok((pid, body))
+}
+
+async fn mqtt_handshake(stream: &mut TcpStream, client_id: &str) -> anyhow::Result<BytesMut> {
+    let mut out = BytesMut::new();
+    mqtt_connect(&mut out, client_id);
+    stream.write_all(&out).await?;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        if let Some((t, _, body)) = mqtt_next(&mut buf)? {
+            if t != 2 || body.len() < 2 || body[1] != 0 {
+                bail!("MQTT CONNECT refused");
+            }
+            return Ok(buf);
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            bail!("broker closed during CONNECT");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Publishers.
+
+/// Connects publisher `idx` and publishes until `stop`; returns what it sent and got acked.
+pub async fn run_agent(
+    target: Target,
+    ctx: Arc<RunCtx>,
+    idx: usize,
+    payload: Arc<[u8]>,
+    gate: Arc<Semaphore>,
+    stop: watch::Receiver<bool>,
+) -> AgentEnd {
+    let res = match target.kind {
+        Kind::Nats => nats_publisher(&target, &ctx, idx, &payload, &gate, stop).await,
+        _ => mqtt_publisher(&target, &ctx, idx, &payload, &gate, stop).await,
+    };
+    match res {
+        Ok(end) => end,
+        Err(e) => {
+            tracing::debug!(error = %e, idx, "publisher failed");
+            ctx.error(format!("{}_ERROR", target.name().to_uppercase()));
+            AgentEnd::default()
+        }
+    }
+}
+
+/// Credits left for publisher `idx` with `sent` frames sent.
+fn credit_left(target: &Target, idx: usize, sent: u64, acked: u64) -> u64 {
+    let done = match target.kind {
+        Kind::MqttQos1 => acked,
+        _ => target.credit[idx].load(Relaxed),
+    };
+    WINDOW.saturating_sub(sent.saturating_sub(done))
+}
+
+struct Schedule {
+    period: Option<u64>,
+    due: u64,
+}
+
+impl Schedule {
+    fn new(ctx: &RunCtx, idx: usize) -> Option<Self> {
+        match ctx.plan.rate {
+            Rate::Idle => None,
+            Rate::Max => Some(Schedule {
+                period: None,
+                due: 0,
+            }),
+            Rate::Hz(hz) => {
+                let period = (1e9 / hz) as u64;
+                let phase = (idx as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) % period.max(1);
+                Some(Schedule {
+                    period: Some(period),
+                    due: ctx.now_ns() + phase,
+                })
+            }
+        }
+    }
+}
+
+async fn mqtt_publisher(
+    target: &Target,
+    ctx: &Arc<RunCtx>,
+    idx: usize,
+    payload: &[u8],
+    gate: &Semaphore,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<AgentEnd> {
+    let qos = if target.kind == Kind::MqttQos1 { 1 } else { 0 };
+    let topic = target.topic(ctx, idx);
+    let t0 = ctx.now_ns();
+    let permit = gate.acquire().await?;
+    let mut stream = match TcpStream::connect(target.addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.connect_finished(false);
+            return Err(e.into());
+        }
+    };
+    stream.set_nodelay(true)?;
+    let leftover = match mqtt_handshake(&mut stream, &format!("{}p{idx}", ctx.id_prefix)).await {
+        Ok(l) => l,
+        Err(e) => {
+            ctx.connect_finished(false);
+            return Err(e);
+        }
+    };
+    drop(permit);
+    ctx.connect_hist.record_n(idx, ctx.now_ns() - t0, 1);
+    ctx.sessions_up.fetch_add(1, Relaxed);
+    ctx.connect_finished(true);
+
+    let (mut rd, mut wr) = stream.into_split();
+    let log = Arc::new(Mutex::new(SendLog::new(WINDOW as usize)));
+    let acked = Arc::new(AtomicU64::new(0));
+    let acked_notify = Arc::new(Notify::new());
+    // The PUBACK reader (QoS 1): owned by this task, ended below.
+    let reader = {
+        let (log, acked, notify, ctx) = (
+            log.clone(),
+            acked.clone(),
+            acked_notify.clone(),
+            ctx.clone(),
+        );
+        let mut buf = leftover;
+        tokio::spawn(async move {
+            loop {
+                let mut n = 0u64;
+                while let Ok(Some((t, _, _))) = mqtt_next(&mut buf) {
+                    if t == 4 {
+                        n += 1;
+                    }
+                }
+                if n > 0 {
+                    let up_to = acked.fetch_add(n, Relaxed) + n;
+                    let now = ctx.now_ns();
+                    let mut shard = ctx.ack_hist.shard(idx);
+                    log.lock().acked(up_to, |at, k| {
+                        if ctx.measured(at) {
+                            hist::record_n(&mut shard, now.saturating_sub(at), k);
+                        }
+                    });
+                    drop(shard);
+                    ctx.acked.fetch_add(n, Relaxed);
+                    notify.notify_one();
+                }
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+    };
+
+    let mut sent = 0u64;
+    let mut out = BytesMut::with_capacity(256 * 1024);
+    let mut body = payload.to_vec();
+    if body.len() < HEADER {
+        body.resize(HEADER, 0);
+    }
+    let Some(mut sched) = Schedule::new(ctx, idx) else {
+        let _ = stop.wait_for(|s| *s).await;
+        reader.abort();
+        return Ok(AgentEnd::default());
+    };
+    let result: anyhow::Result<()> = async {
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            let credit = credit_left(target, idx, sent, acked.load(Relaxed));
+            if credit == 0 {
+                tokio::select! {
+                    _ = acked_notify.notified(), if qos == 1 => {}
+                    _ = tokio::time::sleep(Duration::from_micros(200)), if qos == 0 => {}
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                }
+                continue;
+            }
+            let n = match sched.period {
+                None => credit.min(256),
+                Some(_) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(ctx.at(sched.due).into()) => {}
+                        _ = stop.wait_for(|s| *s) => return Ok(()),
+                    }
+                    1
+                }
+            };
+            let (stamp_ns, at) = match sched.period {
+                None => {
+                    let now = ctx.now_ns();
+                    (ctx.epoch_unix_ns + now, now)
+                }
+                Some(p) => {
+                    let at = sched.due;
+                    sched.due += p;
+                    (ctx.epoch_unix_ns + at, at)
+                }
+            };
+            out.clear();
+            for k in 0..n {
+                let seq = sent + 1 + k;
+                put_header(&mut body, idx, seq, stamp_ns);
+                mqtt_publish(
+                    &mut out,
+                    &topic,
+                    qos,
+                    ((seq - 1) % 65_535 + 1) as u16,
+                    &body,
+                );
+            }
+            if qos == 1 {
+                log.lock().sent(sent + 1, sent + n, at);
+            }
+            wr.write_all(&out).await?;
+            sent += n;
+            ctx.sent.fetch_add(n, Relaxed);
+        }
+    }
+    .await;
+    // Drain acks (bounded).
+    if qos == 1 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while acked.load(Relaxed) < sent && tokio::time::Instant::now() < deadline {
+            let _ = tokio::time::timeout(Duration::from_millis(50), acked_notify.notified()).await;
+        }
+    }
+    reader.abort();
+    let _ = wr.write_all(&[0xe0, 0x00]).await; // DISCONNECT
+    ctx.sessions_up.fetch_sub(1, Relaxed);
+    result?;
+    Ok(AgentEnd {
+        sent,
+        acked: if qos == 1 { acked.load(Relaxed) } else { sent },
+    })
+}
+
+async fn nats_connect(target: &Target, name: &str) -> anyhow::Result<async_nats::Client> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(name)
+        .client_capacity(65_536)
+        .subscription_capacity(1 << 20);
+    if let Some(ca) = &target.tls_ca {
+        opts = opts.require_tls(true).add_root_certificates(ca.clone());
+    }
+    let url = if target.tls_ca.is_some() {
+        format!("tls://localhost:{}", target.addr.port())
+    } else {
+        format!("nats://{}", target.addr)
+    };
+    opts.connect(url).await.context("NATS connect")
+}
+
+async fn nats_publisher(
+    target: &Target,
+    ctx: &Arc<RunCtx>,
+    idx: usize,
+    payload: &[u8],
+    gate: &Semaphore,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<AgentEnd> {
+    let subject: async_nats::Subject = target.topic(ctx, idx).into();
+    let t0 = ctx.now_ns();
+    let permit = gate.acquire().await?;
+    let client = match nats_connect(target, &format!("{}p{idx}", ctx.id_prefix)).await {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.connect_finished(false);
+            return Err(e);
+        }
+    };
+    drop(permit);
+    ctx.connect_hist.record_n(idx, ctx.now_ns() - t0, 1);
+    ctx.sessions_up.fetch_add(1, Relaxed);
+    ctx.connect_finished(true);
+    let mut sent = 0u64;
+    let mut body = BytesMut::from(payload);
+    if body.len() < HEADER {
+        body.resize(HEADER, 0);
+    }
+    let Some(mut sched) = Schedule::new(ctx, idx) else {
+        let _ = stop.wait_for(|s| *s).await;
+        return Ok(AgentEnd::default());
+    };
+    let result: anyhow::Result<()> = async {
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            let credit = credit_left(target, idx, sent, 0);
+            if credit == 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_micros(200)) => {}
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                }
+                continue;
+            }
+            let n = match sched.period {
+                None => credit.min(256),
+                Some(_) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(ctx.at(sched.due).into()) => {}
+                        _ = stop.wait_for(|s| *s) => return Ok(()),
+                    }
+                    1
+                }
+            };
+            let stamp = match sched.period {
+                None => ctx.epoch_unix_ns + ctx.now_ns(),
+                Some(p) => {
+                    let at = sched.due;
+                    sched.due += p;
+                    ctx.epoch_unix_ns + at
+                }
+            };
+            for k in 0..n {
+                put_header(&mut body, idx, sent + 1 + k, stamp);
+                // async-nats takes an owned `Bytes` per message (one copy of the payload).
+                client
+                    .publish(subject.clone(), Bytes::copy_from_slice(&body))
+                    .await?;
+            }
+            sent += n;
+            ctx.sent.fetch_add(n, Relaxed);
+        }
+    }
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
+    ctx.sessions_up.fetch_sub(1, Relaxed);
+    result?;
+    Ok(AgentEnd { sent, acked: sent })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subscriber.
+
+fn publish_credit(target: &Target, book: &DeliveryBook, touched: &[usize]) {
+    for &i in touched {
+        if let (Some(t), Some(c)) = (book.tracker(i), target.credit.get(i)) {
+            c.store(t.next_expected() - 1, Relaxed);
+        }
+    }
+    target.credit_notify.notify_waiters();
+}
+
+/// Subscribes to every publisher's topic and feeds the book until `done`.
+pub async fn run_subscriber(
+    target: Target,
+    ctx: Arc<RunCtx>,
+    ready: oneshot::Sender<anyhow::Result<()>>,
+    done: watch::Receiver<bool>,
+) -> anyhow::Result<DeliveryBook> {
+    match target.kind {
+        Kind::Nats => nats_subscriber(target, ctx, ready, done).await,
+        _ => mqtt_subscriber(target, ctx, ready, done).await,
+    }
+}
+
+async fn mqtt_subscriber(
+    target: Target,
+    ctx: Arc<RunCtx>,
+    ready: oneshot::Sender<anyhow::Result<()>>,
+    mut done: watch::Receiver<bool>,
+) -> anyhow::Result<DeliveryBook> {
+    let qos = if target.kind == Kind::MqttQos1 { 1 } else { 0 };
+    let setup = async {
+        let mut stream = TcpStream::connect(target.addr).await?;
+        stream.set_nodelay(true)?;
+        let mut buf = mqtt_handshake(&mut stream, &format!("{}sub", ctx.id_prefix)).await?;
+        let mut out = BytesMut::new();
+        mqtt_subscribe(&mut out, &target.topic_filter(&ctx), qos);
+        stream.write_all(&out).await?;
+        loop {
+            if let Some((t, _, _)) = mqtt_next(&mut buf)? {
+                if t == 9 {
+                    return anyhow::Ok((stream, buf));
+                }
+                continue;
+            }
+            if stream.read_buf(&mut buf).await? == 0 {
+                bail!("broker closed during SUBSCRIBE");
+            }
+        }
+    };
+    let (mut stream, mut buf) = match setup.await {
+        Ok(s) => {
+            let _ = ready.send(Ok(()));
+            s
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            let _ = ready.send(Err(e));
+            bail!(msg);
+        }
+    };
+    let mut book = DeliveryBook::new(ctx.clone());
+    let mut acks = BytesMut::new();
+    let mut frames: Vec<(Option<usize>, u64, u64)> = Vec::with_capacity(4096);
+    let mut touched: Vec<usize> = Vec::with_capacity(4096);
+    loop {
+        frames.clear();
+        acks.clear();
+        while let Some((t, flags, body)) = mqtt_next(&mut buf)? {
+            if t != 3 {
+                continue;
+            }
+            let (pid, payload) = mqtt_publish_parts(flags, body)?;
+            if (flags >> 1) & 3 == 1 {
+                acks.put_slice(&[0x40, 0x02]);
+                acks.put_u16(pid);
+            }
+            match parse_header(&payload) {
+                Some((i, seq, stamp)) => frames.push((Some(i), seq, stamp)),
+                None => frames.push((None, 0, 0)),
+            }
+        }
+        if !frames.is_empty() {
+            touched.clear();
+            touched.extend(frames.iter().filter_map(|f| f.0));
+            touched.dedup();
+            book.record_batch(frames.iter().copied());
+            publish_credit(&target, &book, &touched);
+        }
+        if !acks.is_empty() {
+            stream.write_all(&acks).await?;
+        }
+        tokio::select! {
+            r = stream.read_buf(&mut buf) => {
+                if r? == 0 {
+                    break;
+                }
+            }
+            _ = done.wait_for(|d| *d) => break,
+        }
+    }
+    let _ = stream.write_all(&[0xe0, 0x00]).await;
+    Ok(book)
+}
+
+async fn nats_subscriber(
+    target: Target,
+    ctx: Arc<RunCtx>,
+    ready: oneshot::Sender<anyhow::Result<()>>,
+    mut done: watch::Receiver<bool>,
+) -> anyhow::Result<DeliveryBook> {
+    use futures::StreamExt;
+    let setup = async {
+        let client = nats_connect(&target, &format!("{}sub", ctx.id_prefix)).await?;
+        let sub = client.subscribe(target.topic_filter(&ctx)).await?;
+        client.flush().await?;
+        anyhow::Ok((client, sub))
+    };
+    let (_client, mut sub) = match setup.await {
+        Ok(s) => {
+            let _ = ready.send(Ok(()));
+            s
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            let _ = ready.send(Err(e));
+            bail!(msg);
+        }
+    };
+    let mut book = DeliveryBook::new(ctx.clone());
+    let mut frames: Vec<(Option<usize>, u64, u64)> = Vec::with_capacity(1024);
+    let mut touched: Vec<usize> = Vec::with_capacity(1024);
+    loop {
+        let msg = tokio::select! {
+            m = sub.next() => m,
+            _ = done.wait_for(|d| *d) => break,
+        };
+        let Some(msg) = msg else { break };
+        frames.clear();
+        frames.push(match parse_header(&msg.payload) {
+            Some((i, seq, stamp)) => (Some(i), seq, stamp),
+            None => (None, 0, 0),
+        });
+        // Take whatever else is ready without waiting, to record in batches.
+        while frames.len() < 1024 {
+            match futures::FutureExt::now_or_never(sub.next()) {
+                Some(Some(m)) => frames.push(match parse_header(&m.payload) {
+                    Some((i, seq, stamp)) => (Some(i), seq, stamp),
+                    None => (None, 0, 0),
+                }),
+                _ => break,
+            }
+        }
+        touched.clear();
+        touched.extend(frames.iter().filter_map(|f| f.0));
+        touched.dedup();
+        book.record_batch(frames.iter().copied());
+        publish_credit(&target, &book, &touched);
+    }
+    Ok(book)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mqtt_publish_round_trips() {
+        let mut payload = vec![0u8; 40];
+        put_header(&mut payload, 7, 42, 99);
+        let mut buf = BytesMut::new();
+        mqtt_publish(&mut buf, "lg/x/7", 1, 42, &payload);
+        mqtt_publish(&mut buf, "lg/x/7", 0, 0, &payload);
+        let (t, flags, body) = mqtt_next(&mut buf).expect("ok").expect("complete");
+        assert_eq!((t, flags), (3, 2));
+        let (pid, p) = mqtt_publish_parts(flags, body).expect("parts");
+        assert_eq!(pid, 42);
+        assert_eq!(parse_header(&p), Some((7, 42, 99)));
+        let (t, flags, body) = mqtt_next(&mut buf).expect("ok").expect("complete");
+        assert_eq!((t, flags), (3, 0));
+        assert_eq!(mqtt_publish_parts(flags, body).expect("parts").0, 0);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn partial_packets_wait_for_more_bytes() {
+        let mut full = BytesMut::new();
+        mqtt_publish(&mut full, "t", 0, 0, &[1u8; 300]);
+        for cut in 0..full.len() {
+            let mut part = BytesMut::from(&full[..cut]);
+            assert!(mqtt_next(&mut part).expect("ok").is_none(), "cut {cut}");
+        }
+        let mut bad = BytesMut::from(&[0x30u8, 0xff, 0xff, 0xff, 0xff, 0x01][..]);
+        assert!(mqtt_next(&mut bad).is_err());
+    }
+}

@@ -1,0 +1,295 @@
+//! The Contrail target: agents on the agent client library, the live subscriber for e2e.
+//!
+//! Ack latency: after each `send_many` the agent task logs `(first seq, last seq, time)` in its
+//! [`SendLog`]; every change of the ack watch then records, for **every newly acked frame**, one
+//! sample of `now - send time` (one `record_n` per logged run). For fixed-rate runs the logged
+//! time is the frame's *intended* send time on the agent's schedule, so a stall (credits,
+//! scheduling) shows up in the latency of every frame it delayed (coordinated-omission
+//! correction); the intended time also travels in the frame's `device_time` field so that the
+//! subscriber corrects e2e latency the same way. For `max` runs the time is taken right after
+//! `send_many` returned (the frames were stamped within that call).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use contrail_protocol::client::subscriber::{Policy, Subscriber, SubscriberConfig};
+use contrail_protocol::client::{Agent, ClientConfig, ClientError, OutFrame, Trust};
+use contrail_protocol::AgentId;
+use tokio::sync::watch;
+
+use crate::ctx::{AgentEnd, RunCtx};
+use crate::deliveries::DeliveryBook;
+use crate::hist;
+use crate::scenario::Rate;
+use crate::track::SendLog;
+
+/// Most frames asked of one `send_many` call in `max` mode (the window caps it further).
+const MAX_BATCH: usize = 4096;
+
+/// Connection settings shared by all agents.
+#[derive(Clone)]
+pub struct Target {
+    /// Relays, tried in order.
+    pub relays: Vec<std::net::SocketAddr>,
+    /// Certificate name.
+    pub server_name: String,
+    /// Trust roots (loaded once, shared).
+    pub trust: Trust,
+    /// Auth token for the agents.
+    pub token: String,
+}
+
+fn error_code(e: &ClientError) -> String {
+    match e {
+        ClientError::Rejected { code, .. } => code.to_string(),
+        ClientError::Connect(_) => "CONNECT_FAILED".into(),
+        ClientError::FrameTooLarge { .. } => "FRAME_TOO_LARGE".into(),
+        ClientError::Closed => "CLOSED".into(),
+        ClientError::Config(_) => "CONFIG".into(),
+        _ => "CLIENT_ERROR".into(),
+    }
+}
+
+/// Connects agent `idx` (recording connect time) and runs it until `stop` turns true, then
+/// flushes (bounded) and closes.
+pub async fn run_agent(
+    target: Target,
+    ctx: Arc<RunCtx>,
+    idx: usize,
+    payload: Arc<[u8]>,
+    gate: Arc<tokio::sync::Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) -> AgentEnd {
+    let id = match AgentId::new(ctx.agent_id(idx)) {
+        Ok(id) => id,
+        Err(_) => {
+            ctx.error("BAD_AGENT_ID");
+            return AgentEnd::default();
+        }
+    };
+    let mut config = ClientConfig::new(target.relays[0], id, target.trust.clone());
+    config.relays = target.relays.clone();
+    config.server_name = target.server_name.clone();
+    config.auth_token = target.token.clone();
+    config.platform = "contrail-loadgen".into();
+    let Ok(permit) = gate.acquire().await else {
+        return AgentEnd::default();
+    };
+    let t0 = ctx.now_ns();
+    let agent = tokio::select! {
+        r = Agent::connect(config) => match r {
+            Ok(a) => a,
+            Err(e) => {
+                ctx.error(error_code(&e));
+                ctx.connect_finished(false);
+                return AgentEnd::default();
+            }
+        },
+        _ = stop.wait_for(|s| *s) => return AgentEnd::default(),
+    };
+    drop(permit);
+    ctx.connect_hist.record_n(idx, ctx.now_ns() - t0, 1);
+    ctx.sessions_up.fetch_add(1, Relaxed);
+    ctx.connect_finished(true);
+
+    let window = agent
+        .session()
+        .map_or(1024, |s| s.max_inflight.max(1) as usize);
+    let mut log = SendLog::new(window);
+    let result = match ctx.plan.rate {
+        Rate::Max => send_max(&agent, &ctx, idx, &payload, &mut log, &mut stop).await,
+        Rate::Hz(hz) => send_fixed(&agent, &ctx, idx, hz, &payload, &mut log, &mut stop).await,
+        Rate::Idle => {
+            let _ = stop.wait_for(|s| *s).await;
+            Ok(())
+        }
+    };
+    if let Err(e) = &result {
+        ctx.error(error_code(e));
+    }
+    // Drain: wait (bounded) for every sent frame to be acked, still recording ack latency.
+    let mut acks = agent.ack_watch();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut last_acked = agent.acked_seq();
+    while agent.acked_seq() < agent.last_seq() {
+        match tokio::time::timeout_at(deadline, acks.changed()).await {
+            Ok(Ok(())) => {
+                let a = *acks.borrow_and_update();
+                on_ack(&ctx, idx, &mut log, &mut last_acked, a);
+            }
+            _ => break,
+        }
+    }
+    let a = agent.acked_seq();
+    on_ack(&ctx, idx, &mut log, &mut last_acked, a);
+    let stats = agent.stats();
+    ctx.nacks.fetch_add(stats.nacks, Relaxed);
+    ctx.reconnects.fetch_add(stats.reconnects, Relaxed);
+    let end = AgentEnd {
+        sent: agent.last_seq(),
+        acked: agent.acked_seq(),
+    };
+    ctx.sessions_up.fetch_sub(1, Relaxed);
+    let _ = tokio::time::timeout(Duration::from_secs(2), agent.close()).await;
+    end
+}
+
+/// Records ack latency for every frame newly acked up to `up_to`.
+fn on_ack(ctx: &RunCtx, idx: usize, log: &mut SendLog, last_acked: &mut u64, up_to: u64) {
+    if up_to <= *last_acked {
+        return;
+    }
+    let now = ctx.now_ns();
+    let mut shard = ctx.ack_hist.shard(idx);
+    log.acked(up_to, |at, n| {
+        if ctx.measured(at) {
+            hist::record_n(&mut shard, now.saturating_sub(at), n);
+        }
+    });
+    drop(shard);
+    ctx.acked.fetch_add(up_to - *last_acked, Relaxed);
+    *last_acked = up_to;
+}
+
+async fn send_max(
+    agent: &Agent,
+    ctx: &RunCtx,
+    idx: usize,
+    payload: &[u8],
+    log: &mut SendLog,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), ClientError> {
+    let mut acks = agent.ack_watch();
+    let mut last_acked = agent.acked_seq();
+    let frame = OutFrame {
+        kind: 1,
+        payload,
+        ..OutFrame::default()
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            r = acks.changed() => {
+                if r.is_err() {
+                    return Err(ClientError::Closed);
+                }
+                let a = *acks.borrow_and_update();
+                on_ack(ctx, idx, log, &mut last_acked, a);
+            }
+            r = agent.send_many(MAX_BATCH, |_| frame) => {
+                let (last, n) = r?;
+                let n = n as u64;
+                log.sent(last + 1 - n, last, ctx.now_ns());
+                ctx.sent.fetch_add(n, Relaxed);
+            }
+        }
+    }
+}
+
+async fn send_fixed(
+    agent: &Agent,
+    ctx: &RunCtx,
+    idx: usize,
+    hz: f64,
+    payload: &[u8],
+    log: &mut SendLog,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), ClientError> {
+    let mut acks = agent.ack_watch();
+    let mut last_acked = agent.acked_seq();
+    let period = (1e9 / hz) as u64;
+    // Spread agents' phases over one period so that the fleet does not send in lockstep.
+    let phase = (idx as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) % period.max(1);
+    let mut due = ctx.now_ns() + phase;
+    loop {
+        let due_at = ctx.at(due);
+        let intended_unix = ctx.epoch_unix_ns + due;
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            r = acks.changed() => {
+                if r.is_err() {
+                    return Err(ClientError::Closed);
+                }
+                let a = *acks.borrow_and_update();
+                on_ack(ctx, idx, log, &mut last_acked, a);
+            }
+            r = async {
+                tokio::time::sleep_until(due_at.into()).await;
+                agent
+                    .send_many(1, |_| OutFrame {
+                        kind: 1,
+                        payload,
+                        device_time: intended_unix,
+                        ..OutFrame::default()
+                    })
+                    .await
+            } => {
+                let (last, n) = r?;
+                log.sent(last + 1 - n as u64, last, due);
+                ctx.sent.fetch_add(n as u64, Relaxed);
+                due += period;
+            }
+        }
+    }
+}
+
+/// Subscribes to the relay's live output and feeds every frame to `book` until `stop` turns
+/// true and the stream has been quiet for `settle`, or the deadline passes.
+pub async fn run_subscriber(
+    target: Target,
+    ctx: Arc<RunCtx>,
+    ready: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
+    mut done: watch::Receiver<bool>,
+) -> anyhow::Result<DeliveryBook> {
+    let mut config = SubscriberConfig::new(target.relays[0], target.trust.clone());
+    config.server_name = target.server_name.clone();
+    config.auth_token = target.token.clone();
+    config.agent_patterns = vec![format!("{}*", ctx.id_prefix)];
+    config.policy = Policy::Block;
+    config.receive_window = 16 * 1024 * 1024;
+    let mut sub = match Subscriber::connect(config).await.context("live subscriber") {
+        Ok(s) => {
+            let _ = ready.send(Ok(()));
+            s
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            let _ = ready.send(Err(e));
+            anyhow::bail!(msg);
+        }
+    };
+    let mut book = DeliveryBook::new(ctx.clone());
+    loop {
+        let next = tokio::select! {
+            biased;
+            n = sub.next_batch() => n,
+            _ = done.wait_for(|d| *d) => break,
+        };
+        match next {
+            Ok(Some(batch)) => book.record_batch(batch.iter().map(|v| {
+                let f = v.frame();
+                let stamp = match f.device_time() {
+                    0 => f.sent_at_unix_ns(),
+                    t => t,
+                };
+                (ctx.agent_index(v.agent_id()), f.seq(), stamp)
+            })),
+            Ok(None) => break,
+            Err(e) => {
+                ctx.error("SUBSCRIBER_LOST");
+                tracing::warn!(error = %e, "live subscriber ended");
+                break;
+            }
+        }
+    }
+    let dropped = sub.stats().dropped;
+    if dropped > 0 {
+        tracing::warn!(dropped, "the relay dropped frames for the live subscriber");
+    }
+    sub.close().await;
+    Ok(book)
+}

@@ -1,0 +1,52 @@
+//! Reading a local relay's memory and CPU time from `/proc` (Linux).
+
+/// Resident set size of `pid` in KiB (`VmRSS` in `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vmrss(&status)
+}
+
+fn parse_vmrss(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// User + system CPU time of `pid` (all threads), in nanoseconds.
+pub fn cpu_ns(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks = parse_cpu_ticks(&stat)?;
+    // USER_HZ is 100 on every Linux ABI we run on.
+    Some(ticks * 10_000_000)
+}
+
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    // Fields after the `(comm)`, which may contain spaces: state is field 3; utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_status_and_stat() {
+        let status = "Name:\tcontrail-relay\nVmPeak:\t 9000 kB\nVmRSS:\t   12345 kB\n";
+        assert_eq!(parse_vmrss(status), Some(12345));
+        let stat = "42 (contrail relay) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9";
+        assert_eq!(parse_cpu_ticks(stat), Some(300));
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id();
+        assert!(rss_kib(me).is_some_and(|k| k > 0));
+        assert!(cpu_ns(me).is_some());
+    }
+}

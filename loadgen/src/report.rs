@@ -1,0 +1,321 @@
+//! The final report: one struct, printed as a table and written as JSON.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::hist::Percentiles;
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// `contrail`, `mqtt-qos0`, `mqtt-qos1`, `nats`, `nats-tls`.
+    pub target: String,
+    /// The command line.
+    pub command: String,
+    /// Agents (publishers).
+    pub agents: usize,
+    /// Rate per agent.
+    pub rate: String,
+    /// Payload bytes.
+    pub payload_bytes: usize,
+    /// Measured window, seconds.
+    pub duration_s: f64,
+    /// Sessions that connected.
+    pub sessions_connected: u64,
+    /// Connect phase.
+    pub connect: ConnectReport,
+    /// Rates over the measured window.
+    pub throughput: Throughput,
+    /// Whole-run totals and exact loss accounting.
+    pub totals: Totals,
+    /// Send → ack latency (frames sent in the measured window).
+    pub ack_latency: Option<Percentiles>,
+    /// Send → subscriber latency (frames sent in the measured window).
+    pub e2e_latency: Option<Percentiles>,
+    /// Why e2e is missing, if it is.
+    pub e2e_note: Option<String>,
+    /// Errors by code.
+    pub errors: BTreeMap<String, u64>,
+    /// Errors per frame sent.
+    pub error_rate: f64,
+    /// Nacks received.
+    pub nacks: u64,
+    /// Reconnects.
+    pub reconnects: u64,
+    /// The relay's process, when `--relay-pid` was given.
+    pub relay: Option<RelayReport>,
+    /// Per-interval figures (soak).
+    pub intervals: Vec<IntervalReport>,
+    /// Pass/fail.
+    pub verdict: Verdict,
+}
+
+/// Connect phase.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ConnectReport {
+    /// Successful connects per second over the connect phase.
+    pub per_s: f64,
+    /// Duration of the connect phase, seconds.
+    pub seconds: f64,
+    /// Connect + register time per agent.
+    pub latency: Percentiles,
+}
+
+/// Frames per second over the measured window.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Throughput {
+    /// Sent.
+    pub sent_per_s: f64,
+    /// Acked (None when the target has no acks).
+    pub acked_per_s: Option<f64>,
+    /// Delivered to the subscriber (None without one).
+    pub delivered_per_s: Option<f64>,
+}
+
+/// Whole-run counts.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Totals {
+    /// Frames sent.
+    pub sent: u64,
+    /// Frames acked (None when the target has no acks).
+    pub acked: Option<u64>,
+    /// Distinct frames delivered.
+    pub delivered: Option<u64>,
+    /// Frames acked (or sent, without acks) and never delivered.
+    pub lost: Option<u64>,
+    /// Frames delivered more than once.
+    pub duplicates: Option<u64>,
+    /// Frames sent but not acked when the run ended.
+    pub unacked_at_end: Option<u64>,
+}
+
+/// The relay's process.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct RelayReport {
+    /// Pid.
+    pub pid: u32,
+    /// RSS before any agent connected, KiB.
+    pub rss_before_kib: u64,
+    /// RSS once every agent connected (after a short settle), KiB.
+    pub rss_connected_kib: u64,
+    /// RSS at the end of the measured window, KiB.
+    pub rss_end_kib: u64,
+    /// (connected − before) / sessions, KiB.
+    pub rss_per_session_kib: f64,
+    /// Relay CPU (user + system) per acked frame over the measured window, ns.
+    pub cpu_ns_per_frame: Option<f64>,
+    /// Relay CPU over the window, in cores.
+    pub cpu_cores: f64,
+}
+
+/// One interval of a soak run.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct IntervalReport {
+    /// End of the interval, seconds into the measured window.
+    pub at_s: f64,
+    /// Frames acked per second in the interval.
+    pub acked_per_s: f64,
+    /// Ack latency in the interval.
+    pub ack_latency: Percentiles,
+    /// E2E latency in the interval.
+    pub e2e_latency: Percentiles,
+    /// Relay RSS at the end, KiB.
+    pub rss_kib: Option<u64>,
+}
+
+/// Whether the run passed.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Verdict {
+    /// No loss and errors within the threshold.
+    pub ok: bool,
+    /// Why not.
+    pub reasons: Vec<String>,
+}
+
+fn rate(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.3}M/s", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k/s", v / 1e3)
+    } else {
+        format!("{v:.1}/s")
+    }
+}
+
+fn ms(us: f64) -> String {
+    format!("{:.3}", us / 1_000.0)
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "n/a".into(), |v| v.to_string())
+}
+
+impl Report {
+    /// Decides the verdict: loss, or an error rate above `max_error_rate`, fails.
+    pub fn judge(&mut self, max_error_rate: f64) {
+        let mut reasons = Vec::new();
+        if let Some(lost) = self.totals.lost.filter(|l| *l > 0) {
+            reasons.push(format!("{lost} frames lost"));
+        }
+        if self.error_rate > max_error_rate {
+            reasons.push(format!(
+                "error rate {:.6} above {max_error_rate}",
+                self.error_rate
+            ));
+        }
+        if self.sessions_connected < self.agents as u64 {
+            reasons.push(format!(
+                "{} of {} agents never connected",
+                self.agents as u64 - self.sessions_connected,
+                self.agents
+            ));
+        }
+        self.verdict = Verdict {
+            ok: reasons.is_empty(),
+            reasons,
+        };
+    }
+
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "scenario {} · target {} · {} agents · rate {} · payload {} B · {:.1} s measured",
+            self.scenario, self.target, self.agents, self.rate, self.payload_bytes, self.duration_s
+        );
+        let _ = writeln!(
+            s,
+            "connect   {} sessions in {:.2} s = {}  (p50 {} ms, p99 {} ms)",
+            self.sessions_connected,
+            self.connect.seconds,
+            rate(self.connect.per_s),
+            ms(self.connect.latency.p50_us),
+            ms(self.connect.latency.p99_us)
+        );
+        let _ = writeln!(
+            s,
+            "throughput  sent {}   acked {}   delivered {}",
+            rate(self.throughput.sent_per_s),
+            self.throughput.acked_per_s.map_or("n/a".into(), rate),
+            self.throughput.delivered_per_s.map_or("n/a".into(), rate)
+        );
+        let _ = writeln!(
+            s,
+            "totals    sent {}  acked {}  delivered {}  lost {}  dups {}  unacked-at-end {}",
+            self.totals.sent,
+            opt(self.totals.acked),
+            opt(self.totals.delivered),
+            opt(self.totals.lost),
+            opt(self.totals.duplicates),
+            opt(self.totals.unacked_at_end)
+        );
+        let _ = writeln!(
+            s,
+            "latency (ms)      p50      p90      p99    p99.9      max    samples"
+        );
+        for (name, p) in [("ack", &self.ack_latency), ("e2e", &self.e2e_latency)] {
+            match p {
+                Some(p) => {
+                    let _ = writeln!(
+                        s,
+                        "  {name:<10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+                        ms(p.p50_us),
+                        ms(p.p90_us),
+                        ms(p.p99_us),
+                        ms(p.p999_us),
+                        ms(p.max_us),
+                        p.count
+                    );
+                }
+                None => {
+                    let _ = writeln!(s, "  {name:<10} n/a");
+                }
+            }
+        }
+        if let Some(note) = &self.e2e_note {
+            let _ = writeln!(s, "  e2e: {note}");
+        }
+        let errors = if self.errors.is_empty() {
+            "none".to_string()
+        } else {
+            self.errors
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let _ = writeln!(
+            s,
+            "errors    {errors}  (rate {:.2e})  nacks {}  reconnects {}",
+            self.error_rate, self.nacks, self.reconnects
+        );
+        if let Some(r) = &self.relay {
+            let _ = writeln!(
+                s,
+                "relay     pid {}  rss before {} KiB, connected {} KiB, end {} KiB  → {:.2} KiB/session;  cpu {:.2} cores{}",
+                r.pid,
+                r.rss_before_kib,
+                r.rss_connected_kib,
+                r.rss_end_kib,
+                r.rss_per_session_kib,
+                r.cpu_cores,
+                r.cpu_ns_per_frame
+                    .map_or(String::new(), |c| format!(", {c:.0} ns/frame"))
+            );
+        }
+        for i in &self.intervals {
+            let _ = writeln!(
+                s,
+                "  interval @{:>7.1}s  acked {}  ack p99 {} ms  e2e p99 {} ms  rss {}",
+                i.at_s,
+                rate(i.acked_per_s),
+                ms(i.ack_latency.p99_us),
+                ms(i.e2e_latency.p99_us),
+                opt(i.rss_kib.map(|k| format!("{k} KiB")))
+            );
+        }
+        let _ = writeln!(
+            s,
+            "verdict   {}",
+            if self.verdict.ok {
+                "PASS".to_string()
+            } else {
+                format!("FAIL: {}", self.verdict.reasons.join("; "))
+            }
+        );
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_or_errors_fail_the_run() {
+        let mut r = Report {
+            agents: 2,
+            sessions_connected: 2,
+            totals: Totals {
+                lost: Some(0),
+                ..Totals::default()
+            },
+            ..Report::default()
+        };
+        r.judge(0.0);
+        assert!(r.verdict.ok);
+        r.totals.lost = Some(3);
+        r.error_rate = 0.01;
+        r.judge(0.001);
+        assert!(!r.verdict.ok);
+        assert_eq!(r.verdict.reasons.len(), 2);
+        assert!(r.table().contains("FAIL: 3 frames lost"));
+        let json = serde_json::to_value(&r).expect("json");
+        assert_eq!(json["totals"]["lost"], 3);
+    }
+}
