@@ -67,8 +67,11 @@ pub struct ClientConfig {
     pub reconnect_min: Duration,
     /// Cap of the reconnect delay.
     pub reconnect_max: Duration,
-    /// Seq the first frame gets (1 for a fresh agent).
+    /// Seq the first frame gets (1 for a fresh agent). With a spool that holds state, the
+    /// spool decides (after its last frame).
     pub first_seq: u64,
+    /// Optional on-disk spool of unacked frames, so a process restart loses nothing.
+    pub spool: Option<super::spool::SpoolConfig>,
 }
 
 impl ClientConfig {
@@ -89,6 +92,7 @@ impl ClientConfig {
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(5),
             first_seq: 1,
+            spool: None,
         }
     }
 }

@@ -30,10 +30,12 @@
 
 pub mod config;
 mod driver;
+pub mod spool;
 mod state;
 pub mod subscriber;
 
 pub use config::{ClientAuth, ClientConfig, Trust};
+pub use spool::SpoolConfig;
 pub use state::AgentStats;
 
 use std::sync::Arc;
@@ -70,6 +72,9 @@ pub enum ClientError {
     /// The agent was closed.
     #[error("agent is closed")]
     Closed,
+    /// The on-disk spool failed (open, append or ack).
+    #[error("spool: {0}")]
+    Spool(String),
 }
 
 /// One frame to send. `seq` and `sent_at` are filled in by the agent.
@@ -112,7 +117,14 @@ impl Agent {
     /// Connects and registers; returns once the first session is registered.
     pub async fn connect(config: ClientConfig) -> Result<Agent, ClientError> {
         let endpoint = config::build_endpoint(&config)?;
-        let shared = Arc::new(Shared::new(&config));
+        let spool =
+            match &config.spool {
+                Some(sc) => Some(spool::Spool::open(sc).map_err(|e| {
+                    ClientError::Spool(format!("opening {}: {e}", sc.dir.display()))
+                })?),
+                None => None,
+            };
+        let shared = Arc::new(Shared::new(&config, spool));
         let driver = tokio::spawn(driver::run(endpoint, config, shared.clone()));
         let agent = Agent {
             shared,

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{watch, Notify};
 
+use super::spool::{Recovered, Spool};
 use super::{ClientConfig, ClientError, OutFrame, SessionInfo};
 use crate::codec::{encode_telemetry, LEN_PREFIX};
 
@@ -53,6 +54,10 @@ struct State {
     paused_until: Option<tokio::time::Instant>,
     session: Option<SessionInfo>,
     ever_registered: bool,
+    /// The on-disk spool, when configured.
+    spool: Option<Spool>,
+    /// The stream continues one from before a process restart (spool state was found).
+    resumed_from_spool: bool,
 }
 
 pub(super) struct Shared {
@@ -74,6 +79,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Persists an ack mark; a failure only means more resends after a restart, so it is logged.
+fn spool_ack(spool: &mut Option<Spool>, seq: u64) {
+    if let Some(spool) = spool.as_mut() {
+        if let Err(e) = spool.ack(seq) {
+            tracing::warn!(error = %e, seq, "spool: could not persist the ack mark");
+        }
+    }
+}
+
 fn now_unix_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -81,17 +95,30 @@ fn now_unix_ns() -> u64 {
 }
 
 impl Shared {
-    pub(super) fn new(config: &ClientConfig) -> Self {
-        let first = config.first_seq.max(1);
+    pub(super) fn new(config: &ClientConfig, spool: Option<(Spool, Recovered)>) -> Self {
+        let mut first = config.first_seq.max(1);
+        let mut acked = first - 1;
+        let mut unacked = VecDeque::new();
+        let (spool, resumed_from_spool) = match spool {
+            Some((spool, rec)) if rec.existed => {
+                // Continue the stream the spool holds: resume after its ack mark, resend the rest.
+                acked = rec.acked;
+                first = rec.frames.last().map_or(rec.acked, |(s, _)| *s) + 1;
+                unacked.extend(rec.frames);
+                (Some(spool), true)
+            }
+            Some((spool, _)) => (Some(spool), false),
+            None => (None, false),
+        };
         Shared {
             state: Mutex::new(State {
                 next_seq: first,
-                acked: first - 1,
+                acked,
                 window: 1,
                 max_buffered: config.max_buffered.max(1) as u64,
                 max_frame_bytes: crate::codec::DEFAULT_MAX_FRAME_BYTES,
-                unacked: VecDeque::new(),
-                written: first - 1,
+                unacked,
+                written: acked,
                 max_written: first - 1,
                 arena: BytesMut::new(),
                 terminal: None,
@@ -100,10 +127,12 @@ impl Shared {
                 paused_until: None,
                 session: None,
                 ever_registered: false,
+                spool,
+                resumed_from_spool,
             }),
             work: Notify::new(),
             close_notify: Notify::new(),
-            acked_tx: watch::Sender::new(first - 1),
+            acked_tx: watch::Sender::new(acked),
             phase_tx: watch::Sender::new(Phase::Connecting),
             conn: Mutex::new(None),
             nacks: AtomicU64::new(0),
@@ -150,9 +179,10 @@ impl Shared {
                 let inflight = st.next_seq - 1 - st.acked;
                 let cap = st.window.min(st.max_buffered);
                 if inflight < cap {
-                    let n = (count as u64).min(cap - inflight) as usize;
+                    let want = (count as u64).min(cap - inflight) as usize;
                     let now = now_unix_ns();
-                    for _ in 0..n {
+                    let mut n = 0usize;
+                    while n < want {
                         let seq = st.next_seq;
                         let f = make(seq);
                         let need = LEN_PREFIX + 64 + f.payload.len() + f.flight_id.len();
@@ -177,15 +207,44 @@ impl Shared {
                                 max: st.max_frame_bytes,
                             });
                         }
+                        let st = &mut *st;
+                        if let Some(spool) = st.spool.as_mut() {
+                            if !spool.has_room(st.arena.len()) {
+                                // Full: hand out what fits; the caller waits for acks below.
+                                if spool.bytes() == 0 {
+                                    st.arena.clear();
+                                    return Err(ClientError::Spool(format!(
+                                        "a frame of {len} bytes does not fit a spool of {} bytes",
+                                        spool.max_bytes()
+                                    )));
+                                }
+                                st.arena.clear();
+                                break;
+                            }
+                            if let Err(e) = spool.append(seq, &st.arena) {
+                                st.arena.clear();
+                                return Err(ClientError::Spool(format!("append: {e}")));
+                            }
+                        }
                         let bytes = st.arena.split().freeze();
                         st.unacked.push_back((seq, bytes));
                         st.next_seq += 1;
+                        n += 1;
                     }
-                    let last = st.next_seq - 1;
-                    drop(st);
-                    self.sent.fetch_add(n as u64, Ordering::Relaxed);
-                    self.work.notify_one();
-                    return Ok((last, n));
+                    if n > 0 {
+                        // On disk (in the OS) before the driver can put it on the wire.
+                        let flushed = st.spool.as_mut().map_or(Ok(()), Spool::flush);
+                        let last = st.next_seq - 1;
+                        drop(st);
+                        self.sent.fetch_add(n as u64, Ordering::Relaxed);
+                        self.work.notify_one();
+                        if let Err(e) = flushed {
+                            return Err(ClientError::Spool(format!(
+                                "flush (frames up to {last} are queued in memory only): {e}"
+                            )));
+                        }
+                        return Ok((last, n));
+                    }
                 }
             }
             self.credit_waits.fetch_add(1, Ordering::Relaxed);
@@ -247,7 +306,7 @@ impl Shared {
     /// The resume claim for the next Register: `None` for a brand-new stream.
     pub(super) fn resume_claim(&self) -> Option<(u64, String)> {
         let st = lock(&self.state);
-        if st.ever_registered || st.acked > 0 {
+        if st.ever_registered || st.acked > 0 || st.resumed_from_spool {
             let prev = st
                 .session
                 .as_ref()
@@ -276,6 +335,7 @@ impl Shared {
                 while st.unacked.front().is_some_and(|(s, _)| *s <= resume) {
                     st.unacked.pop_front();
                 }
+                spool_ack(&mut st.spool, resume);
             }
             st.written = st.acked;
             st.draining = false;
@@ -298,6 +358,7 @@ impl Shared {
             while st.unacked.front().is_some_and(|(s, _)| *s <= up_to) {
                 st.unacked.pop_front();
             }
+            spool_ack(&mut st.spool, up_to);
             up_to
         };
         self.acked_tx.send_replace(acked);
