@@ -162,9 +162,13 @@ async fn drain_endpoint_requires_the_bearer_token() {
     assert_eq!(drain(&c, Some("s3cret")).await, 202);
     assert_eq!(c.lifecycle().state(), LifecycleState::Draining);
     assert_eq!(c.lifecycle().drain_reason().as_deref(), Some("deploy"));
-    let seen =
-        tokio::time::timeout(DEADLINE, rx.wait_for(|s| *s == LifecycleState::Draining)).await;
-    assert!(matches!(seen, Ok(Ok(_))), "subscribers see the drain");
+    let seen = tokio::time::timeout(DEADLINE, rx.wait_for(|s| *s == LifecycleState::Draining))
+        .await
+        .map(|r| r.map(|state| *state)); // copy out: the watch guard must not outlive this line
+    assert!(
+        matches!(seen, Ok(Ok(LifecycleState::Draining))),
+        "subscribers see the drain"
+    );
     assert_eq!(get(&c, "/readyz").await.0, 503);
     assert_eq!(drain(&c, Some("s3cret")).await, 202, "idempotent");
     c.shutdown().await.expect("shutdown");

@@ -168,3 +168,28 @@ async fn unreachable_redis_at_start_is_not_fatal() {
     .await;
     control.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_publisher_is_restarted_and_keeps_publishing() {
+    let redis = RedisServer::start();
+    let control = start_with_redis(Some(&redis), TTL).await;
+    control.events().session_up(session("before", "s"));
+    poll_until_async(DEADLINE, "before", async || get(&redis, "drone:before")).await;
+    control.inject_child_failure(contrail_control::ChildKind::Routing);
+    poll_until_async(DEADLINE, "publisher restarted", async || {
+        control
+            .restart_counts()
+            .await
+            .get(&contrail_control::ChildKind::Routing)
+            == Some(&1)
+    })
+    .await;
+    redis.cmd(&["DEL", "drone:before"]);
+    control.events().session_up(session("after", "s"));
+    // The new incarnation republishes every live session on connect, and flushes new events.
+    poll_until_async(DEADLINE, "after and before", async || {
+        get(&redis, "drone:after").is_some() && get(&redis, "drone:before").is_some()
+    })
+    .await;
+    control.shutdown().await.expect("shutdown");
+}
