@@ -103,3 +103,32 @@ async fn republished_frames_are_deduplicated() {
     check_exactly_once_in_order(&after, &[("drone-r", 400)]);
     keeper.abort();
 }
+
+/// Sustained frames/s into JetStream, end to end and sink alone. Run with
+/// `cargo test --release -p contrail-relay --test sink_jetstream -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run in release with --ignored --nocapture"]
+async fn benchmark_sustained_frames_per_second() {
+    use contrail_relay::sink::nats_jetstream;
+    use sink_support::bench;
+
+    let nats = blocking(NatsServer::start);
+    let (e2e, batches) = bench::end_to_end(sink_entry(&format!(
+        "name = \"js\"\ntype = \"nats_jetstream\"\nrequired = true\nurl = \"{}\"",
+        nats.url()
+    )))
+    .await;
+    // A second stream and subject, so the replay is not dropped as duplicates.
+    let entry = sink_entry(&format!(
+        "name = \"js2\"\ntype = \"nats_jetstream\"\nurl = \"{}\"\nsubject = \"replay.{{agent_id}}\"\nstream = \"REPLAY\"",
+        nats.url()
+    ));
+    let factory = nats_jetstream::factory(nats_jetstream::settings(&entry).expect("settings"));
+    let alone = bench::sink_only(factory, &batches).await;
+    println!(
+        "nats_jetstream: {} agents x {} frames of {} B: end to end {e2e:.0} frames/s; sink alone {alone:.0} frames/s",
+        bench::AGENTS,
+        bench::PER_AGENT,
+        bench::PAYLOAD
+    );
+}

@@ -99,3 +99,31 @@ async fn one_stream_for_all_and_maxlen_trimming() {
         assert_eq!(seqs, want, "{id}: the newest entries survive, in order");
     }
 }
+
+/// Sustained frames/s into Redis Streams, end to end and sink alone. Run with
+/// `cargo test --release -p contrail-relay --test sink_redis_streams -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run in release with --ignored --nocapture"]
+async fn benchmark_sustained_frames_per_second() {
+    use contrail_relay::sink::redis_streams;
+    use sink_support::bench;
+
+    let redis = blocking(RedisServer::start);
+    let (e2e, batches) = bench::end_to_end(sink_entry(&format!(
+        "name = \"redis\"\ntype = \"redis_streams\"\nrequired = true\nurl = \"{}\"",
+        redis.url()
+    )))
+    .await;
+    let entry = sink_entry(&format!(
+        "name = \"redis2\"\ntype = \"redis_streams\"\nurl = \"{}\"\nkey = \"replay:{{agent_id}}\"",
+        redis.url()
+    ));
+    let factory = redis_streams::factory(redis_streams::settings(&entry).expect("settings"));
+    let alone = bench::sink_only(factory, &batches).await;
+    println!(
+        "redis_streams: {} agents x {} frames of {} B: end to end {e2e:.0} frames/s; sink alone {alone:.0} frames/s",
+        bench::AGENTS,
+        bench::PER_AGENT,
+        bench::PAYLOAD
+    );
+}

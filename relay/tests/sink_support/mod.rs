@@ -271,3 +271,95 @@ pub async fn js_read_all(url: &str, stream: &str, expected: usize) -> Vec<Stored
 pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
+
+/// Sustained-throughput measurement shared by the sinks' `#[ignore = "benchmark"]` tests.
+pub mod bench {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use contrail_protocol::client::OutFrame;
+    use contrail_relay::config::SinkConfig;
+    use contrail_relay::sink::{Filter, Sink, SinkBatch, SinkFactory};
+    use contrail_relay::Hooks;
+
+    /// Agents sending at once.
+    pub const AGENTS: usize = 8;
+    /// Frames per agent.
+    pub const PER_AGENT: u64 = 25_000;
+    /// Payload bytes per frame.
+    pub const PAYLOAD: usize = 200;
+
+    /// Frames per second over an interval.
+    pub fn rate(frames: u64, took: Duration) -> f64 {
+        frames as f64 / took.as_secs_f64()
+    }
+
+    /// End to end: `AGENTS` agents send `PER_AGENT` frames each as fast as credits allow
+    /// (window 4096) through the relay into the required sink `entry` (plus a required channel
+    /// sink keeping the batches); returns frames/s until everything was acked, and the batches.
+    pub async fn end_to_end(entry: SinkConfig) -> (f64, Vec<Arc<SinkBatch>>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = crate::common::test_config(dir.path());
+        config.limits.max_inflight = 4096;
+        config.sinks.push(entry);
+        let (chan, mut rx) = crate::common::channel_sink("keep", true, 1 << 16);
+        let relay = crate::common::start_with(config, dir, vec![chan], Hooks::default()).await;
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let keeper = {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                while let Some(b) = rx.recv().await {
+                    kept.lock().expect("lock").push(b);
+                }
+            })
+        };
+        let mut agents = Vec::new();
+        for i in 0..AGENTS {
+            agents.push(relay.agent(&format!("bench-{i}")).await);
+        }
+        let payload = vec![0xabu8; PAYLOAD];
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for agent in agents {
+            let payload = payload.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut sent = 0u64;
+                while sent < PER_AGENT {
+                    let want = (PER_AGENT - sent).min(1024) as usize;
+                    let (_, n) = agent
+                        .send_many(want, |_| OutFrame {
+                            kind: 33,
+                            flight_id: "bench",
+                            payload: &payload,
+                            content_type: "application/octet-stream",
+                            device_time: 0,
+                        })
+                        .await
+                        .expect("send");
+                    sent += n as u64;
+                }
+                agent.flush().await.expect("flush");
+            }));
+        }
+        for t in tasks {
+            t.await.expect("sender");
+        }
+        let took = start.elapsed();
+        keeper.abort();
+        let batches = kept.lock().expect("lock").clone();
+        (rate(AGENTS as u64 * PER_AGENT, took), batches)
+    }
+
+    /// Sink alone: writes `batches` through a fresh sink from `factory` in groups of 64
+    /// batches (what the worker hands one `write`); returns frames/s.
+    pub async fn sink_only(factory: SinkFactory, batches: &[Arc<SinkBatch>]) -> f64 {
+        let mut sink: Box<dyn Sink> = factory().await.expect("sink builds");
+        let filter = Filter::default();
+        let start = Instant::now();
+        let mut frames = 0usize;
+        for chunk in batches.chunks(64) {
+            frames += sink.write(chunk, &filter).await.expect("write");
+        }
+        rate(frames as u64, start.elapsed())
+    }
+}
