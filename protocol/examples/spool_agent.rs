@@ -7,8 +7,8 @@
 //!     127.0.0.1:4433 .contrail/dev/cert.pem drone-1 20000 /tmp/spool [frames-per-tick] [tick-ms]
 //! ```
 //!
-//! Prints `registered resume_from=<seq> next=<seq>` once connected and `done acked=<seq>` when
-//! every frame up to N is acked.
+//! Prints `registered resume_from=<seq> next=<seq>` once connected, `progress last=<seq>
+//! acked=<seq>` after every tick, and `done acked=<seq>` when every frame up to N is acked.
 
 use std::time::Duration;
 
@@ -54,6 +54,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .await?;
             left -= n;
         }
+        println!(
+            "progress last={} acked={}",
+            agent.last_seq(),
+            agent.acked_seq()
+        );
     }
     agent.flush().await?;
     println!("done acked={}", agent.acked_seq());
