@@ -18,7 +18,7 @@ use super::schedule::{Action, Schedule};
 use super::store::{Applied, Op, Store};
 use super::{routing_key, routing_value, RoutingConfig, RoutingQueue};
 use crate::error::RoutingError;
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, SessionInfo};
 use crate::health::HealthFlag;
 
 /// Everything the publisher needs; shared with the rest of the tree.
@@ -144,18 +144,9 @@ impl PublisherState {
         let Some(store) = self.store.as_mut() else {
             return Ok(());
         };
-        let relay = &self.args.config.relay_id;
         let sessions = self.args.fleet.all();
-        for chunk in sessions.chunks(self.args.config.refresh_chunk.max(1)) {
-            let ops: Vec<Op> = chunk
-                .iter()
-                .map(|s| Op::Refresh {
-                    key: routing_key(&s.agent_id),
-                    value: routing_value(relay, &s.session_id),
-                })
-                .collect();
-            record_applied(store.apply(&ops).await?);
-        }
+        let cfg = &self.args.config;
+        refresh_sessions(store, &cfg.relay_id, &sessions, cfg.refresh_chunk, false).await?;
         self.schedule.on_refreshed(now);
         Ok(())
     }
@@ -234,6 +225,71 @@ impl PublisherState {
         }
         report
     }
+}
+
+/// Counts of one refresh pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RefreshStats {
+    /// Pipelines (round trips) issued.
+    pub pipelines: usize,
+    /// Commands sent.
+    pub commands: usize,
+    /// Keys written (not held by another session).
+    pub written: usize,
+}
+
+/// Writes every session in pipelines of `chunk` commands: unconditional `SET … EX` when `set`,
+/// else the conditional refresh script.
+async fn refresh_sessions(
+    store: &mut Store,
+    relay: &str,
+    sessions: &[Arc<SessionInfo>],
+    chunk: usize,
+    set: bool,
+) -> Result<RefreshStats, RoutingError> {
+    let mut stats = RefreshStats::default();
+    for part in sessions.chunks(chunk.max(1)) {
+        let ops: Vec<Op> = part
+            .iter()
+            .map(|s| {
+                let (key, value) = (
+                    routing_key(&s.agent_id),
+                    routing_value(relay, &s.session_id),
+                );
+                if set {
+                    Op::Set { key, value }
+                } else {
+                    Op::Refresh { key, value }
+                }
+            })
+            .collect();
+        let a = store.apply(&ops).await?;
+        record_applied(a);
+        stats.pipelines += 1;
+        stats.commands += a.commands;
+        stats.written += if set { a.commands } else { a.hits };
+    }
+    Ok(stats)
+}
+
+/// One publication pass over every live session of `fleet` on a fresh connection, exactly as the
+/// publisher does it (`set = false`: the periodic refresh; `true`: plain `SET … EX`). Used by the
+/// `refresh_bench` example.
+pub async fn refresh_fleet_once(
+    config: &RoutingConfig,
+    fleet: &Fleet,
+    set: bool,
+) -> Result<RefreshStats, RoutingError> {
+    let mut store = Store::connect(config).await?;
+    let sessions = fleet.all();
+    refresh_sessions(
+        &mut store,
+        &config.relay_id,
+        &sessions,
+        config.refresh_chunk,
+        set,
+    )
+    .await
 }
 
 impl Actor for RoutingPublisher {
