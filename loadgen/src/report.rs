@@ -48,6 +48,8 @@ pub struct Report {
     pub reconnects: u64,
     /// The relay's process, when `--relay-pid` was given.
     pub relay: Option<RelayReport>,
+    /// CPU the load generator itself used over the measured window, in cores.
+    pub loadgen_cpu_cores: f64,
     /// Per-interval figures (soak).
     pub intervals: Vec<IntervalReport>,
     /// Pass/fail.
@@ -251,8 +253,8 @@ impl Report {
         };
         let _ = writeln!(
             s,
-            "errors    {errors}  (rate {:.2e})  nacks {}  reconnects {}",
-            self.error_rate, self.nacks, self.reconnects
+            "errors    {errors}  (rate {:.2e})  nacks {}  reconnects {}  (loadgen cpu {:.2} cores)",
+            self.error_rate, self.nacks, self.reconnects, self.loadgen_cpu_cores
         );
         if let Some(r) = &self.relay {
             let _ = writeln!(

@@ -109,6 +109,7 @@ struct Snapshot {
     acked: u64,
     delivered: u64,
     cpu_ns: Option<u64>,
+    own_cpu_ns: Option<u64>,
 }
 
 fn snapshot(ctx: &RunCtx, pid: Option<u32>) -> Snapshot {
@@ -118,6 +119,7 @@ fn snapshot(ctx: &RunCtx, pid: Option<u32>) -> Snapshot {
         acked: ctx.acked.load(Relaxed),
         delivered: ctx.delivered.load(Relaxed),
         cpu_ns: pid.and_then(procfs::cpu_ns),
+        own_cpu_ns: procfs::cpu_ns(std::process::id()),
     }
 }
 
@@ -343,6 +345,10 @@ pub async fn execute(ctx: Arc<RunCtx>, driver: Driver, opts: RunOptions) -> Repo
         nacks: ctx.nacks.load(Relaxed),
         reconnects: ctx.reconnects.load(Relaxed),
         relay,
+        loadgen_cpu_cores: match (start.own_cpu_ns, end.own_cpu_ns) {
+            (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e9 / secs,
+            _ => 0.0,
+        },
         intervals,
         verdict: Default::default(),
     };
