@@ -261,6 +261,8 @@ pub enum SinkType {
     Stdout,
     /// Files with rotation.
     File,
+    /// Live subscriptions over QUIC (ALPN `contrail-sub/1`).
+    Live,
     /// Redis Streams (`XADD`, pipelined per write).
     RedisStreams,
     /// NATS JetStream (publish with acks and dedup ids).
@@ -309,6 +311,15 @@ pub struct SinkConfig {
     /// file: fdatasync every write.
     #[serde(default)]
     pub fsync: Option<bool>,
+    /// live: subscriber connections served at once (default 64).
+    #[serde(default)]
+    pub max_subscribers: Option<usize>,
+    /// live: largest queue a subscriber may ask for, frames; also the default (65536).
+    #[serde(default)]
+    pub subscriber_queue_frames: Option<usize>,
+    /// live: token subscribers must present (default: `http.admin_token`; none: no auth).
+    #[serde(default)]
+    pub subscriber_token: Option<String>,
     /// redis_streams / nats_jetstream: server URL (`redis://…`, `nats://…`).
     #[serde(default)]
     pub url: Option<String>,
@@ -403,6 +414,15 @@ impl Config {
         if self.redis.ttl_secs < 2 {
             return Err(invalid("redis.ttl_secs", "must be at least 2"));
         }
+        if self
+            .sinks
+            .iter()
+            .filter(|s| s.kind == SinkType::Live)
+            .count()
+            > 1
+        {
+            return Err(invalid("sinks.type", "at most one live sink"));
+        }
         let mut names = std::collections::HashSet::new();
         for s in &self.sinks {
             let field = |k: &str| format!("sinks.{}.{k}", s.name);
@@ -426,6 +446,7 @@ impl Config {
                         return Err(invalid(&field("path"), "file sinks need a path"));
                     }
                 }
+                SinkType::Live => crate::sink::live::validate(s)?,
                 SinkType::RedisStreams => crate::sink::redis_streams::validate(s)?,
                 SinkType::NatsJetstream => crate::sink::nats_jetstream::validate(s)?,
             }
@@ -458,6 +479,32 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = Config::from_toml("lisen = \"127.0.0.1:1\"").expect_err("unknown key");
         assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn live_sink_keys_parse_and_are_checked() {
+        let c = Config::from_toml(
+            r#"
+            [[sinks]]
+            name = "live"
+            type = "live"
+            required = true
+            max_subscribers = 8
+            subscriber_queue_frames = 1000
+            subscriber_token = "s3cret"
+            "#,
+        )
+        .expect("parses");
+        c.validate().expect("valid");
+        let mut bad = c.clone();
+        bad.sinks[0].max_subscribers = Some(0);
+        assert!(bad.validate().is_err());
+        let mut two = c;
+        let mut second = two.sinks[0].clone();
+        second.name = "live2".into();
+        two.sinks.push(second);
+        let e = two.validate().expect_err("two live sinks");
+        assert!(e.to_string().contains("live"), "{e}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::latency::Latency;
 use crate::session::supervisor::{SessionSupervisor, SupervisorMsg};
 use crate::session::{self, Registration, SessionEntry};
 use crate::sink::actor::{SinkActor, SinkArgs, SinkMsg};
+use crate::sink::live::SubscriberRegistry;
 use crate::sink::{registry, SinkHandle, SinkSpec};
 use crate::tls;
 
@@ -71,6 +72,8 @@ pub struct RelayCore {
     pub lifecycle: Lifecycle,
     /// Hooks.
     pub hooks: Hooks,
+    /// Live subscribers, when a `live` sink is configured.
+    pub live: Option<Arc<SubscriberRegistry>>,
     supervisor: ActorRef<SupervisorMsg>,
     sessions: AtomicUsize,
     pending: AtomicUsize,
@@ -229,10 +232,15 @@ impl RelayBuilder {
         let control = Control::start(control_cfg, http, self.metrics).await?;
         let latency = Latency::new(control.latency().clone());
 
+        let live = config
+            .sinks
+            .iter()
+            .find(|s| s.kind == crate::config::SinkType::Live)
+            .map(|s| SubscriberRegistry::new(crate::sink::live::settings(s, &config)));
         let mut specs: Vec<SinkSpec> = config
             .sinks
             .iter()
-            .map(registry::build)
+            .map(|s| registry::build_with(s, live.as_ref()))
             .collect::<Result<_, _>>()?;
         specs.extend(self.extra_sinks);
         if specs.is_empty() {
@@ -274,6 +282,7 @@ impl RelayBuilder {
             latency,
             lifecycle: control.lifecycle().clone(),
             hooks: self.hooks,
+            live,
             supervisor: supervisor.clone(),
             sessions: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
@@ -288,11 +297,15 @@ impl RelayBuilder {
             config,
         });
 
-        let server = tls::server_config(
-            &identity,
-            &core.config.limits,
-            &[contrail_protocol::ALPN_AGENT],
-        )?;
+        let alpns: &[&[u8]] = if core.live.is_some() {
+            &[
+                contrail_protocol::ALPN_AGENT,
+                contrail_protocol::ALPN_SUBSCRIBER,
+            ]
+        } else {
+            &[contrail_protocol::ALPN_AGENT]
+        };
+        let server = tls::server_config(&identity, &core.config.limits, alpns)?;
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             Some(server),
@@ -403,6 +416,11 @@ impl RunningRelay {
         self.core.fanout.sinks()
     }
 
+    /// Live subscribers, when a `live` sink is configured.
+    pub fn subscribers(&self) -> Option<&Arc<SubscriberRegistry>> {
+        self.core.live.as_ref()
+    }
+
     /// Resolves when a drain was requested (signal handler or admin API).
     pub async fn drain_requested(&self) {
         let mut rx = self.core.lifecycle.subscribe();
@@ -468,6 +486,9 @@ impl RunningRelay {
             actor.stop(None);
             let _ = join.await;
         }
+        if let Some(live) = &self.core.live {
+            live.shutdown(Duration::from_secs(1)).await;
+        }
         if let Some(control) = self.control.take() {
             if let Err(e) = control.shutdown().await {
                 tracing::warn!(error = %e, "control shutdown");
@@ -494,6 +515,9 @@ impl Drop for RunningRelay {
             b"relay stopped",
         );
         self.supervisor.stop(None);
+        if let Some(live) = &self.core.live {
+            live.abort_all();
+        }
         for (actor, _) in &self.sink_actors {
             actor.stop(None);
         }

@@ -191,6 +191,11 @@ async fn handshake(
             return None;
         }
     };
+    if crate::sink::live::is_subscriber(&conn) {
+        // A live subscriber, not an agent: the live sink's registry takes the connection.
+        crate::sink::live::hand_over(core, conn);
+        return None;
+    }
     shared.set_conn(conn.clone());
     if core.is_draining() {
         reject(

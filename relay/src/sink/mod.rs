@@ -14,6 +14,7 @@ pub mod batch;
 pub mod channel;
 pub mod file;
 pub mod filter;
+pub mod live;
 pub mod nats_jetstream;
 pub mod ndjson;
 pub mod queue;

@@ -10,16 +10,47 @@ use super::SinkBatch;
 
 /// Appends one JSON object line for `frame` of `batch` to `out`.
 pub fn render_frame(out: &mut Vec<u8>, batch: &SinkBatch, frame: &FrameView<'_>) {
+    render(
+        out,
+        batch.origin.agent_id.as_str(),
+        &batch.origin.session_hex,
+        batch.received_unix_ns,
+        frame,
+    );
+}
+
+/// Appends one JSON object line for a frame a live subscriber received (same fields as
+/// [`render_frame`]; `contrail-tail` prints these).
+pub fn render_stored(out: &mut Vec<u8>, stored: &contrail_protocol::StoredView<'_>) {
+    render(
+        out,
+        stored.agent_id(),
+        stored.session_id(),
+        stored.received_at_unix_ns(),
+        &stored.frame(),
+    );
+}
+
+fn render(
+    out: &mut Vec<u8>,
+    agent_id: &str,
+    session_hex: &str,
+    received_unix_ns: u64,
+    frame: &FrameView<'_>,
+) {
+    // Agent ids are validated ([A-Za-z0-9._:-]) by the relay; a subscriber escapes anyway.
+    out.extend_from_slice(b"{\"agent_id\":");
+    json_string(out, agent_id);
+    out.extend_from_slice(b",\"session_id\":");
+    json_string(out, session_hex);
     let _ = write!(
         out,
-        "{{\"agent_id\":\"{}\",\"session_id\":\"{}\",\"seq\":{},\"kind\":{},\"sent_at_unix_ns\":{},\"device_time\":{},\"received_at_unix_ns\":{},\"flight_id\":",
-        batch.origin.agent_id.as_str(),
-        batch.origin.session_hex,
+        ",\"seq\":{},\"kind\":{},\"sent_at_unix_ns\":{},\"device_time\":{},\"received_at_unix_ns\":{},\"flight_id\":",
         frame.seq(),
         frame.kind(),
         frame.sent_at_unix_ns(),
         frame.device_time(),
-        batch.received_unix_ns,
+        received_unix_ns,
     );
     json_string(out, frame.flight_id());
     out.extend_from_slice(b",\"content_type\":");

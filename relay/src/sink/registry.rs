@@ -4,8 +4,16 @@ use super::file::{FileFormat, FileSettings};
 use super::{Filter, SinkCommon, SinkSpec};
 use crate::config::{ConfigError, SinkConfig, SinkType};
 
-/// The spec of one configured sink.
+/// The spec of one configured sink (a `live` sink needs [`build_with`]).
 pub fn build(cfg: &SinkConfig) -> Result<SinkSpec, ConfigError> {
+    build_with(cfg, None)
+}
+
+/// The spec of one configured sink; `live` is the subscriber registry a `live` sink feeds.
+pub fn build_with(
+    cfg: &SinkConfig,
+    live: Option<&std::sync::Arc<super::live::SubscriberRegistry>>,
+) -> Result<SinkSpec, ConfigError> {
     let filter = Filter::new(
         &cfg.include_kinds,
         &cfg.exclude_kinds,
@@ -32,6 +40,12 @@ pub fn build(cfg: &SinkConfig) -> Result<SinkSpec, ConfigError> {
             rotate_bytes: cfg.rotate_bytes.unwrap_or(0),
             fsync: cfg.fsync.unwrap_or(false),
         }),
+        SinkType::Live => {
+            super::live::factory(live.cloned().ok_or_else(|| ConfigError::Invalid {
+                field: format!("sinks.{}.type", cfg.name),
+                reason: "a live sink needs the relay's subscriber registry".into(),
+            })?)
+        }
         SinkType::RedisStreams => {
             super::redis_streams::factory(super::redis_streams::settings(cfg)?)
         }
