@@ -186,3 +186,85 @@ async fn agent_killed_mid_stream_resumes_from_its_spool_exactly_once() {
         started.elapsed()
     );
 }
+
+/// The spool is bounded: with the path black-holed, `send` stops returning once the spool holds
+/// `max_bytes` (well before the 1024-frame credit window would stop it), the directory never
+/// exceeds the bound, and everything flows again once acks return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_spool_makes_send_wait_for_acks() {
+    use contrail_protocol::client::{Agent, ClientConfig, SpoolConfig, Trust};
+    use contrail_protocol::AgentId;
+    const MAX: u64 = 16 * 1024;
+    const N: u64 = 3_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = dir.path().join("out/telemetry.ndjson");
+    let mut config = test_config(dir.path());
+    config.sinks = vec![file_sink(&sink)];
+    let relay = start_with(
+        config,
+        tempfile::tempdir().expect("tempdir"),
+        vec![],
+        Hooks::default(),
+    )
+    .await;
+    let proxy = ImpairmentProxy::start(relay.relay.local_addr(), Impairment::none()).await;
+    let spool = dir.path().join("spool");
+    let mut c = ClientConfig::new(
+        proxy.local_addr(),
+        AgentId::new("drone-bounded").expect("id"),
+        Trust::CaDer(vec![relay.relay.certificate()]),
+    );
+    c.spool = Some(SpoolConfig::new(&spool, MAX));
+    let agent = std::sync::Arc::new(Agent::connect(c).await.expect("connect"));
+    agent.send(&common::frame(b"x")).await.expect("send");
+    agent.flush().await.expect("acked");
+
+    proxy.blackhole(true);
+    let waits_before = agent.stats().credit_waits;
+    let sender = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let mut left = N;
+            while left > 0 {
+                let (_, n) = agent
+                    .send_many(left as usize, |_| common::frame(b"bounded"))
+                    .await
+                    .expect("send");
+                left -= n as u64;
+            }
+            agent.flush().await.expect("acked after the path heals");
+        })
+    };
+    poll_until_async(
+        Duration::from_secs(10),
+        "send to block on the full spool",
+        async || agent.stats().credit_waits > waits_before,
+    )
+    .await;
+    let spool_bytes: u64 = std::fs::read_dir(&spool)
+        .expect("spool dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let inflight = agent.last_seq() - agent.acked_seq();
+    assert!(spool_bytes <= MAX, "spool within its bound: {spool_bytes}");
+    assert!(
+        inflight < 1024,
+        "the spool, not the credit window, stopped send ({inflight} unacked)"
+    );
+    assert!(!sender.is_finished());
+    proxy.blackhole(false);
+    tokio::time::timeout(Duration::from_secs(15), sender)
+        .await
+        .expect("stream finished after the path healed")
+        .expect("sender");
+    assert_eq!(agent.acked_seq(), N + 1);
+    let (lines, _) = read_ndjson(&sink);
+    assert_exactly_once_in_order(
+        "drone-bounded",
+        &seqs_by_agent(&lines)["drone-bounded"],
+        N + 1,
+    );
+    eprintln!("bounded spool: blocked at {inflight} unacked frames, {spool_bytes} bytes on disk");
+}
