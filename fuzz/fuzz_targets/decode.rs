@@ -26,13 +26,22 @@ fuzz_target!(|data: &[u8]| {
         Ok(Some(batch)) => {
             assert_eq!(batch.data().len() + buf.len(), before.len());
             for (i, v) in batch.iter().enumerate() {
-                let _ = (v.seq(), v.kind(), v.payload(), v.flight_id(), v.content_type());
+                let _ = (
+                    v.seq(),
+                    v.kind(),
+                    v.payload(),
+                    v.flight_id(),
+                    v.content_type(),
+                );
                 assert!(TelemetryFrame::decode(batch.frame_body(i)).is_ok());
             }
         }
         Ok(None) => assert_eq!(buf, before),
         Err(e) => {
-            assert!(matches!(e.code(), ErrorCode::FrameTooLarge | ErrorCode::ProtocolViolation));
+            assert!(matches!(
+                e.code(),
+                ErrorCode::FrameTooLarge | ErrorCode::ProtocolViolation
+            ));
             assert_eq!(buf, before);
         }
     }
@@ -44,7 +53,10 @@ fuzz_target!(|data: &[u8]| {
             Ok(Some(_)) => assert!(buf.len() < len),
             Ok(None) => break,
             Err(e) => {
-                assert!(matches!(e.code(), ErrorCode::FrameTooLarge | ErrorCode::ProtocolViolation));
+                assert!(matches!(
+                    e.code(),
+                    ErrorCode::FrameTooLarge | ErrorCode::ProtocolViolation
+                ));
                 break;
             }
         }

@@ -332,8 +332,12 @@ fn read_ack_mark(file: &mut File) -> io::Result<u64> {
     Ok(best)
 }
 
-/// Reads the intact records of one segment: `(records, length of the intact prefix, torn)`.
-fn read_segment(path: &Path) -> io::Result<(Vec<(u64, Bytes)>, u64, bool)> {
+/// The intact records of one segment, the length of the intact prefix, and whether a torn or
+/// corrupt tail followed it.
+type SegmentRead = (Vec<(u64, Bytes)>, u64, bool);
+
+/// Reads the intact records of one segment.
+fn read_segment(path: &Path) -> io::Result<SegmentRead> {
     let data = Bytes::from(std::fs::read(path)?);
     let mut records = Vec::new();
     let mut pos = 0usize;

@@ -372,6 +372,9 @@ impl Shared {
             st.written = seq - 1;
         }
         st.paused_until = Some(tokio::time::Instant::now() + after);
+        drop(st);
+        // Wake the writer so it sleeps until the pause ends and then resends from `seq`.
+        self.work.notify_one();
     }
 
     pub(super) fn on_nack_permanent(&self) {
@@ -406,9 +409,7 @@ impl Shared {
             }
             st.paused_until = None;
         }
-        let Some(&(front, _)) = st.unacked.front() else {
-            return None;
-        };
+        let &(front, _) = st.unacked.front()?;
         if st.written + 1 < front {
             st.written = front - 1;
         }
