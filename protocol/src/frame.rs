@@ -185,6 +185,19 @@ impl TelemetryBatch {
         })
     }
 
+    /// Drops frames before the first one whose seq is `seq` (all of them when none is).
+    pub fn skip_until_seq(&mut self, seq: u64) -> usize {
+        let n = self
+            .frames
+            .iter()
+            .position(|m| m.seq == seq)
+            .unwrap_or(self.frames.len());
+        if n > 0 {
+            self.frames.drain(..n);
+        }
+        n
+    }
+
     /// Drops frames whose seq is `<= seq` from the front (used to skip resent duplicates).
     pub fn skip_through(&mut self, seq: u64) -> usize {
         let n = self.frames.iter().take_while(|m| m.seq <= seq).count();

@@ -29,6 +29,11 @@ pub enum Command {
         #[arg(long, default_value = "http://127.0.0.1:2112")]
         url: String,
     },
+    /// Print the SHA-256 hash of a token, for the tokens file.
+    HashToken {
+        /// The token.
+        token: String,
+    },
     /// Ask a running relay to drain (Kubernetes preStop).
     Drain {
         /// Base URL of the admin HTTP server.
@@ -91,6 +96,15 @@ pub struct RunArgs {
     /// Drain deadline.
     #[arg(long, env = "CONTRAIL_DRAIN_DEADLINE_MS")]
     pub drain_deadline_ms: Option<u64>,
+    /// Agent authentication mode: none, token or jwt.
+    #[arg(long, env = "CONTRAIL_AUTH_MODE")]
+    pub auth_mode: Option<String>,
+    /// File of `agent_id sha256(token)` lines (auth mode token).
+    #[arg(long, env = "CONTRAIL_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+    /// HMAC secret of agent JWTs (auth mode jwt).
+    #[arg(long, env = "CONTRAIL_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
     /// Relay id.
     #[arg(long, env = "RELAY_ID")]
     pub relay_id: Option<String>,
@@ -155,6 +169,25 @@ impl RunArgs {
             c.redis.db = self.redis_db;
         }
         set!(self.redis_ttl_secs => redis.ttl_secs);
+        if let Some(mode) = &self.auth_mode {
+            c.auth.mode = Some(match mode.as_str() {
+                "none" => crate::auth::AuthMode::None,
+                "token" => crate::auth::AuthMode::Token,
+                "jwt" => crate::auth::AuthMode::Jwt,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        field: "auth.mode".into(),
+                        reason: format!("unknown mode {other:?} (none, token, jwt)"),
+                    })
+                }
+            });
+        }
+        if self.auth_tokens_file.is_some() {
+            c.auth.tokens_file = self.auth_tokens_file.clone();
+        }
+        if self.jwt_secret.is_some() {
+            c.auth.jwt_secret = self.jwt_secret.clone();
+        }
         c.validate()?;
         Ok(c)
     }

@@ -92,6 +92,10 @@ pub struct Config {
     pub drain: DrainConfig,
     /// Redis routing publication.
     pub redis: RedisConfig,
+    /// Agent authentication.
+    pub auth: crate::auth::AuthConfig,
+    /// Per-agent quotas.
+    pub quotas: crate::quota::QuotaConfig,
     /// Sinks; empty means one `stdout` sink.
     pub sinks: Vec<SinkConfig>,
 }
@@ -106,6 +110,8 @@ impl Default for Config {
             http: HttpConfig::default(),
             drain: DrainConfig::default(),
             redis: RedisConfig::default(),
+            auth: crate::auth::AuthConfig::default(),
+            quotas: crate::quota::QuotaConfig::default(),
             sinks: Vec::new(),
         }
     }
@@ -372,6 +378,30 @@ impl Config {
         toml::from_str(text)
     }
 
+    /// The effective auth mode: `none` by default only with the development certificate; a
+    /// real certificate without an explicit `auth.mode` is a configuration error.
+    pub fn auth_mode(&self) -> Result<crate::auth::AuthMode, ConfigError> {
+        use crate::auth::AuthMode;
+        let mode = match (self.auth.mode, self.tls.cert.is_some()) {
+            (Some(m), _) => m,
+            (None, false) => AuthMode::None,
+            (None, true) => return Err(invalid(
+                "auth.mode",
+                "set auth.mode (token, jwt, or explicitly none) when serving a real certificate",
+            )),
+        };
+        match mode {
+            AuthMode::Token if self.auth.tokens_file.is_none() => Err(invalid(
+                "auth.tokens_file",
+                "mode = token needs tokens_file",
+            )),
+            AuthMode::Jwt if self.auth.jwt_secret.as_deref().is_none_or(str::is_empty) => {
+                Err(invalid("auth.jwt_secret", "mode = jwt needs jwt_secret"))
+            }
+            _ => Ok(mode),
+        }
+    }
+
     /// Checks every value; pure, so tests call it directly.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
@@ -404,6 +434,10 @@ impl Config {
                 "limits.resume_max_agents",
                 "must be at least max_sessions",
             ));
+        }
+        self.auth_mode()?;
+        if self.quotas.retry_after_ms == 0 {
+            return Err(invalid("quotas.retry_after_ms", "must be positive"));
         }
         if (self.tls.cert.is_some()) != (self.tls.key.is_some()) {
             return Err(invalid("tls", "cert and key go together"));

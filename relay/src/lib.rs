@@ -2,12 +2,14 @@
 //!
 //! Start one with [`RelayBuilder`]; see `README.md` for the data path and guarantees.
 
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod cursor;
 pub mod fanout;
 pub mod latency;
+pub mod quota;
 pub mod server;
 pub mod session;
 pub mod sink;

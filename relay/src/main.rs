@@ -22,6 +22,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::HashToken { token }) => {
+            println!("{}", contrail_relay::auth::hash_token(&token));
+            ExitCode::SUCCESS
+        }
         Some(Command::Drain {
             url,
             token_file,
@@ -119,7 +123,9 @@ async fn run(config: contrail_relay::Config) -> anyhow::Result<()> {
             path.display()
         );
     }
-    tracing::warn!("agent authentication is off (auth.mode = none): any agent id is accepted");
+    if relay.core().auth_mode() == contrail_relay::auth::AuthMode::None {
+        tracing::warn!("AGENT AUTHENTICATION IS OFF (auth.mode = none): any client can register any agent id. Use auth.mode = token or jwt outside development.");
+    }
     println!(
         "contrail-relay listening on {} (QUIC/UDP, ALPN contrail/1), admin HTTP on {}",
         relay.local_addr(),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use contrail_control::{Control, ControlConfig, ControlEvents, Lifecycle, LifecycleState};
 use contrail_protocol::{AgentId, ErrorCode};
-use metrics::{Counter, Gauge};
+use metrics::Counter;
 use ractor::{Actor, ActorRef};
 use rustls_pki_types::CertificateDer;
 use tokio::task::JoinHandle;
@@ -41,6 +41,9 @@ pub enum RelayError {
     /// The control plane failed to start.
     #[error("control: {0}")]
     Control(#[from] contrail_control::ControlError),
+    /// Authentication could not be set up (tokens file, JWT secret).
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     /// An actor failed to spawn.
     #[error("actor: {0}")]
     Actor(String),
@@ -75,15 +78,17 @@ pub struct RelayCore {
     /// Live subscribers, when a `live` sink is configured.
     pub live: Option<Arc<SubscriberRegistry>>,
     supervisor: ActorRef<SupervisorMsg>,
+    auth: crate::auth::Authenticator,
+    damper: crate::quota::FlapDamper,
     sessions: AtomicUsize,
     pending: AtomicUsize,
     session_errors: std::sync::atomic::AtomicU64,
     pub(crate) frames_received: Counter,
     pub(crate) bytes_received: Counter,
     pub(crate) frames_duplicate: Counter,
+    pub(crate) frames_discarded: Counter,
     pub(crate) acks_sent: Counter,
     pub(crate) credits_exhausted: Counter,
-    sessions_active: Gauge,
     sessions_opened: Counter,
 }
 
@@ -104,13 +109,11 @@ impl RelayCore {
             return false;
         }
         self.sessions_opened.increment(1);
-        self.sessions_active.increment(1.0);
         true
     }
 
     pub(crate) fn session_ended(&self, r: &Registration, now: Instant) {
         self.sessions.fetch_sub(1, Ordering::AcqRel);
-        self.sessions_active.decrement(1.0);
         self.events
             .session_down(r.agent_id.as_str(), &r.session_id.to_hex());
         self.resume.detach(&r.agent_id, &r.cursor, now);
@@ -124,14 +127,28 @@ impl RelayCore {
         metrics::counter!("contrail_sessions_rejected_total", "code" => code.label()).increment(1);
     }
 
+    /// Checks a registration: reconnect-storm damping, then token/JWT/mTLS.
     pub(crate) fn authenticate(
         &self,
-        _agent: &AgentId,
-        _token: &str,
-        _conn: &quinn::Connection,
+        agent: &AgentId,
+        token: &str,
+        conn: &quinn::Connection,
     ) -> Result<(), ErrorCode> {
-        // auth.mode = none: every agent id is accepted (the relay warns at start).
-        Ok(())
+        if !self.damper.allow(agent, Instant::now()) {
+            metrics::counter!("contrail_limit_hits_total", "limit" => "registrations_per_minute")
+                .increment(1);
+            return Err(ErrorCode::QuotaExceeded);
+        }
+        let chain = conn
+            .peer_identity()
+            .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok());
+        self.auth
+            .check(agent, token, chain.as_deref().map(Vec::as_slice))
+    }
+
+    /// The agent authentication mode in force.
+    pub fn auth_mode(&self) -> crate::auth::AuthMode {
+        self.auth.mode()
     }
 
     pub(crate) async fn claim(&self, agent: &AgentId, entry: SessionEntry) -> Option<SessionEntry> {
@@ -284,15 +301,20 @@ impl RelayBuilder {
             hooks: self.hooks,
             live,
             supervisor: supervisor.clone(),
+            auth: crate::auth::Authenticator::new(&config.auth, config.auth_mode()?)?,
+            damper: crate::quota::FlapDamper::new(
+                config.quotas.registrations_per_minute,
+                config.quotas.max_tracked_agents,
+            ),
             sessions: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
             session_errors: std::sync::atomic::AtomicU64::new(0),
             frames_received: metrics::counter!("contrail_frames_received_total"),
             bytes_received: metrics::counter!("contrail_bytes_received_total"),
             frames_duplicate: metrics::counter!("contrail_frames_duplicate_total"),
+            frames_discarded: metrics::counter!("contrail_frames_discarded_total"),
             acks_sent: metrics::counter!("contrail_acks_sent_total"),
             credits_exhausted: metrics::counter!("contrail_credits_exhausted_total"),
-            sessions_active: metrics::gauge!("contrail_sessions_active"),
             sessions_opened: metrics::counter!("contrail_sessions_opened_total"),
             config,
         });
@@ -305,7 +327,12 @@ impl RelayBuilder {
         } else {
             &[contrail_protocol::ALPN_AGENT]
         };
-        let server = tls::server_config(&identity, &core.config.limits, alpns)?;
+        let server = tls::server_config(
+            &identity,
+            &core.config.limits,
+            alpns,
+            core.config.auth.client_ca.as_deref(),
+        )?;
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             Some(server),
@@ -425,9 +452,8 @@ impl RunningRelay {
     pub async fn drain_requested(&self) {
         let mut rx = self.core.lifecycle.subscribe();
         loop {
-            if *rx.borrow_and_update() != LifecycleState::Starting
-                && *rx.borrow() != LifecycleState::Ready
-            {
+            let state = *rx.borrow_and_update();
+            if !matches!(state, LifecycleState::Starting | LifecycleState::Ready) {
                 return;
             }
             if rx.changed().await.is_err() {

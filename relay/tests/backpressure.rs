@@ -75,9 +75,19 @@ async fn slow_required_sink_throttles_the_agent_to_its_pace() {
     producer.await.expect("producer");
     agent.flush().await.expect("all acked eventually");
     let seqs = consumer.await.expect("consumer");
-    assert_eq!(seqs, (1..=TOTAL).collect::<Vec<_>>(), "nothing lost, in order");
-    assert!(samples > 10, "the run was long enough to observe throttling ({samples} samples)");
-    assert!(agent.stats().credit_waits > 0, "the agent had to wait for credit");
+    assert_eq!(
+        seqs,
+        (1..=TOTAL).collect::<Vec<_>>(),
+        "nothing lost, in order"
+    );
+    assert!(
+        samples > 10,
+        "the run was long enough to observe throttling ({samples} samples)"
+    );
+    assert!(
+        agent.stats().credit_waits > 0,
+        "the agent had to wait for credit"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,7 +105,10 @@ async fn slow_optional_sink_never_delays_acks_and_counts_drops() {
     let relay = start_with(config, dir, vec![fast, stuck], Hooks::default()).await;
     let agent = relay.agent("drone-fast").await;
     send_n(&agent, TOTAL, &[5u8; 128]).await;
-    agent.flush().await.expect("acks unaffected by the stuck optional sink");
+    agent
+        .flush()
+        .await
+        .expect("acks unaffected by the stuck optional sink");
     let frames = collect_frames(&mut fast_rx, TOTAL as usize, Duration::from_secs(10)).await;
     assert_eq!(frames.len() as u64, TOTAL);
     let stuck = relay
@@ -106,7 +119,10 @@ async fn slow_optional_sink_never_delays_acks_and_counts_drops() {
         .expect("stuck sink")
         .clone();
     assert!(stuck.frames_dropped() > 0, "drops are counted");
-    assert!(stuck.queue.len() <= 2, "the optional queue stayed within its bound");
+    assert!(
+        stuck.queue.len() <= 2,
+        "the optional queue stayed within its bound"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,5 +147,8 @@ async fn drop_oldest_keeps_the_newest_batches() {
     let mut held = Vec::new();
     lossy.queue.pop_many(&mut held, 10);
     let last = held.last().expect("queued batches").frames.last_seq();
-    assert_eq!(last, 200, "drop_oldest evicted old batches, kept the newest");
+    assert_eq!(
+        last, 200,
+        "drop_oldest evicted old batches, kept the newest"
+    );
 }

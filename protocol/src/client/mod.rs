@@ -114,9 +114,11 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Connects and registers; returns once the first session is registered.
+    /// Connects and registers; returns once the first session is registered, or fails after
+    /// `connect_timeout` (retrying relays meanwhile) or on a refusal retrying cannot fix.
     pub async fn connect(config: ClientConfig) -> Result<Agent, ClientError> {
         let endpoint = config::build_endpoint(&config)?;
+        let timeout = config.connect_timeout;
         let spool =
             match &config.spool {
                 Some(sc) => Some(spool::Spool::open(sc).map_err(|e| {
@@ -130,8 +132,12 @@ impl Agent {
             shared,
             driver: Some(driver),
         };
-        agent.shared.wait_first_session().await?;
-        Ok(agent)
+        match tokio::time::timeout(timeout, agent.shared.wait_first_session()).await {
+            Ok(res) => res.map(|()| agent),
+            Err(_) => Err(ClientError::Connect(format!(
+                "no relay registered this agent within {timeout:?}"
+            ))),
+        }
     }
 
     /// Sends one frame, awaiting credit when the window is full. Returns its seq.

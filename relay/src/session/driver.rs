@@ -120,9 +120,10 @@ pub(crate) async fn run(
         session_id: reg.session_id,
         session_hex: reg.session_id.to_hex(),
     });
-    let telemetry = reader::run(&core, &conn, &origin, &reg.cursor, &stats);
+    let nack = reader::NackSignal::default();
+    let telemetry = reader::run(&core, &conn, &origin, &reg.cursor, &stats, &nack);
     let control = control_loop(
-        &core, &mut send, &mut recv, &mut inbuf, &codec, &reg, &stats,
+        &core, &mut send, &mut recv, &mut inbuf, &codec, &reg, &stats, &nack,
     );
     let end = tokio::select! {
         r = telemetry => match r {
@@ -342,6 +343,7 @@ async fn handshake(
 
 /// Reads pings, writes acks (coalesced: one per wake-up, covering every batch completed since),
 /// and tells the agent to leave when the relay drains.
+#[allow(clippy::too_many_arguments)]
 async fn control_loop(
     core: &RelayCore,
     send: &mut quinn::SendStream,
@@ -350,6 +352,7 @@ async fn control_loop(
     codec: &FrameCodec,
     reg: &Registration,
     stats: &SessionStats,
+    nack: &reader::NackSignal,
 ) -> End {
     use std::sync::atomic::Ordering::Relaxed;
     let mut lifecycle = core.lifecycle.subscribe();
@@ -384,6 +387,19 @@ async fn control_loop(
         }
         tokio::select! {
             _ = reg.cursor.notify.notified() => {}
+            _ = nack.notify.notified() => {
+                if let Some(seq) = nack.take() {
+                    let msg = Msg::Nack(contrail_protocol::proto::Nack {
+                        seq,
+                        status: contrail_protocol::proto::NackStatus::RetryWithBackoff as i32,
+                        reason: "over rate quota".into(),
+                        retry_after_ms: core.config.quotas.retry_after_ms,
+                    });
+                    if !send_control(send, codec, msg).await {
+                        return End::new(ErrorCode::Normal, "control stream closed");
+                    }
+                }
+            }
             changed = lifecycle.changed(), if !drained => {
                 if changed.is_err() {
                     drained = true;

@@ -23,14 +23,48 @@ pub(crate) enum ReadEnd {
     Violation(End),
 }
 
+/// Reader → control loop signal: "send `Nack RETRY_WITH_BACKOFF` for this seq".
+#[derive(Debug, Default)]
+pub(crate) struct NackSignal {
+    seq: std::sync::atomic::AtomicU64,
+    pub(crate) notify: tokio::sync::Notify,
+}
+
+impl NackSignal {
+    fn raise(&self, seq: u64) {
+        self.seq.store(seq, std::sync::atomic::Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// The pending nack, if any (taking it).
+    pub(crate) fn take(&self) -> Option<u64> {
+        match self.seq.swap(0, std::sync::atomic::Ordering::AcqRel) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+}
+
+/// Per-session reader state that survives across batches.
+struct ReadState {
+    quota: Option<crate::quota::SessionQuota>,
+    /// After a quota nack for seq S: frames are discarded until S arrives again.
+    rewind: Option<u64>,
+}
+
 pub(crate) async fn run(
     core: &RelayCore,
     conn: &quinn::Connection,
     origin: &Arc<BatchOrigin>,
     cursor: &Arc<AgentCursor>,
     stats: &SessionStats,
+    nack: &NackSignal,
 ) -> ReadEnd {
     let limits = &core.config.limits;
+    let mut state = ReadState {
+        quota: crate::quota::SessionQuota::new(&core.config.quotas, Instant::now()),
+        rewind: None,
+    };
     let codec = FrameCodec::new(limits.max_frame_bytes);
     let cap = limits.read_buffer_bytes;
     let mut metas: Vec<FrameMeta> = Vec::with_capacity(256);
@@ -75,7 +109,7 @@ pub(crate) async fn run(
                     return ReadEnd::Violation(End::new(e.code(), e.to_string()));
                 }
             };
-            if let Err(end) = process(core, origin, cursor, stats, batch).await {
+            if let Err(end) = process(core, origin, cursor, stats, nack, &mut state, batch).await {
                 return ReadEnd::Violation(end);
             }
         }
@@ -99,10 +133,32 @@ async fn process(
     origin: &Arc<BatchOrigin>,
     cursor: &Arc<AgentCursor>,
     stats: &SessionStats,
+    nack: &NackSignal,
+    state: &mut ReadState,
     mut batch: contrail_protocol::TelemetryBatch,
 ) -> Result<(), End> {
     if let Some(hook) = &core.hooks.on_batch {
         hook(&origin.agent_id);
+    }
+    if let Some(resend) = state.rewind {
+        // Frames the agent sent before it saw our nack: discard up to the resend of `resend`.
+        let before = batch.len();
+        batch.skip_until_seq(resend);
+        core.frames_discarded
+            .increment((before - batch.len()) as u64);
+        if batch.is_empty() {
+            // An agent that keeps sending instead of backing off stays over quota.
+            if let Some(q) = state.quota.as_mut() {
+                if q.still_over(Instant::now()) == crate::quota::Verdict::Close {
+                    return Err(End::new(
+                        ErrorCode::QuotaExceeded,
+                        "agent kept sending after a quota nack",
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        state.rewind = None;
     }
     let forwarded = cursor.forwarded();
     let dups = batch.skip_through(forwarded);
@@ -111,6 +167,32 @@ async fn process(
     }
     if batch.is_empty() {
         return Ok(());
+    }
+    if let Some(quota) = state.quota.as_mut() {
+        match quota.check(
+            batch.len() as u64,
+            batch.data().len() as u64,
+            Instant::now(),
+        ) {
+            crate::quota::Verdict::Accept => {}
+            crate::quota::Verdict::Nack => {
+                let first = batch.first_seq();
+                metrics::counter!("contrail_limit_hits_total", "limit" => "agent_rate")
+                    .increment(1);
+                metrics::counter!("contrail_nacks_sent_total", "status" => "retry_with_backoff")
+                    .increment(1);
+                core.frames_discarded.increment(batch.len() as u64);
+                state.rewind = Some(first);
+                nack.raise(first);
+                return Ok(());
+            }
+            crate::quota::Verdict::Close => {
+                return Err(End::new(
+                    ErrorCode::QuotaExceeded,
+                    "agent stayed over its rate quota",
+                ))
+            }
+        }
     }
     let first = batch.first_seq();
     if first != forwarded + 1 {
