@@ -32,6 +32,10 @@ fn read_varint(b: &[u8], pos: &mut usize) -> Result<u64, CodecError> {
             return Err(CodecError::Malformed("truncated varint"));
         };
         *pos += 1;
+        if shift == 9 && byte > 1 {
+            // A 10th byte above 1 overflows 64 bits (prost rejects it too).
+            return Err(CodecError::Malformed("varint overflows 64 bits"));
+        }
         value |= u64::from(byte & 0x7f) << (shift * 7);
         if byte < 0x80 {
             return Ok(value);
@@ -50,10 +54,13 @@ pub(crate) fn parse_frame(body: &[u8], base: usize) -> Result<FrameMeta, CodecEr
     let mut pos = 0usize;
     while pos < body.len() {
         let key = read_varint(body, &mut pos)?;
+        if key > u64::from(u32::MAX) {
+            return Err(CodecError::Malformed("key out of range"));
+        }
         let field = key >> 3;
         let wire = key & 7;
-        if field == 0 {
-            return Err(CodecError::Malformed("field number 0"));
+        if field == 0 || field > 536_870_911 {
+            return Err(CodecError::Malformed("field number out of range"));
         }
         match wire {
             0 => {

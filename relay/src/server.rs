@@ -49,12 +49,15 @@ pub enum RelayError {
     Actor(String),
 }
 
+/// A per-batch hook (see [`Hooks::on_batch`]).
+pub type BatchHook = Arc<dyn Fn(&AgentId) + Send + Sync>;
+
 /// Test and embedding hooks (never reachable from the network or the config file).
 #[derive(Clone, Default)]
 pub struct Hooks {
     /// Called by the reader for every batch before it is checked; a panic here simulates a bug
     /// in one session.
-    pub on_batch: Option<Arc<dyn Fn(&AgentId) + Send + Sync>>,
+    pub on_batch: Option<BatchHook>,
 }
 
 /// What every session shares.

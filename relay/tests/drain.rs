@@ -18,7 +18,6 @@ use contrail_testsupport::{poll_until_async, ProcessGuard};
 struct Spawned {
     guard: ProcessGuard,
     quic: std::net::SocketAddr,
-    http: String,
     cert: std::path::PathBuf,
 }
 
@@ -68,11 +67,9 @@ fn spawn_relay(dir: &std::path::Path, extra: &[&str]) -> Spawned {
                 .expect("addr")
                 .parse()
                 .expect("socket addr");
-            let http = rest.rsplit(' ').next().expect("http addr").to_string();
             return Spawned {
                 guard,
                 quic,
-                http: format!("http://{http}"),
                 cert: cert.expect("dev cert line comes first"),
             };
         }

@@ -207,11 +207,7 @@ async fn session(
             return retry;
         }
         Ok(Err(outcome)) => return outcome,
-        Ok(Ok(None)) => {
-            return match conn.closed().await {
-                e => close_outcome(&e, false),
-            }
-        }
+        Ok(Ok(None)) => return close_outcome(&conn.closed().await, false),
         Ok(Ok(Some(ControlMessage {
             msg: Some(Msg::Registered(r)),
         }))) => r,

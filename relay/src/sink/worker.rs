@@ -215,7 +215,7 @@ async fn write_items(
             Err(e) => {
                 handle.m_errors.increment(1);
                 handle.set_healthy(false);
-                if attempt == 0 || attempt % 20 == 0 {
+                if attempt == 0 || attempt.is_multiple_of(20) {
                     tracing::warn!(sink = %handle.common.name, error = %e, attempt, "sink write failed; retrying");
                 }
                 if !handle.common.required && attempt >= handle.common.optional_retries {
@@ -227,7 +227,7 @@ async fn write_items(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 attempt += 1;
-                if attempt % 3 == 0 {
+                if attempt.is_multiple_of(3) {
                     if let Ok(fresh) = factory().await {
                         *sink = fresh;
                     }

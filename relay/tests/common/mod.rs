@@ -62,8 +62,10 @@ impl TestRelay {
 
 /// Config for tests: loopback port 0, cert in `dir`, quick timeouts.
 pub fn test_config(dir: &std::path::Path) -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".parse().expect("addr");
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        ..Config::default()
+    };
     c.http.listen = "127.0.0.1:0".parse().expect("addr");
     c.tls.dev_cert_dir = dir.join("certs");
     c.limits.handshake_timeout_ms = 2_000;
