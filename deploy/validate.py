@@ -872,7 +872,8 @@ def relay_subcommands() -> set[str]:
         text = path.read_text()
         for m in re.finditer(r"derive\([^)]*\bSubcommand\b[^)]*\)\]\s*(?:#\[[^\]]*\]\s*)*(?:pub\s+)?enum\s+\w+\s*\{(.*?)\n\}",
                              text, re.S):
-            body = re.sub(r"//[^\n]*", "", m.group(1))
+            # Strip whole-line comments only: `//` also occurs inside strings such as URLs.
+            body = re.sub(r"^\s*//[^\n]*", "", m.group(1), flags=re.M)
             depth, top = 0, []
             for ch in body:  # keep only top-level text (variant names, not their fields)
                 depth += ch in "{("
