@@ -6,6 +6,7 @@
 #
 #   benches/scripts/compare.sh
 #   WORKLOADS=fleet TARGETS="contrail nats" RUNS=1 benches/scripts/compare.sh
+#   NO_BUILD=1 EXTRA_ARGS="--duration 5s" benches/scripts/compare.sh
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -69,7 +70,7 @@ for w in $WORKLOADS; do
   for t in $TARGETS; do
     for i in $(seq 1 "$RUNS"); do
       start_target "$t"
-      cmd=("$LOADGEN_BIN" --scenario "$w" "${ARGS[@]}" --relay-pid "$PID" --json "$RAW/$w-$t-$i.json" --quiet)
+      cmd=("$LOADGEN_BIN" --scenario "$w" "${ARGS[@]}" --relay-pid "$PID" --json "$RAW/$w-$t-$i.json" --quiet ${EXTRA_ARGS:-})
       echo "== $w $t run $i: ${cmd[*]}" >&2
       "${cmd[@]}" | tee "$RAW/$w-$t-$i.txt" || echo "(run exited non-zero)" >&2
       stop_pid "$PID"

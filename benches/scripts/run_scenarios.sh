@@ -7,6 +7,7 @@
 #   SCENARIOS="max fleet" RUNS=1 benches/scripts/run_scenarios.sh
 #   SCENARIOS=soak SOAK_DURATION=30m benches/scripts/run_scenarios.sh
 #   NO_BUILD=1 ...                                   # reuse target/release binaries
+#   EXTRA_ARGS="--duration 5s" ...                   # extra loadgen flags for every run
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -25,7 +26,7 @@ for s in $SCENARIOS; do
     [ "$SINK" = live ] || extra+=(--no-e2e)
     [ "$s" = soak ] && extra+=(--duration "${SOAK_DURATION:-10m}")
     cmd=("$LOADGEN_BIN" --scenario "$s" --relay "127.0.0.1:$RELAY_PORT" --ca "$RELAY_CA"
-      --relay-pid "$RELAY_PID" --json "$RAW/$s-$i.json" --quiet "${extra[@]}")
+      --relay-pid "$RELAY_PID" --json "$RAW/$s-$i.json" --quiet "${extra[@]}" ${EXTRA_ARGS:-})
     echo "== $s run $i: ${cmd[*]}" >&2
     "${cmd[@]}" | tee "$RAW/$s-$i.txt" || echo "(run $s-$i exited non-zero)" >&2
     stop_pid "$RELAY_PID"

@@ -77,7 +77,7 @@ pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
         "h" => v * 3_600.0,
         other => bail!("duration `{s}`: unknown unit `{other}` (ms, s, m, h)"),
     };
-    if !(secs.is_finite() && secs >= 0.0 && secs < 1e7) {
+    if !(secs.is_finite() && (0.0..1e7).contains(&secs)) {
         bail!("duration `{s}` out of range");
     }
     Ok(Duration::from_secs_f64(secs))
