@@ -53,9 +53,9 @@ CONF
       port="$(free_port tcp)"
       if [ "$t" = nats-tls ]; then
         nats-server -a 127.0.0.1 -p "$port" --tls --tlscert "$WORK/nats.crt" --tlskey "$WORK/nats.key" \
-          --max_pending 1GB >"$WORK/nats.log" 2>&1 &
+          >"$WORK/nats.log" 2>&1 &
       else
-        nats-server -a 127.0.0.1 -p "$port" --max_pending 1GB >"$WORK/nats.log" 2>&1 &
+        nats-server -a 127.0.0.1 -p "$port" >"$WORK/nats.log" 2>&1 &
       fi
       PID=$!
       PIDS+=("$PID")
