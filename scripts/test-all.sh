@@ -21,7 +21,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy (deny warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --workspace --all-targets -- --test-threads="${CONTRAIL_TEST_THREADS:-2}"
+# RUST_TEST_THREADS rather than `-- --test-threads`: criterion bench targets (run once in test
+# mode by --all-targets) do not accept libtest flags.
+RUST_TEST_THREADS="${CONTRAIL_TEST_THREADS:-2}" cargo test --workspace --all-targets
 cargo test --workspace --doc
 if [ -f deploy/validate.sh ]; then
   echo "== deploy validation (promtool, compose/k8s/terraform agreement with the relay config)"
