@@ -166,6 +166,9 @@ pub struct Limits {
     pub read_buffer_bytes: usize,
     /// Connections still in the handshake / register phase.
     pub max_pending_handshakes: usize,
+    /// Kernel receive and send buffer of the QUIC UDP socket (the kernel may cap it; see
+    /// `net.core.rmem_max`). Small buffers drop datagrams under bursts of many agents.
+    pub udp_buffer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -181,6 +184,7 @@ impl Default for Limits {
             resume_ttl_secs: 300,
             read_buffer_bytes: 256 * 1024,
             max_pending_handshakes: 1024,
+            udp_buffer_bytes: 8 << 20,
         }
     }
 }

@@ -336,6 +336,7 @@ impl RelayBuilder {
             alpns,
             core.config.auth.client_ca.as_deref(),
         )?;
+        tune_udp_socket(&udp, core.config.limits.udp_buffer_bytes);
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             Some(server),
@@ -361,6 +362,28 @@ impl RelayBuilder {
             dev_cert_path: identity.dev_cert_path,
             certificate: identity.chain[0].clone(),
         })
+    }
+}
+
+/// Raises the UDP socket's kernel buffers so bursts from many agents are not dropped before
+/// quinn reads them (drops cost retransmission round trips: seconds of tail latency).
+fn tune_udp_socket(udp: &std::net::UdpSocket, bytes: usize) {
+    let sock = socket2::SockRef::from(udp);
+    for (what, res) in [
+        ("receive", sock.set_recv_buffer_size(bytes)),
+        ("send", sock.set_send_buffer_size(bytes)),
+    ] {
+        if let Err(e) = res {
+            tracing::warn!(error = %e, what, bytes, "could not size the UDP socket buffer");
+        }
+    }
+    let got = sock.recv_buffer_size().unwrap_or(0);
+    if got < bytes {
+        tracing::info!(
+            asked = bytes,
+            got,
+            "UDP receive buffer capped by the kernel (net.core.rmem_max)"
+        );
     }
 }
 

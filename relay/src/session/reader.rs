@@ -67,22 +67,20 @@ pub(crate) async fn run(
     };
     let codec = FrameCodec::new(limits.max_frame_bytes);
     let cap = limits.read_buffer_bytes;
-    let mut metas: Vec<FrameMeta> = Vec::with_capacity(256);
+    let mut metas: Vec<FrameMeta> = Vec::new();
     loop {
         let mut stream = match conn.accept_uni().await {
             Ok(s) => s,
             Err(e) => return ReadEnd::Closed(closed(e)),
         };
-        let mut buf = BytesMut::with_capacity(cap.min(64 * 1024));
+        // Allocated on the first data, so idle sessions hold no read buffer.
+        let mut buf = BytesMut::new();
+        let mut chunks: [bytes::Bytes; 32] = Default::default();
         loop {
-            let room = cap - buf.len();
-            if buf.capacity() - buf.len() < room.min(16 * 1024) {
-                // The previous buffer is still shared with batches in sink queues: start a new
-                // one (one allocation per buffer, not per frame).
-                buf.reserve(room.min(64 * 1024));
-            }
-            let chunk = match stream.read_chunk(room, true).await {
-                Ok(Some(chunk)) => chunk,
+            // Everything already received, in one go: one batch per wake-up, not per packet.
+            // Bounded by the stream's receive window (`read_buffer_bytes`).
+            let n = match stream.read_chunks(&mut chunks).await {
+                Ok(Some(n)) => n,
                 Ok(None) => {
                     if buf.is_empty() {
                         break;
@@ -97,7 +95,19 @@ pub(crate) async fn run(
                     return ReadEnd::Closed(End::new(ErrorCode::Normal, format!("stream: {e}")))
                 }
             };
-            buf.extend_from_slice(&chunk.bytes);
+            let received: usize = chunks[..n].iter().map(bytes::Bytes::len).sum();
+            if buf.capacity() - buf.len() < received {
+                // The previous buffer is still shared with batches in sink queues: start a new
+                // one (one allocation per buffer, not per frame).
+                buf.reserve(received.max(cap.min(64 * 1024)));
+            }
+            for chunk in chunks.iter_mut().take(n) {
+                buf.extend_from_slice(chunk);
+                *chunk = bytes::Bytes::new();
+            }
+            // The batch takes the metadata vector; size the next one up front (frames are at
+            // least ~16 bytes) instead of letting it regrow frame by frame.
+            metas.reserve(buf.len() / 64 + 8);
             let batch = match codec.decode_telemetry_batch(&mut buf, &mut metas) {
                 Ok(Some(b)) => b,
                 Ok(None) => continue,
