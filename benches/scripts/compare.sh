@@ -22,6 +22,7 @@ SINK="$(pick_sink)"
 # A TLS certificate for nats-server (localhost), made once.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+  -addext "basicConstraints=critical,CA:FALSE" \
   -keyout "$WORK/nats.key" -out "$WORK/nats.crt" >/dev/null 2>&1
 
 start_target() { # sets PID, ARGS
@@ -61,7 +62,7 @@ CONF
       PIDS+=("$PID")
       wait_for bash -c "echo > /dev/tcp/127.0.0.1/$port"
       ARGS=(--target nats --relay "127.0.0.1:$port")
-      [ "$t" = nats-tls ] && ARGS+=(--tls --ca "$WORK/nats.crt")
+      if [ "$t" = nats-tls ]; then ARGS+=(--tls --ca "$WORK/nats.crt"); fi
       ;;
   esac
 }
