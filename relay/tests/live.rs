@@ -94,7 +94,7 @@ fn kind_of(seq: u64) -> u32 {
 }
 
 fn flight_of(seq: u64) -> &'static str {
-    if seq % 2 == 0 {
+    if seq.is_multiple_of(2) {
         "f-1"
     } else {
         "f-2"

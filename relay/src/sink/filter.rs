@@ -1,7 +1,11 @@
 //! Include/exclude filters by frame kind and agent-id pattern.
 
-use contrail_protocol::AgentId;
+use std::sync::Arc;
+
+use contrail_protocol::{AgentId, FrameView};
 use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use super::SinkBatch;
 
 /// Which frames a sink (or subscriber) takes. Empty include lists admit everything.
 #[derive(Debug, Clone, Default)]
@@ -84,6 +88,25 @@ impl Filter {
             }
         }
         true
+    }
+
+    /// Every frame of `batches` this filter admits, in order, with its batch and the batch's
+    /// index: the one loop every sink writes with (the agent check runs once per batch).
+    pub fn admitted<'a>(
+        &'a self,
+        batches: &'a [Arc<SinkBatch>],
+    ) -> impl Iterator<Item = (usize, &'a SinkBatch, FrameView<'a>)> + 'a {
+        let pass_all = self.is_pass_all();
+        batches
+            .iter()
+            .enumerate()
+            .filter(move |(_, b)| pass_all || self.admits_agent(&b.origin.agent_id))
+            .flat_map(move |(i, b)| {
+                b.frames
+                    .iter()
+                    .filter(move |f| pass_all || self.admits_frame(f.kind(), f.flight_id()))
+                    .map(move |f| (i, &**b, f))
+            })
     }
 
     /// Per-frame check of kind and flight id.

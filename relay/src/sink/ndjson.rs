@@ -92,17 +92,9 @@ pub fn render_batches(
     filter: &super::Filter,
 ) -> usize {
     let mut n = 0;
-    let pass_all = filter.is_pass_all();
-    for b in batches {
-        if !pass_all && !filter.admits_agent(&b.origin.agent_id) {
-            continue;
-        }
-        for f in b.frames.iter() {
-            if pass_all || filter.admits_frame(f.kind(), f.flight_id()) {
-                render_frame(out, b, &f);
-                n += 1;
-            }
-        }
+    for (_, b, f) in filter.admitted(batches) {
+        render_frame(out, b, &f);
+        n += 1;
     }
     n
 }

@@ -141,23 +141,15 @@ impl FileSink {
             FileFormat::Protobuf => {
                 self.pbuf.clear();
                 let mut n = 0;
-                let pass_all = filter.is_pass_all();
-                for b in batches {
-                    if !pass_all && !filter.admits_agent(&b.origin.agent_id) {
-                        continue;
-                    }
-                    for f in b.frames.iter() {
-                        if pass_all || filter.admits_frame(f.kind(), f.flight_id()) {
-                            encode_stored_frame(
-                                &mut self.pbuf,
-                                b.origin.agent_id.as_str(),
-                                &b.origin.session_hex,
-                                b.received_unix_ns,
-                                f.body(),
-                            );
-                            n += 1;
-                        }
-                    }
+                for (_, b, f) in filter.admitted(batches) {
+                    encode_stored_frame(
+                        &mut self.pbuf,
+                        b.origin.agent_id.as_str(),
+                        &b.origin.session_hex,
+                        b.received_unix_ns,
+                        f.body(),
+                    );
+                    n += 1;
                 }
                 self.buf.extend_from_slice(&self.pbuf);
                 n

@@ -119,31 +119,22 @@ impl JetStreamSink {
     fn encode(&mut self, batches: &[Arc<SinkBatch>], filter: &Filter) -> Bytes {
         self.metas.clear();
         self.buf.clear();
-        let pass_all = filter.is_pass_all();
-        for (i, b) in batches.iter().enumerate() {
-            if !pass_all && !filter.admits_agent(&b.origin.agent_id) {
-                continue;
-            }
-            for f in b.frames.iter() {
-                if !pass_all && !filter.admits_frame(f.kind(), f.flight_id()) {
-                    continue;
-                }
-                let start = self.buf.len() + LEN_PREFIX;
-                encode_stored_frame(
-                    &mut self.buf,
-                    b.origin.agent_id.as_str(),
-                    &b.origin.session_hex,
-                    b.received_unix_ns,
-                    f.body(),
-                );
-                self.metas.push(Meta {
-                    batch: i,
-                    seq: f.seq(),
-                    kind: f.kind(),
-                    start,
-                    end: self.buf.len(),
-                });
-            }
+        for (i, b, f) in filter.admitted(batches) {
+            let start = self.buf.len() + LEN_PREFIX;
+            encode_stored_frame(
+                &mut self.buf,
+                b.origin.agent_id.as_str(),
+                &b.origin.session_hex,
+                b.received_unix_ns,
+                f.body(),
+            );
+            self.metas.push(Meta {
+                batch: i,
+                seq: f.seq(),
+                kind: f.kind(),
+                start,
+                end: self.buf.len(),
+            });
         }
         self.buf.split().freeze()
     }

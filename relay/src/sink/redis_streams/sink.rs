@@ -96,44 +96,40 @@ impl RedisStreamsSink {
     /// Fills `self.pipe` with one `XADD` per admitted frame; returns how many.
     fn build_pipeline(&mut self, batches: &[Arc<SinkBatch>], filter: &Filter) -> usize {
         self.pipe.clear();
-        let pass_all = filter.is_pass_all();
         let maxlen = self.settings.maxlen;
         let mut n = 0;
-        for b in batches {
+        let mut key_of = usize::MAX;
+        for (i, b, f) in filter.admitted(batches) {
             let agent = b.origin.agent_id.as_str();
-            if !pass_all && !filter.admits_agent(&b.origin.agent_id) {
-                continue;
+            if i != key_of {
+                // The stream key is rendered once per batch (one agent per batch).
+                self.settings.key.render_into(&mut self.key, agent);
+                key_of = i;
             }
-            self.settings.key.render_into(&mut self.key, agent);
-            for f in b.frames.iter() {
-                if !pass_all && !filter.admits_frame(f.kind(), f.flight_id()) {
-                    continue;
-                }
-                let cmd = self.pipe.cmd("XADD").arg(&self.key);
-                if maxlen > 0 {
-                    cmd.arg("MAXLEN").arg("~").arg(maxlen);
-                }
-                cmd.arg("*")
-                    .arg("agent")
-                    .arg(agent)
-                    .arg("seq")
-                    .arg(f.seq())
-                    .arg("kind")
-                    .arg(f.kind())
-                    .arg("flight")
-                    .arg(f.flight_id())
-                    .arg("sent_at")
-                    .arg(f.sent_at_unix_ns())
-                    .arg("device_time")
-                    .arg(f.device_time())
-                    .arg("received_at")
-                    .arg(b.received_unix_ns)
-                    .arg("content_type")
-                    .arg(f.content_type())
-                    .arg("payload")
-                    .arg(f.payload());
-                n += 1;
+            let cmd = self.pipe.cmd("XADD").arg(&self.key);
+            if maxlen > 0 {
+                cmd.arg("MAXLEN").arg("~").arg(maxlen);
             }
+            cmd.arg("*")
+                .arg("agent")
+                .arg(agent)
+                .arg("seq")
+                .arg(f.seq())
+                .arg("kind")
+                .arg(f.kind())
+                .arg("flight")
+                .arg(f.flight_id())
+                .arg("sent_at")
+                .arg(f.sent_at_unix_ns())
+                .arg("device_time")
+                .arg(f.device_time())
+                .arg("received_at")
+                .arg(b.received_unix_ns)
+                .arg("content_type")
+                .arg(f.content_type())
+                .arg("payload")
+                .arg(f.payload());
+            n += 1;
         }
         n
     }
