@@ -381,6 +381,7 @@ async fn three_relays_one_killed_routing_moves_and_jetstream_holds_every_frame_o
 
     // Every agent has frames acked; then SIGKILL the victim.
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut poll = tokio::time::interval(Duration::from_millis(20));
     while !agents.iter().all(|a| a.acked_seq() >= ACKED_BEFORE_KILL) {
         let behind = agents
             .iter()
@@ -390,7 +391,7 @@ async fn three_relays_one_killed_routing_moves_and_jetstream_holds_every_frame_o
             Instant::now() < deadline,
             "{behind} agents still have fewer than {ACKED_BEFORE_KILL} frames acked"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        poll.tick().await;
     }
     let victim_id = relays[VICTIM].id;
     let mut per_relay_before: BTreeMap<String, usize> = BTreeMap::new();
@@ -439,6 +440,7 @@ async fn three_relays_one_killed_routing_moves_and_jetstream_holds_every_frame_o
 
     // (1) Routing: every drone on exactly one live relay, naming its current session.
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut poll = tokio::time::interval(Duration::from_millis(100));
     loop {
         let problems = routing_problems(&redis, &agents, &survivors).await;
         if problems.is_empty() {
@@ -456,7 +458,7 @@ async fn three_relays_one_killed_routing_moves_and_jetstream_holds_every_frame_o
                 logs.join("\n")
             );
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        poll.tick().await;
     }
     let routed = started.elapsed();
 
