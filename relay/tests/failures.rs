@@ -221,22 +221,7 @@ async fn max_sessions_refuses_with_too_many_sessions() {
     let _first = relay.agent("drone-1").await;
     let (ep, cfg) = relay.raw_client(contrail_protocol::ALPN_AGENT);
     let conn = raw::connect(&ep, cfg, relay.relay.local_addr()).await;
-    let (mut send, _recv) = conn.open_bi().await.expect("bi");
-    let mut buf = bytes::BytesMut::new();
-    contrail_protocol::FrameCodec::default()
-        .encode(
-            &contrail_protocol::proto::ControlMessage {
-                msg: Some(contrail_protocol::proto::control_message::Msg::Register(
-                    contrail_protocol::proto::Register {
-                        agent_id: "drone-2".into(),
-                        ..Default::default()
-                    },
-                )),
-            },
-            &mut buf,
-        )
-        .expect("encode");
-    send.write_all(&buf).await.expect("write");
+    let _streams = raw::send_register(&conn, "drone-2").await;
     assert_eq!(
         raw::close_code(&conn).await,
         Some(ErrorCode::TooManySessions)
@@ -248,22 +233,7 @@ async fn bad_agent_id_is_a_protocol_violation() {
     let fx = fixture(65536, 1024, 4096).await;
     let (ep, cfg) = fx.relay.raw_client(contrail_protocol::ALPN_AGENT);
     let conn = raw::connect(&ep, cfg, fx.relay.relay.local_addr()).await;
-    let (mut send, _recv) = conn.open_bi().await.expect("bi");
-    let mut buf = bytes::BytesMut::new();
-    contrail_protocol::FrameCodec::default()
-        .encode(
-            &contrail_protocol::proto::ControlMessage {
-                msg: Some(contrail_protocol::proto::control_message::Msg::Register(
-                    contrail_protocol::proto::Register {
-                        agent_id: "no spaces allowed".into(),
-                        ..Default::default()
-                    },
-                )),
-            },
-            &mut buf,
-        )
-        .expect("encode");
-    send.write_all(&buf).await.expect("write");
+    let _streams = raw::send_register(&conn, "no spaces allowed").await;
     assert_eq!(
         raw::close_code(&conn).await,
         Some(ErrorCode::ProtocolViolation)

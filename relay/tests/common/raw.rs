@@ -16,14 +16,12 @@ pub async fn connect(
         .expect("handshake")
 }
 
-pub async fn register(
-    ep: &quinn::Endpoint,
-    cfg: quinn::ClientConfig,
-    addr: std::net::SocketAddr,
+/// Opens the control stream and sends `Register { agent_id }` without waiting for the answer.
+pub async fn send_register(
+    conn: &quinn::Connection,
     agent: &str,
-) -> quinn::Connection {
-    let conn = connect(ep, cfg, addr).await;
-    let (mut send, mut recv) = conn.open_bi().await.expect("bi");
+) -> (quinn::SendStream, quinn::RecvStream) {
+    let (mut send, recv) = conn.open_bi().await.expect("bi");
     let mut buf = BytesMut::new();
     FrameCodec::default()
         .encode(
@@ -37,6 +35,17 @@ pub async fn register(
         )
         .expect("encode");
     send.write_all(&buf).await.expect("write register");
+    (send, recv)
+}
+
+pub async fn register(
+    ep: &quinn::Endpoint,
+    cfg: quinn::ClientConfig,
+    addr: std::net::SocketAddr,
+    agent: &str,
+) -> quinn::Connection {
+    let conn = connect(ep, cfg, addr).await;
+    let (send, mut recv) = send_register(&conn, agent).await;
     let mut inbuf = BytesMut::new();
     loop {
         if let Some(m) = FrameCodec::default()
