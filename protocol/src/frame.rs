@@ -25,7 +25,7 @@ pub struct FrameMeta {
 }
 
 #[inline]
-fn read_varint(b: &[u8], pos: &mut usize) -> Result<u64, CodecError> {
+pub(crate) fn read_varint(b: &[u8], pos: &mut usize) -> Result<u64, CodecError> {
     let mut value = 0u64;
     for shift in 0..10 {
         let Some(&byte) = b.get(*pos) else {
@@ -44,6 +44,46 @@ fn read_varint(b: &[u8], pos: &mut usize) -> Result<u64, CodecError> {
     Err(CodecError::Malformed("varint too long"))
 }
 
+/// Reads a field key, returning `(field number, wire type)`; refuses what prost refuses (keys
+/// beyond `u32`, field 0, field numbers above 2^29 - 1).
+#[inline]
+pub(crate) fn read_key(b: &[u8], pos: &mut usize) -> Result<(u64, u64), CodecError> {
+    let key = read_varint(b, pos)?;
+    if key > u64::from(u32::MAX) {
+        return Err(CodecError::Malformed("key out of range"));
+    }
+    let field = key >> 3;
+    if field == 0 || field > 536_870_911 {
+        return Err(CodecError::Malformed("field number out of range"));
+    }
+    Ok((field, key & 7))
+}
+
+/// Reads a length-delimited field's length and returns its `start..end` in `b`.
+#[inline]
+pub(crate) fn read_len_delimited(b: &[u8], pos: &mut usize) -> Result<(usize, usize), CodecError> {
+    let len = read_varint(b, pos)?;
+    let len = usize::try_from(len).map_err(|_| CodecError::Malformed("length"))?;
+    let start = *pos;
+    let end = start
+        .checked_add(len)
+        .filter(|&e| e <= b.len())
+        .ok_or(CodecError::Malformed("truncated field"))?;
+    *pos = end;
+    Ok((start, end))
+}
+
+/// Skips a fixed64 (wire type 1) or fixed32 (wire type 5) field.
+#[inline]
+pub(crate) fn skip_fixed(b: &[u8], pos: &mut usize, wire: u64) -> Result<(), CodecError> {
+    let skip = if wire == 1 { 8 } else { 4 };
+    *pos = pos
+        .checked_add(skip)
+        .filter(|&e| e <= b.len())
+        .ok_or(CodecError::Malformed("truncated field"))?;
+    Ok(())
+}
+
 /// Parses a `TelemetryFrame` body at `base` in the batch buffer, checking wire types and UTF-8.
 pub(crate) fn parse_frame(body: &[u8], base: usize) -> Result<FrameMeta, CodecError> {
     let mut m = FrameMeta {
@@ -53,15 +93,7 @@ pub(crate) fn parse_frame(body: &[u8], base: usize) -> Result<FrameMeta, CodecEr
     };
     let mut pos = 0usize;
     while pos < body.len() {
-        let key = read_varint(body, &mut pos)?;
-        if key > u64::from(u32::MAX) {
-            return Err(CodecError::Malformed("key out of range"));
-        }
-        let field = key >> 3;
-        let wire = key & 7;
-        if field == 0 || field > 536_870_911 {
-            return Err(CodecError::Malformed("field number out of range"));
-        }
+        let (field, wire) = read_key(body, &mut pos)?;
         match wire {
             0 => {
                 let v = read_varint(body, &mut pos)?;
@@ -78,16 +110,11 @@ pub(crate) fn parse_frame(body: &[u8], base: usize) -> Result<FrameMeta, CodecEr
                 }
             }
             2 => {
-                let len = read_varint(body, &mut pos)?;
-                let len = usize::try_from(len).map_err(|_| CodecError::Malformed("length"))?;
-                let end = pos
-                    .checked_add(len)
-                    .filter(|&e| e <= body.len())
-                    .ok_or(CodecError::Malformed("truncated field"))?;
-                let range = ((base + pos) as u32, (base + end) as u32);
+                let (start, end) = read_len_delimited(body, &mut pos)?;
+                let range = ((base + start) as u32, (base + end) as u32);
                 match field {
                     5 | 7 => {
-                        std::str::from_utf8(&body[pos..end])
+                        std::str::from_utf8(&body[start..end])
                             .map_err(|_| CodecError::Malformed("string is not UTF-8"))?;
                         if field == 5 {
                             m.flight_id = range;
@@ -99,17 +126,12 @@ pub(crate) fn parse_frame(body: &[u8], base: usize) -> Result<FrameMeta, CodecEr
                     1..=4 => return Err(CodecError::Malformed("wrong wire type")),
                     _ => {}
                 }
-                pos = end;
             }
             1 | 5 => {
                 if field <= 7 {
                     return Err(CodecError::Malformed("wrong wire type"));
                 }
-                let skip = if wire == 1 { 8 } else { 4 };
-                pos = pos
-                    .checked_add(skip)
-                    .filter(|&e| e <= body.len())
-                    .ok_or(CodecError::Malformed("truncated field"))?;
+                skip_fixed(body, &mut pos, wire)?;
             }
             _ => return Err(CodecError::Malformed("unsupported wire type")),
         }

@@ -10,7 +10,9 @@ use bytes::{Bytes, BytesMut};
 use prost::Message;
 
 use crate::codec::{CodecError, FrameCodec};
-use crate::frame::{parse_frame, FrameMeta, FrameView};
+use crate::frame::{
+    parse_frame, read_key, read_len_delimited, read_varint, skip_fixed, FrameMeta, FrameView,
+};
 use crate::proto::StoredFrame;
 
 /// Offsets and header fields of one `StoredFrame` inside a [`StoredBatch`]'s buffer.
@@ -28,22 +30,6 @@ pub struct StoredMeta {
     pub frame: FrameMeta,
 }
 
-#[inline]
-fn read_varint(b: &[u8], pos: &mut usize) -> Result<u64, CodecError> {
-    let mut value = 0u64;
-    for shift in 0..10 {
-        let Some(&byte) = b.get(*pos) else {
-            return Err(CodecError::Malformed("truncated varint"));
-        };
-        *pos += 1;
-        value |= u64::from(byte & 0x7f) << (shift * 7);
-        if byte < 0x80 {
-            return Ok(value);
-        }
-    }
-    Err(CodecError::Malformed("varint too long"))
-}
-
 /// Parses a `StoredFrame` body located at `base` in the batch buffer.
 fn parse_stored(body: &[u8], base: usize) -> Result<StoredMeta, CodecError> {
     let mut m = StoredMeta {
@@ -54,22 +40,15 @@ fn parse_stored(body: &[u8], base: usize) -> Result<StoredMeta, CodecError> {
     let mut has_frame = false;
     let mut pos = 0usize;
     while pos < body.len() {
-        let key = read_varint(body, &mut pos)?;
-        let field = key >> 3;
-        match (field, key & 7) {
-            (0, _) => return Err(CodecError::Malformed("field number 0")),
+        let (field, wire) = read_key(body, &mut pos)?;
+        match (field, wire) {
             (3, 0) => m.received_at_unix_ns = read_varint(body, &mut pos)?,
             (1 | 2 | 4, 2) | (5.., 2) => {
-                let len = read_varint(body, &mut pos)?;
-                let len = usize::try_from(len).map_err(|_| CodecError::Malformed("length"))?;
-                let end = pos
-                    .checked_add(len)
-                    .filter(|&e| e <= body.len())
-                    .ok_or(CodecError::Malformed("truncated field"))?;
-                let range = ((base + pos) as u32, (base + end) as u32);
+                let (start, end) = read_len_delimited(body, &mut pos)?;
+                let range = ((base + start) as u32, (base + end) as u32);
                 match field {
                     1 | 2 => {
-                        std::str::from_utf8(&body[pos..end])
+                        std::str::from_utf8(&body[start..end])
                             .map_err(|_| CodecError::Malformed("string is not UTF-8"))?;
                         if field == 1 {
                             m.agent_id = range;
@@ -78,23 +57,16 @@ fn parse_stored(body: &[u8], base: usize) -> Result<StoredMeta, CodecError> {
                         }
                     }
                     4 => {
-                        m.frame = parse_frame(&body[pos..end], base + pos)?;
+                        m.frame = parse_frame(&body[start..end], base + start)?;
                         has_frame = true;
                     }
                     _ => {}
                 }
-                pos = end;
             }
             (5.., 0) => {
                 read_varint(body, &mut pos)?;
             }
-            (5.., w @ (1 | 5)) => {
-                let skip = if w == 1 { 8 } else { 4 };
-                pos = pos
-                    .checked_add(skip)
-                    .filter(|&e| e <= body.len())
-                    .ok_or(CodecError::Malformed("truncated field"))?;
-            }
+            (5.., w @ (1 | 5)) => skip_fixed(body, &mut pos, w)?,
             _ => return Err(CodecError::Malformed("wrong wire type")),
         }
     }
