@@ -73,6 +73,8 @@ start_relay() {
     echo "[limits]"
     echo "max_sessions = 25000"
     echo "resume_max_agents = 200000"
+    # Extra [limits] lines for A/B runs, e.g. RELAY_LIMITS=$'ack_delay_ms = 0'.
+    [ -z "${RELAY_LIMITS:-}" ] || echo "$RELAY_LIMITS"
     echo "[[sinks]]"
     if [ "$sink" = live ]; then
       echo 'name = "live"'

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use contrail_protocol::client::subscriber::{Policy, Subscriber, SubscriberConfig};
-use contrail_protocol::client::{Agent, ClientConfig, ClientError, OutFrame, Trust};
+use contrail_protocol::client::{
+    Agent, ClientConfig, ClientError, OutFrame, SharedEndpoint, Trust,
+};
 use contrail_protocol::AgentId;
 use tokio::sync::watch;
 
@@ -39,6 +41,51 @@ pub struct Target {
     pub trust: Trust,
     /// Auth token for the agents.
     pub token: String,
+    /// UDP sockets the agents share, agent `i` on `endpoints[i % len]` (each agent still has
+    /// its own QUIC connection and session).
+    pub endpoints: Arc<[SharedEndpoint]>,
+    /// QUIC ACK-frequency request to the relay (see `ClientConfig::ack_eliciting_threshold`).
+    pub ack_eliciting_threshold: u32,
+    /// Largest UDP payload (see `ClientConfig::max_udp_payload_bytes`).
+    pub max_udp_payload_bytes: u16,
+}
+
+/// Kernel buffer size asked for each shared agent socket (hundreds of connections per socket).
+const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+
+impl Target {
+    /// Binds `n` shared agent sockets for `relays` (inside a tokio runtime).
+    pub fn bind_endpoints(
+        relays: &[std::net::SocketAddr],
+        trust: &Trust,
+        n: usize,
+        ack_eliciting_threshold: u32,
+        max_udp_payload_bytes: u16,
+    ) -> anyhow::Result<Arc<[SharedEndpoint]>> {
+        let first = *relays.first().context("no relay address")?;
+        let mut probe = ClientConfig::new(
+            first,
+            AgentId::new("loadgen").context("agent id")?,
+            trust.clone(),
+        );
+        probe.ack_eliciting_threshold = ack_eliciting_threshold;
+        probe.max_udp_payload_bytes = max_udp_payload_bytes;
+        let bind = if first.is_ipv6() {
+            std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+        } else {
+            std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+        };
+        (0..n.max(1))
+            .map(|_| {
+                let socket = std::net::UdpSocket::bind(bind).context("binding an agent socket")?;
+                let sock = socket2::SockRef::from(&socket);
+                // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+                let _ = sock.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+                let _ = sock.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+                SharedEndpoint::from_socket(&probe, socket).context("agent endpoint")
+            })
+            .collect()
+    }
 }
 
 fn error_code(e: &ClientError) -> String {
@@ -74,12 +121,14 @@ pub async fn run_agent(
     config.server_name = target.server_name.clone();
     config.auth_token = target.token.clone();
     config.platform = "contrail-loadgen".into();
+    config.ack_eliciting_threshold = target.ack_eliciting_threshold;
+    config.max_udp_payload_bytes = target.max_udp_payload_bytes;
     let Ok(permit) = gate.acquire().await else {
         return AgentEnd::default();
     };
     let t0 = ctx.now_ns();
     let agent = tokio::select! {
-        r = Agent::connect(config) => match r {
+        r = Agent::connect_shared(config, &target.endpoints[idx % target.endpoints.len()]) => match r {
             Ok(a) => a,
             Err(e) => {
                 ctx.error(error_code(&e));
@@ -251,6 +300,7 @@ pub async fn run_subscriber(
     config.agent_patterns = vec![format!("{}*", ctx.id_prefix)];
     config.policy = Policy::Block;
     config.receive_window = 16 * 1024 * 1024;
+    config.max_udp_payload_bytes = target.max_udp_payload_bytes;
     let mut sub = match Subscriber::connect(config).await.context("live subscriber") {
         Ok(s) => {
             let _ = ready.send(Ok(()));

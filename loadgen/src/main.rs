@@ -108,6 +108,19 @@ struct Cli {
     /// No progress line.
     #[arg(long)]
     quiet: bool,
+    /// UDP sockets the Contrail agents share (default: one per 128 agents, 2 to 16). Every
+    /// agent still has its own QUIC connection and session.
+    #[arg(long)]
+    sockets: Option<usize>,
+    /// Packets the relay may receive from an agent before it must send a QUIC ACK (QUIC
+    /// ACK-frequency extension; 0: QUIC's default of every other packet).
+    #[arg(long, default_value_t = contrail_protocol::client::config::DEFAULT_ACK_ELICITING_THRESHOLD)]
+    ack_threshold: u32,
+    /// Largest UDP payload for agents and the subscriber (QUIC path-MTU discovery ceiling; the
+    /// relay's `limits.max_udp_payload_bytes` must allow it too). Loopback and jumbo-frame LANs
+    /// carry up to 65527.
+    #[arg(long, default_value_t = contrail_protocol::client::config::DEFAULT_MAX_UDP_PAYLOAD)]
+    max_udp_payload: u16,
     /// Worker threads (default: the number of CPUs).
     #[arg(long)]
     threads: Option<usize>,
@@ -185,11 +198,29 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                     cli.ca.display()
                 )
             })?;
+            let trust = Trust::CaDer(certs);
+            let sockets = cli
+                .sockets
+                .unwrap_or_else(|| agents.div_ceil(128).clamp(2, 16))
+                .clamp(1, agents.max(1));
+            let endpoints = {
+                let _rt = rt.enter();
+                contrail::Target::bind_endpoints(
+                    &relays,
+                    &trust,
+                    sockets,
+                    cli.ack_threshold,
+                    cli.max_udp_payload,
+                )?
+            };
             run::Driver::Contrail(contrail::Target {
                 relays,
                 server_name: cli.server_name.clone(),
-                trust: Trust::CaDer(certs),
+                trust,
                 token: cli.token.clone(),
+                endpoints,
+                ack_eliciting_threshold: cli.ack_threshold,
+                max_udp_payload_bytes: cli.max_udp_payload,
             })
         }
         TargetArg::Mqtt => run::Driver::Broker(brokers::Target::new(

@@ -169,6 +169,19 @@ pub struct Limits {
     /// Kernel receive and send buffer of the QUIC UDP socket (the kernel may cap it; see
     /// `net.core.rmem_max`). Small buffers drop datagrams under bursts of many agents.
     pub udp_buffer_bytes: usize,
+    /// Longest an ack waits to be coalesced with later ones (0: ack every completed batch at
+    /// once). An ack goes out sooner when a quarter of `max_inflight` is waiting for it, or
+    /// when the relay drains.
+    pub ack_delay_ms: u64,
+    /// Packets a peer (agent or live subscriber) may receive from the relay before it must
+    /// send a QUIC ACK, asked for with the QUIC ACK-frequency extension (0: QUIC's default,
+    /// every other packet). Peers still ACK within their max ACK delay.
+    pub ack_eliciting_threshold: u32,
+    /// Largest UDP payload the relay sends or accepts: the ceiling of QUIC path-MTU discovery
+    /// (which settles lower on paths that carry less) and the datagram size the socket reads.
+    /// 1452 suits Ethernet and the internet; jumbo-frame LANs and loopback can use up to 65527
+    /// (fewer packets per frame at high rates; agents and subscribers must allow it too).
+    pub max_udp_payload_bytes: u16,
 }
 
 impl Default for Limits {
@@ -185,6 +198,9 @@ impl Default for Limits {
             read_buffer_bytes: 256 * 1024,
             max_pending_handshakes: 1024,
             udp_buffer_bytes: 8 << 20,
+            ack_delay_ms: 100,
+            ack_eliciting_threshold: 16,
+            max_udp_payload_bytes: 1452,
         }
     }
 }
@@ -197,6 +213,14 @@ impl Limits {
     /// Idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+    /// Ack coalescing delay.
+    pub fn ack_delay(&self) -> Duration {
+        Duration::from_millis(self.ack_delay_ms)
+    }
+    /// Frames waiting for an ack that make it go out without waiting for `ack_delay`.
+    pub fn ack_now_threshold(&self) -> u64 {
+        u64::from((self.max_inflight / 4).max(1))
     }
 }
 
@@ -431,6 +455,18 @@ impl Config {
             return Err(invalid(
                 "limits.heartbeat_interval_ms",
                 "must be positive and below idle_timeout_ms",
+            ));
+        }
+        if !(1200..=65_527).contains(&l.max_udp_payload_bytes) {
+            return Err(invalid(
+                "limits.max_udp_payload_bytes",
+                "must be 1200..=65527",
+            ));
+        }
+        if l.ack_delay_ms >= l.idle_timeout_ms / 2 {
+            return Err(invalid(
+                "limits.ack_delay_ms",
+                "must be below half of idle_timeout_ms",
             ));
         }
         if l.resume_max_agents < l.max_sessions {

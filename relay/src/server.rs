@@ -337,8 +337,12 @@ impl RelayBuilder {
             core.config.auth.client_ca.as_deref(),
         )?;
         tune_udp_socket(&udp, core.config.limits.udp_buffer_bytes);
+        let endpoint_config = contrail_protocol::client::config::endpoint_config(
+            core.config.limits.max_udp_payload_bytes,
+        )
+        .map_err(|e| RelayError::Tls(tls::TlsError::Config(e)))?;
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             Some(server),
             udp,
             Arc::new(quinn::TokioRuntime),

@@ -122,7 +122,7 @@ pub fn server_config(
     alpns: &[&[u8]],
     client_ca: Option<&Path>,
 ) -> Result<quinn::ServerConfig, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(contrail_protocol::client::config::crypto_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?;
@@ -163,7 +163,17 @@ pub fn server_config(
     let window = (limits.read_buffer_bytes as u64).clamp(64 * 1024, 16 << 20);
     transport.stream_receive_window(quinn::VarInt::from_u64(window).unwrap_or(quinn::VarInt::MAX));
     transport.receive_window(quinn::VarInt::from_u64(window * 2).unwrap_or(quinn::VarInt::MAX));
-    transport.send_window(1 << 20);
+    // What the relay may have in flight on one connection: live subscribers receive every
+    // frame, and at hundreds of MB/s a small window stalls the writer between ACKs.
+    transport.send_window(8 << 20);
+    transport.mtu_discovery_config(Some(contrail_protocol::client::config::mtu_discovery(
+        limits.max_udp_payload_bytes,
+    )));
+    if limits.ack_eliciting_threshold > 0 {
+        let mut ack = quinn::AckFrequencyConfig::default();
+        ack.ack_eliciting_threshold(quinn::VarInt::from_u32(limits.ack_eliciting_threshold));
+        transport.ack_frequency_config(Some(ack));
+    }
     server.transport_config(Arc::new(transport));
     server.max_incoming(limits.max_pending_handshakes.max(1));
     Ok(server)

@@ -63,6 +63,16 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// QUIC idle timeout.
     pub idle_timeout: Duration,
+    /// Packets the relay may receive from this agent before it must send a QUIC ACK (asked
+    /// for with the QUIC ACK-frequency extension; 0 keeps QUIC's default of every other
+    /// packet). Fewer ACKs save the relay a send per couple of packets at high rates; the
+    /// relay still ACKs within its max ACK delay.
+    pub ack_eliciting_threshold: u32,
+    /// Largest UDP payload this agent sends or accepts: the ceiling of QUIC path-MTU discovery
+    /// (which settles lower on paths that carry less) and the datagram size the socket reads.
+    /// The default suits Ethernet and the internet; jumbo-frame LANs and loopback can go up to
+    /// 65527, which cuts per-packet work at high rates.
+    pub max_udp_payload_bytes: u16,
     /// First reconnect delay; doubles up to `reconnect_max`.
     pub reconnect_min: Duration,
     /// Cap of the reconnect delay.
@@ -89,12 +99,51 @@ impl ClientConfig {
             max_buffered: 65_536,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
+            ack_eliciting_threshold: DEFAULT_ACK_ELICITING_THRESHOLD,
+            max_udp_payload_bytes: DEFAULT_MAX_UDP_PAYLOAD,
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(5),
             first_seq: 1,
             spool: None,
         }
     }
+}
+
+/// Default [`ClientConfig::ack_eliciting_threshold`].
+pub const DEFAULT_ACK_ELICITING_THRESHOLD: u32 = 16;
+
+/// Default largest UDP payload (QUIC's usual ceiling for Ethernet paths).
+pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 1452;
+
+/// QUIC path-MTU discovery up to `max_udp_payload` (QUIC's default ceiling when smaller).
+pub fn mtu_discovery(max_udp_payload: u16) -> quinn::MtuDiscoveryConfig {
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(max_udp_payload.max(DEFAULT_MAX_UDP_PAYLOAD));
+    mtu
+}
+
+/// An endpoint configuration accepting datagrams of up to `max_udp_payload` bytes.
+pub fn endpoint_config(max_udp_payload: u16) -> Result<quinn::EndpointConfig, String> {
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(max_udp_payload.clamp(1200, 65_527))
+        .map_err(|e| format!("max_udp_payload_bytes: {e}"))?;
+    Ok(config)
+}
+
+/// The rustls crypto provider Contrail uses on both ends: ring, with the TLS 1.3 suites ordered
+/// AES-128-GCM/SHA-256 first. The handshake's key schedule then runs on SHA-256 (hardware
+/// SHA on current x86 and ARM) instead of SHA-384, and every packet is sealed with AES-128
+/// rather than AES-256; both remain standard TLS 1.3 suites, and a peer may still pick another.
+pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|s| match s.suite() {
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
+        rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => 1,
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => 2,
+        _ => 3,
+    });
+    provider
 }
 
 /// Reads CA certificates from a PEM file.
@@ -129,9 +178,7 @@ pub fn rustls_client_config(
             .add(cert)
             .map_err(|e| ClientError::Config(format!("trust root: {e}")))?;
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
     .with_protocol_versions(&[&rustls::version::TLS13])
     .map_err(|e| ClientError::Config(e.to_string()))?
     .with_root_certificates(roots);
@@ -149,6 +196,8 @@ pub fn rustls_client_config(
 pub fn quinn_client_config(
     tls: rustls::ClientConfig,
     idle_timeout: Duration,
+    ack_eliciting_threshold: u32,
+    max_udp_payload: u16,
 ) -> Result<quinn::ClientConfig, ClientError> {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| ClientError::Config(e.to_string()))?;
@@ -158,31 +207,108 @@ pub fn quinn_client_config(
     transport.keep_alive_interval(Some(idle_timeout / 3));
     transport.stream_receive_window(quinn::VarInt::from_u32(4 * 1024 * 1024));
     transport.send_window(8 * 1024 * 1024);
+    transport.mtu_discovery_config(Some(mtu_discovery(max_udp_payload)));
+    if ack_eliciting_threshold > 0 {
+        let mut ack = quinn::AckFrequencyConfig::default();
+        ack.ack_eliciting_threshold(quinn::VarInt::from_u32(ack_eliciting_threshold));
+        transport.ack_frequency_config(Some(ack));
+    }
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
 
-pub(super) fn build_endpoint(config: &ClientConfig) -> Result<quinn::Endpoint, ClientError> {
-    if config.relays.is_empty() {
-        return Err(ClientError::Config("no relay address".into()));
+pub(super) fn bind_addr(relay: SocketAddr) -> SocketAddr {
+    if relay.is_ipv6() {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
     }
+}
+
+/// Binds a client endpoint whose default client config comes from `config`'s trust, client
+/// certificate and idle timeout.
+pub(super) fn build_endpoint(config: &ClientConfig) -> Result<quinn::Endpoint, ClientError> {
+    let Some(first) = config.relays.first() else {
+        return Err(ClientError::Config("no relay address".into()));
+    };
+    let socket = std::net::UdpSocket::bind(bind_addr(*first))
+        .map_err(|e| ClientError::Config(format!("binding UDP socket: {e}")))?;
+    endpoint_on(config, socket)
+}
+
+/// A client endpoint on `socket` whose default client config comes from `config`'s trust,
+/// client certificate and transport settings.
+fn endpoint_on(
+    config: &ClientConfig,
+    socket: std::net::UdpSocket,
+) -> Result<quinn::Endpoint, ClientError> {
     let tls = rustls_client_config(
         &config.trust,
         config.client_auth.as_ref(),
         crate::ALPN_AGENT,
     )?;
-    let quic = quinn_client_config(tls, config.idle_timeout)?;
-    let bind: SocketAddr = if config.relays[0].is_ipv6() {
-        "[::]:0"
-            .parse()
-            .map_err(|_| ClientError::Config("bind".into()))?
-    } else {
-        "0.0.0.0:0"
-            .parse()
-            .map_err(|_| ClientError::Config("bind".into()))?
-    };
-    let mut endpoint = quinn::Endpoint::client(bind)
-        .map_err(|e| ClientError::Config(format!("binding UDP socket: {e}")))?;
+    let quic = quinn_client_config(
+        tls,
+        config.idle_timeout,
+        config.ack_eliciting_threshold,
+        config.max_udp_payload_bytes,
+    )?;
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| ClientError::Config("no async runtime".into()))?;
+    let endpoint_config =
+        endpoint_config(config.max_udp_payload_bytes).map_err(ClientError::Config)?;
+    let mut endpoint = quinn::Endpoint::new(endpoint_config, None, socket, runtime)
+        .map_err(|e| ClientError::Config(format!("UDP socket: {e}")))?;
     endpoint.set_default_client_config(quic);
     Ok(endpoint)
+}
+
+/// One UDP socket (a quinn client endpoint) that several agents share, each with its own QUIC
+/// connection and session.
+///
+/// A real drone has one agent and lets [`Agent::connect`](super::Agent::connect) bind its own
+/// socket. A process that runs many agents (a gateway, `contrail-loadgen`) shares a few of these
+/// instead: the TLS configuration is built once, and one socket read returns datagrams for many
+/// connections rather than one wake-up per datagram per socket. The endpoint's trust roots,
+/// client certificate and idle timeout apply to every agent on it (the agents' own
+/// [`ClientConfig::trust`] and [`ClientConfig::client_auth`] are not consulted).
+#[derive(Debug, Clone)]
+pub struct SharedEndpoint {
+    pub(super) endpoint: quinn::Endpoint,
+}
+
+impl SharedEndpoint {
+    /// Binds a socket for agents configured like `config` (trust, client certificate, idle
+    /// timeout, address family of the first relay).
+    pub fn new(config: &ClientConfig) -> Result<Self, ClientError> {
+        Ok(SharedEndpoint {
+            endpoint: build_endpoint(config)?,
+        })
+    }
+
+    /// Like [`new`](Self::new), on a socket the caller bound (and sized: many connections on
+    /// one socket want larger kernel buffers than the default).
+    pub fn from_socket(
+        config: &ClientConfig,
+        socket: std::net::UdpSocket,
+    ) -> Result<Self, ClientError> {
+        Ok(SharedEndpoint {
+            endpoint: endpoint_on(config, socket)?,
+        })
+    }
+
+    /// The local UDP address.
+    pub fn local_addr(&self) -> Result<SocketAddr, ClientError> {
+        self.endpoint
+            .local_addr()
+            .map_err(|e| ClientError::Config(format!("local address: {e}")))
+    }
+
+    /// Closes every connection on the endpoint.
+    pub fn close(&self) {
+        self.endpoint.close(
+            quinn::VarInt::from_u32(crate::ErrorCode::Normal.close_code()),
+            b"",
+        );
+    }
 }

@@ -28,7 +28,14 @@ enum Outcome {
     },
 }
 
-pub(super) async fn run(endpoint: quinn::Endpoint, config: ClientConfig, shared: Arc<Shared>) {
+/// Runs the agent's sessions until it is closed or stops for good. `owns_endpoint`: the
+/// endpoint is this agent's alone (closed at the end); a shared one stays open for the others.
+pub(super) async fn run(
+    endpoint: quinn::Endpoint,
+    owns_endpoint: bool,
+    config: ClientConfig,
+    shared: Arc<Shared>,
+) {
     let mut relay_idx = 0usize;
     let mut backoff = config.reconnect_min;
     loop {
@@ -65,7 +72,9 @@ pub(super) async fn run(endpoint: quinn::Endpoint, config: ClientConfig, shared:
             }
         }
     }
-    endpoint.close(quinn::VarInt::from_u32(ErrorCode::Normal.close_code()), b"");
+    if owns_endpoint {
+        endpoint.close(quinn::VarInt::from_u32(ErrorCode::Normal.close_code()), b"");
+    }
 }
 
 fn close_outcome(err: &quinn::ConnectionError, registered: bool) -> Outcome {

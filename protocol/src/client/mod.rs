@@ -34,7 +34,7 @@ pub mod spool;
 mod state;
 pub mod subscriber;
 
-pub use config::{ClientAuth, ClientConfig, Trust};
+pub use config::{ClientAuth, ClientConfig, SharedEndpoint, Trust};
 pub use spool::SpoolConfig;
 pub use state::AgentStats;
 
@@ -118,6 +118,26 @@ impl Agent {
     /// `connect_timeout` (retrying relays meanwhile) or on a refusal retrying cannot fix.
     pub async fn connect(config: ClientConfig) -> Result<Agent, ClientError> {
         let endpoint = config::build_endpoint(&config)?;
+        Self::start(config, endpoint, true).await
+    }
+
+    /// Like [`connect`](Self::connect), on a socket shared with other agents (see
+    /// [`SharedEndpoint`]). Closing or dropping this agent closes only its own connection.
+    pub async fn connect_shared(
+        config: ClientConfig,
+        endpoint: &SharedEndpoint,
+    ) -> Result<Agent, ClientError> {
+        if config.relays.is_empty() {
+            return Err(ClientError::Config("no relay address".into()));
+        }
+        Self::start(config, endpoint.endpoint.clone(), false).await
+    }
+
+    async fn start(
+        config: ClientConfig,
+        endpoint: quinn::Endpoint,
+        owns_endpoint: bool,
+    ) -> Result<Agent, ClientError> {
         let timeout = config.connect_timeout;
         let spool =
             match &config.spool {
@@ -127,7 +147,7 @@ impl Agent {
                 None => None,
             };
         let shared = Arc::new(Shared::new(&config, spool));
-        let driver = tokio::spawn(driver::run(endpoint, config, shared.clone()));
+        let driver = tokio::spawn(driver::run(endpoint, owns_endpoint, config, shared.clone()));
         let agent = Agent {
             shared,
             driver: Some(driver),

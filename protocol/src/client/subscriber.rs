@@ -96,6 +96,8 @@ pub struct SubscriberConfig {
     pub receive_window: u32,
     /// Largest `StoredFrame` accepted.
     pub max_frame_bytes: usize,
+    /// Largest UDP payload (see [`ClientConfig::max_udp_payload_bytes`](super::ClientConfig)).
+    pub max_udp_payload_bytes: u16,
 }
 
 impl SubscriberConfig {
@@ -116,6 +118,7 @@ impl SubscriberConfig {
             idle_timeout: Duration::from_secs(30),
             receive_window: 4 * 1024 * 1024,
             max_frame_bytes: 16 * 1024 * 1024,
+            max_udp_payload_bytes: super::config::DEFAULT_MAX_UDP_PAYLOAD,
         }
     }
 }
@@ -228,14 +231,18 @@ fn build_endpoint(config: &SubscriberConfig) -> Result<quinn::Endpoint, Subscrib
     transport.receive_window(window);
     transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(1));
     transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(0));
+    transport.mtu_discovery_config(Some(super::config::mtu_discovery(
+        config.max_udp_payload_bytes,
+    )));
     quic.transport_config(std::sync::Arc::new(transport));
-    let bind: SocketAddr = if config.relay.is_ipv6() {
-        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
-    } else {
-        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
-    };
-    let mut endpoint = quinn::Endpoint::client(bind)
+    let socket = std::net::UdpSocket::bind(super::config::bind_addr(config.relay))
         .map_err(|e| SubscriberError::Config(format!("binding UDP socket: {e}")))?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| SubscriberError::Config("no async runtime".into()))?;
+    let endpoint_config = super::config::endpoint_config(config.max_udp_payload_bytes)
+        .map_err(SubscriberError::Config)?;
+    let mut endpoint = quinn::Endpoint::new(endpoint_config, None, socket, runtime)
+        .map_err(|e| SubscriberError::Config(format!("UDP socket: {e}")))?;
     endpoint.set_default_client_config(quic);
     Ok(endpoint)
 }

@@ -358,6 +358,10 @@ async fn control_loop(
     let mut lifecycle = core.lifecycle.subscribe();
     let mut acked = reg.cursor.completed();
     let mut drained = false;
+    let ack_delay = core.config.limits.ack_delay();
+    let ack_now = core.config.limits.ack_now_threshold();
+    // When the oldest frame not yet acked must be acked by (acks are coalesced until then).
+    let mut ack_due: Option<tokio::time::Instant> = None;
     loop {
         if !drained && *lifecycle.borrow_and_update() == LifecycleState::Draining {
             drained = true;
@@ -371,21 +375,35 @@ async fn control_loop(
         }
         let completed = reg.cursor.completed();
         if completed > acked {
-            acked = completed;
-            let ack = Msg::Ack(contrail_protocol::proto::Ack { up_to_seq: acked });
-            if !send_control(send, codec, ack).await {
-                return End::new(ErrorCode::Normal, "control stream closed");
+            let now = tokio::time::Instant::now();
+            let due = *ack_due.get_or_insert(now + ack_delay);
+            // Coalesce: a slow agent's acks wait (up to `ack_delay`) to cover several frames,
+            // which saves a packet each way per frame; a busy agent is acked at once.
+            if completed - acked >= ack_now || now >= due || drained {
+                ack_due = None;
+                acked = completed;
+                let ack = Msg::Ack(contrail_protocol::proto::Ack { up_to_seq: acked });
+                if !send_control(send, codec, ack).await {
+                    return End::new(ErrorCode::Normal, "control stream closed");
+                }
+                core.acks_sent.increment(1);
+                stats
+                    .inflight
+                    .store(reg.cursor.forwarded().saturating_sub(acked), Relaxed);
+                if let Some(t) = reg.cursor.completed_received_at() {
+                    core.latency.ack_sent(t);
+                }
+                continue;
             }
-            core.acks_sent.increment(1);
-            stats
-                .inflight
-                .store(reg.cursor.forwarded().saturating_sub(acked), Relaxed);
-            if let Some(t) = reg.cursor.completed_received_at() {
-                core.latency.ack_sent(t);
-            }
-            continue;
         }
+        let ack_timer = async {
+            match ack_due {
+                Some(due) => tokio::time::sleep_until(due).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            _ = ack_timer => {}
             _ = reg.cursor.notify.notified() => {}
             _ = nack.notify.notified() => {
                 if let Some(seq) = nack.take() {

@@ -47,7 +47,7 @@ impl TestRelay {
         )
         .expect("tls config");
         let cfg =
-            contrail_protocol::client::config::quinn_client_config(tls, Duration::from_secs(10))
+            contrail_protocol::client::config::quinn_client_config(tls, Duration::from_secs(10), 0)
                 .expect("quinn config");
         let ep =
             quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");

@@ -213,7 +213,21 @@ async fn writer(
         if !queue.wait_non_empty().await {
             return (ErrorCode::Normal, "subscriber closed");
         }
+        // Let the tasks that are ready (readers handing over batches) run first, so one write,
+        // and one packet, carries frames from many agents instead of one.
+        tokio::task::yield_now().await;
         let n = queue.pop_into(&mut entries, FRAMES_PER_WRITE);
+        // One allocation for the whole write (an upper bound: every batch's bytes plus each
+        // frame's StoredFrame header), instead of regrowing and copying while encoding.
+        let need: usize = entries
+            .iter()
+            .map(|e| {
+                let o = &e.batch.origin;
+                e.batch.frames.data().len()
+                    + e.frames * (o.agent_id.as_str().len() + o.session_hex.len() + 32)
+            })
+            .sum();
+        buf.reserve(need);
         for e in entries.drain(..) {
             let b = &e.batch;
             let agent = b.origin.agent_id.as_str();
