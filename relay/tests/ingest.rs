@@ -130,6 +130,41 @@ async fn several_agents_stream_concurrently_without_loss() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_sharing_one_socket_are_separate_sessions() {
+    use contrail_protocol::client::{Agent, SharedEndpoint};
+    let (relay, mut rx) = start_with_channel(1024).await;
+    let endpoint = SharedEndpoint::new(&relay.client_config("probe")).expect("shared socket");
+    let a = Agent::connect_shared(relay.client_config("drone-sa"), &endpoint)
+        .await
+        .expect("a registers");
+    let b = Agent::connect_shared(relay.client_config("drone-sb"), &endpoint)
+        .await
+        .expect("b registers");
+    let (sa, sb) = (a.session().expect("a"), b.session().expect("b"));
+    assert_ne!(sa.session_id, sb.session_id, "one session per agent");
+    send_n(&a, 2_000, &[1u8; 64]).await;
+    a.close().await.expect("a closes");
+    // Closing one agent closes its connection only: the other streams on over the same socket.
+    send_n(&b, 2_000, &[2u8; 64]).await;
+    b.flush().await.expect("b acked");
+    let frames = collect_frames(&mut rx, 4_000, Duration::from_secs(30)).await;
+    for agent in ["drone-sa", "drone-sb"] {
+        let seqs: Vec<u64> = frames
+            .iter()
+            .filter(|(id, _)| id == agent)
+            .map(|(_, s)| *s)
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=2_000).collect::<Vec<_>>(),
+            "{agent}: all, once, in order"
+        );
+    }
+    assert_eq!(b.stats().reconnects, 0);
+    b.close().await.expect("b closes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_register_supersedes_the_first_session() {
     let (relay, mut rx) = start_with_channel(1024).await;
     let first = relay.agent("drone-x").await;

@@ -179,9 +179,9 @@ pub fn rustls_client_config(
             .map_err(|e| ClientError::Config(format!("trust root: {e}")))?;
     }
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .map_err(|e| ClientError::Config(e.to_string()))?
-    .with_root_certificates(roots);
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ClientError::Config(e.to_string()))?
+        .with_root_certificates(roots);
     let mut tls = match client_auth {
         Some(auth) => builder
             .with_client_auth_cert(auth.chain.clone(), auth.key.clone_key())

@@ -46,9 +46,13 @@ impl TestRelay {
             alpn,
         )
         .expect("tls config");
-        let cfg =
-            contrail_protocol::client::config::quinn_client_config(tls, Duration::from_secs(10), 0)
-                .expect("quinn config");
+        let cfg = contrail_protocol::client::config::quinn_client_config(
+            tls,
+            Duration::from_secs(10),
+            0,
+            contrail_protocol::client::config::DEFAULT_MAX_UDP_PAYLOAD,
+        )
+        .expect("quinn config");
         let ep =
             quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
         (ep, cfg)
