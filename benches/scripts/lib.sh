@@ -88,7 +88,7 @@ start_relay() {
       echo 'format = "protobuf"'
     fi
   } >"$dir/relay.toml"
-  CONTRAIL_LOG=warn "$RELAY_BIN" --config "$dir/relay.toml" >"$dir/relay.log" 2>&1 &
+  CONTRAIL_LOG=warn ${RELAY_ENV:-} "$RELAY_BIN" --config "$dir/relay.toml" >"$dir/relay.log" 2>&1 &
   RELAY_PID=$!
   PIDS+=("$RELAY_PID")
   RELAY_CA="$dir/cert/cert.pem"

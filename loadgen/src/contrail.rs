@@ -78,10 +78,10 @@ impl Target {
         (0..n.max(1))
             .map(|_| {
                 let socket = std::net::UdpSocket::bind(bind).context("binding an agent socket")?;
-                let sock = socket2::SockRef::from(&socket);
-                // Best effort: the kernel caps these at net.core.{r,w}mem_max.
-                let _ = sock.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
-                let _ = sock.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+                contrail_protocol::client::config::size_socket_buffers(
+                    &socket,
+                    SOCKET_BUFFER_BYTES,
+                );
                 SharedEndpoint::from_socket(&probe, socket).context("agent endpoint")
             })
             .collect()

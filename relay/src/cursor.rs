@@ -20,7 +20,12 @@ pub struct AgentCursor {
     forwarded: AtomicU64,
     completed: AtomicU64,
     completed_received_at: AtomicU64,
-    /// Woken whenever `completed` advances.
+    /// Highest seq the session's ack writer has acked.
+    acked: AtomicU64,
+    /// Frames waiting for an ack that wake the ack writer (1: every completion wakes it).
+    wake_after: AtomicU64,
+    /// Woken when `completed` advances past the last ack for the first time, and whenever at
+    /// least `wake_after` frames wait for an ack.
     pub notify: Notify,
 }
 
@@ -31,6 +36,8 @@ impl AgentCursor {
             forwarded: AtomicU64::new(seq),
             completed: AtomicU64::new(seq),
             completed_received_at: AtomicU64::new(0),
+            acked: AtomicU64::new(seq),
+            wake_after: AtomicU64::new(1),
             notify: Notify::new(),
         }
     }
@@ -46,11 +53,26 @@ impl AgentCursor {
     pub fn completed(&self) -> u64 {
         self.completed.load(Ordering::Acquire)
     }
-    /// Records that every required sink accepted frames up to `seq`, waking the ack writer.
+    /// Records that every required sink accepted frames up to `seq`, waking the ack writer when
+    /// this is the first frame waiting for an ack (it starts the coalescing delay) or when
+    /// `wake_after` frames wait (it acks at once). Other completions only move the cursor: the
+    /// writer picks them up when its delay ends, without a wake-up per batch.
     pub fn complete_through(&self, seq: u64) {
-        if self.completed.fetch_max(seq, Ordering::AcqRel) < seq {
-            self.notify.notify_one();
+        let before = self.completed.fetch_max(seq, Ordering::AcqRel);
+        if before < seq {
+            let acked = self.acked.load(Ordering::Acquire);
+            let wake_after = self.wake_after.load(Ordering::Relaxed);
+            if before <= acked || seq.saturating_sub(acked) >= wake_after {
+                self.notify.notify_one();
+            }
         }
+    }
+
+    /// The ack writer's state: it acked up to `seq`, and wants a wake-up once `wake_after`
+    /// frames wait (1: after every completion).
+    pub fn set_acked(&self, seq: u64, wake_after: u64) {
+        self.wake_after.store(wake_after.max(1), Ordering::Relaxed);
+        self.acked.fetch_max(seq, Ordering::AcqRel);
     }
 
     /// Like [`complete_through`](Self::complete_through), remembering when the batch arrived

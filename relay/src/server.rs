@@ -372,16 +372,8 @@ impl RelayBuilder {
 /// Raises the UDP socket's kernel buffers so bursts from many agents are not dropped before
 /// quinn reads them (drops cost retransmission round trips: seconds of tail latency).
 fn tune_udp_socket(udp: &std::net::UdpSocket, bytes: usize) {
-    let sock = socket2::SockRef::from(udp);
-    for (what, res) in [
-        ("receive", sock.set_recv_buffer_size(bytes)),
-        ("send", sock.set_send_buffer_size(bytes)),
-    ] {
-        if let Err(e) = res {
-            tracing::warn!(error = %e, what, bytes, "could not size the UDP socket buffer");
-        }
-    }
-    let got = sock.recv_buffer_size().unwrap_or(0);
+    contrail_protocol::client::config::size_socket_buffers(udp, bytes);
+    let got = socket2::SockRef::from(udp).recv_buffer_size().unwrap_or(0);
     if got < bytes {
         tracing::info!(
             asked = bytes,

@@ -116,9 +116,17 @@ pub const DEFAULT_ACK_ELICITING_THRESHOLD: u32 = 16;
 pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 1452;
 
 /// QUIC path-MTU discovery up to `max_udp_payload` (QUIC's default ceiling when smaller).
+///
+/// The search stops at steps under `(ceiling - 1200) * 3 / 4` bytes (at least 20, at most
+/// 1024): with the default ceiling of 1452 that is a single probe straight at the ceiling
+/// instead of quinn's five-probe binary search, which matters when thousands of agents connect
+/// at once (every probe is a full-size padded packet each side sends and parses). A path that
+/// drops the probe stays at 1200 until the next discovery round.
 pub fn mtu_discovery(max_udp_payload: u16) -> quinn::MtuDiscoveryConfig {
+    let ceiling = max_udp_payload.max(DEFAULT_MAX_UDP_PAYLOAD);
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(max_udp_payload.max(DEFAULT_MAX_UDP_PAYLOAD));
+    mtu.upper_bound(ceiling);
+    mtu.minimum_change(((ceiling - 1200) * 3 / 4).clamp(20, 1024));
     mtu
 }
 
@@ -144,6 +152,21 @@ pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
         _ => 3,
     });
     provider
+}
+
+/// Asks for `bytes` of kernel receive and send buffer on `socket` (best effort: the kernel
+/// caps it at `net.core.rmem_max` / `wmem_max`; a failure is logged and the socket keeps its
+/// default).
+pub fn size_socket_buffers(socket: &std::net::UdpSocket, bytes: usize) {
+    let sock = socket2::SockRef::from(socket);
+    for (what, res) in [
+        ("receive", sock.set_recv_buffer_size(bytes)),
+        ("send", sock.set_send_buffer_size(bytes)),
+    ] {
+        if let Err(e) = res {
+            tracing::warn!(error = %e, what, bytes, "could not size the UDP socket buffer");
+        }
+    }
 }
 
 /// Reads CA certificates from a PEM file.

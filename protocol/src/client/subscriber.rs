@@ -51,8 +51,11 @@ use crate::proto::{
 use crate::stored::{StoredBatch, StoredMeta};
 use crate::ErrorCode;
 
-/// Most chunks taken from the data stream per read call.
-const READ_CHUNKS: usize = 64;
+/// Most chunks taken from the data stream per read call. A chunk is about one QUIC packet's
+/// worth of frames; a subscriber task sharing its runtime with thousands of others may be
+/// polled only every few milliseconds, so one call must be able to take all that arrived
+/// meanwhile (64 chunks capped a busy process at ~25k frames/s).
+const READ_CHUNKS: usize = 1024;
 
 /// What the relay does when this subscriber's queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -98,6 +101,11 @@ pub struct SubscriberConfig {
     pub max_frame_bytes: usize,
     /// Largest UDP payload (see [`ClientConfig::max_udp_payload_bytes`](super::ClientConfig)).
     pub max_udp_payload_bytes: u16,
+    /// Kernel receive (and send) buffer asked for the subscriber's UDP socket (the kernel caps
+    /// it at `net.core.rmem_max`). A subscriber receives every frame the relay forwards: with
+    /// the default buffer (~200 KiB) a process busy for a millisecond overflows it at high
+    /// rates, and every dropped datagram costs a QUIC loss recovery and a smaller window.
+    pub socket_buffer_bytes: usize,
 }
 
 impl SubscriberConfig {
@@ -119,6 +127,7 @@ impl SubscriberConfig {
             receive_window: 4 * 1024 * 1024,
             max_frame_bytes: 16 * 1024 * 1024,
             max_udp_payload_bytes: super::config::DEFAULT_MAX_UDP_PAYLOAD,
+            socket_buffer_bytes: 8 << 20,
         }
     }
 }
@@ -237,6 +246,7 @@ fn build_endpoint(config: &SubscriberConfig) -> Result<quinn::Endpoint, Subscrib
     quic.transport_config(std::sync::Arc::new(transport));
     let socket = std::net::UdpSocket::bind(super::config::bind_addr(config.relay))
         .map_err(|e| SubscriberError::Config(format!("binding UDP socket: {e}")))?;
+    super::config::size_socket_buffers(&socket, config.socket_buffer_bytes);
     let runtime = quinn::default_runtime()
         .ok_or_else(|| SubscriberError::Config("no async runtime".into()))?;
     let endpoint_config = super::config::endpoint_config(config.max_udp_payload_bytes)

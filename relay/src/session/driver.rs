@@ -360,6 +360,10 @@ async fn control_loop(
     let mut drained = false;
     let ack_delay = core.config.limits.ack_delay();
     let ack_now = core.config.limits.ack_now_threshold();
+    // Without a delay every completion must wake this loop; with one, only the first and the
+    // threshold do (see `AgentCursor::complete_through`).
+    let wake_after = if ack_delay.is_zero() { 1 } else { ack_now };
+    reg.cursor.set_acked(acked, wake_after);
     // When the oldest frame not yet acked must be acked by (acks are coalesced until then).
     let mut ack_due: Option<tokio::time::Instant> = None;
     loop {
@@ -382,6 +386,7 @@ async fn control_loop(
             if completed - acked >= ack_now || now >= due || drained {
                 ack_due = None;
                 acked = completed;
+                reg.cursor.set_acked(acked, wake_after);
                 let ack = Msg::Ack(contrail_protocol::proto::Ack { up_to_seq: acked });
                 if !send_control(send, codec, ack).await {
                     return End::new(ErrorCode::Normal, "control stream closed");
