@@ -15,6 +15,34 @@ use crate::codec::{encode_telemetry, LEN_PREFIX};
 /// Largest chunk the writer hands to quinn at once (see `Shared::next_chunks`).
 const COALESCE_BYTES: usize = 64 * 1024;
 
+/// Appends `frames` to `out` as runs of up to [`COALESCE_BYTES`], copied outside the state lock.
+///
+/// Frames are stored one `Bytes` each (acks and resends are per frame), but quinn looks data up
+/// by scanning its send buffer's segments from the oldest unacked one, so thousands of 300-byte
+/// segments in flight cost O(n) per packet (the loadgen profile showed 14% in
+/// `write_stream_frames`). One copy of each frame here buys a segment per ~200 frames there.
+fn coalesce(frames: &mut Vec<Bytes>, out: &mut Vec<Bytes>) {
+    if frames.len() == 1 {
+        out.append(frames);
+        return;
+    }
+    let mut left: usize = frames.iter().map(Bytes::len).sum();
+    let mut run = BytesMut::new();
+    for frame in frames.drain(..) {
+        if !run.is_empty() && run.len() + frame.len() > COALESCE_BYTES {
+            out.push(run.split().freeze());
+        }
+        if run.capacity() - run.len() < frame.len() {
+            run.reserve(left.min(COALESCE_BYTES).max(frame.len()));
+        }
+        left -= frame.len();
+        run.extend_from_slice(&frame);
+    }
+    if !run.is_empty() {
+        out.push(run.freeze());
+    }
+}
+
 /// Counters of one agent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AgentStats {
@@ -418,26 +446,11 @@ impl Shared {
         }
         let start = (st.written + 1 - front) as usize;
         let end = st.unacked.len().min(start + max);
-        // Frames are stored one `Bytes` each (acks and resends are per frame), but quinn looks
-        // data up by scanning its send buffer's segments from the oldest unacked one, so
-        // thousands of 300-byte segments in flight cost O(n) per packet (the loadgen profile
-        // showed 14% in `write_stream_frames`). Hand it runs of up to COALESCE_BYTES instead:
-        // one copy of each frame here buys a segment per ~200 frames there.
-        let mut run = BytesMut::new();
-        for i in start..end {
-            let frame = &st.unacked[i].1;
-            if !run.is_empty() && run.len() + frame.len() > COALESCE_BYTES {
-                out.push(run.split().freeze());
-            }
-            if run.capacity() - run.len() < frame.len() {
-                let left: usize = st.unacked.range(i..end).map(|(_, b)| b.len()).sum();
-                run.reserve(left.min(COALESCE_BYTES).max(frame.len()));
-            }
-            run.extend_from_slice(frame);
-        }
-        if !run.is_empty() {
-            out.push(run.freeze());
-        }
+        let mut frames: Vec<Bytes> = st
+            .unacked
+            .range(start..end)
+            .map(|(_, b)| b.clone())
+            .collect();
         if end > start {
             let last = st.unacked[end - 1].0;
             if st.written < st.max_written {
@@ -447,6 +460,8 @@ impl Shared {
             st.written = last;
             st.max_written = st.max_written.max(last);
         }
+        drop(st);
+        coalesce(&mut frames, out);
         None
     }
 
