@@ -68,6 +68,8 @@ pub struct SubscriberQueue {
     not_full: Notify,
     dropped: AtomicU64,
     sent: AtomicU64,
+    /// Frames the writer took and has not reported written yet.
+    writing: AtomicUsize,
     waiting: AtomicUsize,
     m_dropped: Counter,
 }
@@ -95,6 +97,7 @@ impl SubscriberQueue {
             not_full: Notify::new(),
             dropped: AtomicU64::new(0),
             sent: AtomicU64::new(0),
+            writing: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             m_dropped,
         }
@@ -110,9 +113,11 @@ impl SubscriberQueue {
         self.capacity
     }
 
-    /// Frames queued and not yet written (the lag).
+    /// Frames queued or taken by the writer and not yet written (the lag): 0 means every
+    /// frame that entered the queue is counted in [`sent`](Self::sent) or [`dropped`](Self::dropped).
     pub fn lag(&self) -> usize {
-        self.inner.lock().frames
+        let inner = self.inner.lock();
+        inner.frames + self.writing.load(Ordering::Acquire)
     }
 
     /// Frames evicted so far.
@@ -130,8 +135,10 @@ impl SubscriberQueue {
         self.waiting.load(Ordering::Acquire) > 0
     }
 
+    /// The writer wrote `n` of the frames it took.
     pub(crate) fn add_sent(&self, n: usize) {
-        self.sent.fetch_add(n as u64, Ordering::Relaxed);
+        self.sent.fetch_add(n as u64, Ordering::Release);
+        self.writing.fetch_sub(n, Ordering::AcqRel);
     }
 
     /// Whether the subscriber is gone.
@@ -252,6 +259,8 @@ impl SubscriberQueue {
                 taken += e.frames;
                 out.push(e);
             }
+            // Still lag until written (under the lock, so `lag` never misses them).
+            self.writing.fetch_add(taken, Ordering::AcqRel);
         }
         if taken > 0 {
             self.not_full.notify_waiters();
@@ -354,7 +363,9 @@ mod tests {
         assert_eq!(q.lag(), 2);
         let mut out = Vec::new();
         assert_eq!(q.pop_into(&mut out, 100), 2);
-        assert_eq!(q.lag(), 0);
+        assert_eq!(q.lag(), 2, "taken by the writer but not written yet: still lag");
+        q.add_sent(2);
+        assert_eq!((q.lag(), q.sent()), (0, 2));
     }
 
     #[tokio::test]
