@@ -363,7 +363,11 @@ mod tests {
         assert_eq!(q.lag(), 2);
         let mut out = Vec::new();
         assert_eq!(q.pop_into(&mut out, 100), 2);
-        assert_eq!(q.lag(), 2, "taken by the writer but not written yet: still lag");
+        assert_eq!(
+            q.lag(),
+            2,
+            "taken by the writer but not written yet: still lag"
+        );
         q.add_sent(2);
         assert_eq!((q.lag(), q.sent()), (0, 2));
     }
