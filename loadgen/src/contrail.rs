@@ -43,10 +43,9 @@ pub struct Target {
     pub token: String,
     /// UDP sockets the agents share, agent `i` on `endpoints[i % len]` (each agent still has
     /// its own QUIC connection and session).
+    /// (Their transport settings, ACK frequency and UDP payload ceiling, are the endpoints'.)
     pub endpoints: Arc<[SharedEndpoint]>,
-    /// QUIC ACK-frequency request to the relay (see `ClientConfig::ack_eliciting_threshold`).
-    pub ack_eliciting_threshold: u32,
-    /// Largest UDP payload (see `ClientConfig::max_udp_payload_bytes`).
+    /// Largest UDP payload for the subscriber (see `SubscriberConfig::max_udp_payload_bytes`).
     pub max_udp_payload_bytes: u16,
 }
 
@@ -70,11 +69,7 @@ impl Target {
         );
         probe.ack_eliciting_threshold = ack_eliciting_threshold;
         probe.max_udp_payload_bytes = max_udp_payload_bytes;
-        let bind = if first.is_ipv6() {
-            std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
-        } else {
-            std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
-        };
+        let bind = contrail_protocol::client::config::bind_addr(first);
         (0..n.max(1))
             .map(|_| {
                 let socket = std::net::UdpSocket::bind(bind).context("binding an agent socket")?;
@@ -121,8 +116,6 @@ pub async fn run_agent(
     config.server_name = target.server_name.clone();
     config.auth_token = target.token.clone();
     config.platform = "contrail-loadgen".into();
-    config.ack_eliciting_threshold = target.ack_eliciting_threshold;
-    config.max_udp_payload_bytes = target.max_udp_payload_bytes;
     let Ok(permit) = gate.acquire().await else {
         return AgentEnd::default();
     };

@@ -219,7 +219,6 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                 trust,
                 token: cli.token.clone(),
                 endpoints,
-                ack_eliciting_threshold: cli.ack_threshold,
                 max_udp_payload_bytes: cli.max_udp_payload,
             })
         }

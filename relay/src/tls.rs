@@ -169,11 +169,9 @@ pub fn server_config(
     transport.mtu_discovery_config(Some(contrail_protocol::client::config::mtu_discovery(
         limits.max_udp_payload_bytes,
     )));
-    if limits.ack_eliciting_threshold > 0 {
-        let mut ack = quinn::AckFrequencyConfig::default();
-        ack.ack_eliciting_threshold(quinn::VarInt::from_u32(limits.ack_eliciting_threshold));
-        transport.ack_frequency_config(Some(ack));
-    }
+    transport.ack_frequency_config(contrail_protocol::client::config::ack_frequency(
+        limits.ack_eliciting_threshold,
+    ));
     server.transport_config(Arc::new(transport));
     server.max_incoming(limits.max_pending_handshakes.max(1));
     Ok(server)

@@ -154,6 +154,30 @@ pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
     provider
 }
 
+/// The QUIC ACK-frequency request for `threshold` packets (0: none, QUIC's default).
+pub fn ack_frequency(threshold: u32) -> Option<quinn::AckFrequencyConfig> {
+    (threshold > 0).then(|| {
+        let mut ack = quinn::AckFrequencyConfig::default();
+        ack.ack_eliciting_threshold(quinn::VarInt::from_u32(threshold));
+        ack
+    })
+}
+
+/// A client endpoint on `socket` (datagrams up to `max_udp_payload`) with `client` as its
+/// default client configuration.
+pub(super) fn client_endpoint(
+    socket: std::net::UdpSocket,
+    max_udp_payload: u16,
+    client: quinn::ClientConfig,
+) -> Result<quinn::Endpoint, String> {
+    let runtime = quinn::default_runtime().ok_or("no async runtime")?;
+    let mut endpoint =
+        quinn::Endpoint::new(endpoint_config(max_udp_payload)?, None, socket, runtime)
+            .map_err(|e| format!("UDP socket: {e}"))?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
 /// Asks for `bytes` of kernel receive and send buffer on `socket` (best effort: the kernel
 /// caps it at `net.core.rmem_max` / `wmem_max`; a failure is logged and the socket keeps its
 /// default).
@@ -231,16 +255,13 @@ pub fn quinn_client_config(
     transport.stream_receive_window(quinn::VarInt::from_u32(4 * 1024 * 1024));
     transport.send_window(8 * 1024 * 1024);
     transport.mtu_discovery_config(Some(mtu_discovery(max_udp_payload)));
-    if ack_eliciting_threshold > 0 {
-        let mut ack = quinn::AckFrequencyConfig::default();
-        ack.ack_eliciting_threshold(quinn::VarInt::from_u32(ack_eliciting_threshold));
-        transport.ack_frequency_config(Some(ack));
-    }
+    transport.ack_frequency_config(ack_frequency(ack_eliciting_threshold));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
 
-pub(super) fn bind_addr(relay: SocketAddr) -> SocketAddr {
+/// The unspecified local address of `relay`'s family, port 0.
+pub fn bind_addr(relay: SocketAddr) -> SocketAddr {
     if relay.is_ipv6() {
         SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
     } else {
@@ -276,14 +297,7 @@ fn endpoint_on(
         config.ack_eliciting_threshold,
         config.max_udp_payload_bytes,
     )?;
-    let runtime =
-        quinn::default_runtime().ok_or_else(|| ClientError::Config("no async runtime".into()))?;
-    let endpoint_config =
-        endpoint_config(config.max_udp_payload_bytes).map_err(ClientError::Config)?;
-    let mut endpoint = quinn::Endpoint::new(endpoint_config, None, socket, runtime)
-        .map_err(|e| ClientError::Config(format!("UDP socket: {e}")))?;
-    endpoint.set_default_client_config(quic);
-    Ok(endpoint)
+    client_endpoint(socket, config.max_udp_payload_bytes, quic).map_err(ClientError::Config)
 }
 
 /// One UDP socket (a quinn client endpoint) that several agents share, each with its own QUIC
@@ -318,20 +332,5 @@ impl SharedEndpoint {
         Ok(SharedEndpoint {
             endpoint: endpoint_on(config, socket)?,
         })
-    }
-
-    /// The local UDP address.
-    pub fn local_addr(&self) -> Result<SocketAddr, ClientError> {
-        self.endpoint
-            .local_addr()
-            .map_err(|e| ClientError::Config(format!("local address: {e}")))
-    }
-
-    /// Closes every connection on the endpoint.
-    pub fn close(&self) {
-        self.endpoint.close(
-            quinn::VarInt::from_u32(crate::ErrorCode::Normal.close_code()),
-            b"",
-        );
     }
 }

@@ -247,14 +247,8 @@ fn build_endpoint(config: &SubscriberConfig) -> Result<quinn::Endpoint, Subscrib
     let socket = std::net::UdpSocket::bind(super::config::bind_addr(config.relay))
         .map_err(|e| SubscriberError::Config(format!("binding UDP socket: {e}")))?;
     super::config::size_socket_buffers(&socket, config.socket_buffer_bytes);
-    let runtime = quinn::default_runtime()
-        .ok_or_else(|| SubscriberError::Config("no async runtime".into()))?;
-    let endpoint_config = super::config::endpoint_config(config.max_udp_payload_bytes)
-        .map_err(SubscriberError::Config)?;
-    let mut endpoint = quinn::Endpoint::new(endpoint_config, None, socket, runtime)
-        .map_err(|e| SubscriberError::Config(format!("UDP socket: {e}")))?;
-    endpoint.set_default_client_config(quic);
-    Ok(endpoint)
+    super::config::client_endpoint(socket, config.max_udp_payload_bytes, quic)
+        .map_err(SubscriberError::Config)
 }
 
 async fn read_control(
