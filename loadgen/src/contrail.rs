@@ -59,6 +59,7 @@ impl Target {
         trust: &Trust,
         n: usize,
         ack_eliciting_threshold: u32,
+        max_ack_delay: std::time::Duration,
         max_udp_payload_bytes: u16,
     ) -> anyhow::Result<Arc<[SharedEndpoint]>> {
         let first = *relays.first().context("no relay address")?;
@@ -68,6 +69,7 @@ impl Target {
             trust.clone(),
         );
         probe.ack_eliciting_threshold = ack_eliciting_threshold;
+        probe.max_ack_delay = max_ack_delay;
         probe.max_udp_payload_bytes = max_udp_payload_bytes;
         let bind = contrail_protocol::client::config::bind_addr(first);
         (0..n.max(1))

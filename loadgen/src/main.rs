@@ -116,6 +116,10 @@ struct Cli {
     /// ACK-frequency extension; 0: QUIC's default of every other packet).
     #[arg(long, default_value_t = contrail_protocol::client::config::DEFAULT_ACK_ELICITING_THRESHOLD)]
     ack_threshold: u32,
+    /// Longest the relay may hold back a QUIC ACK of an agent's packets, ms (QUIC
+    /// ACK-frequency extension; 0: QUIC's 25 ms).
+    #[arg(long, default_value_t = contrail_protocol::client::config::DEFAULT_MAX_ACK_DELAY.as_millis() as u64)]
+    max_ack_delay_ms: u64,
     /// Largest UDP payload for agents and the subscriber (QUIC path-MTU discovery ceiling; the
     /// relay's `limits.max_udp_payload_bytes` must allow it too). Loopback and jumbo-frame LANs
     /// carry up to 65527.
@@ -210,6 +214,7 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                     &trust,
                     sockets,
                     cli.ack_threshold,
+                    std::time::Duration::from_millis(cli.max_ack_delay_ms),
                     cli.max_udp_payload,
                 )?
             };

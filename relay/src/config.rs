@@ -177,6 +177,11 @@ pub struct Limits {
     /// send a QUIC ACK, asked for with the QUIC ACK-frequency extension (0: QUIC's default,
     /// every other packet). Peers still ACK within their max ACK delay.
     pub ack_eliciting_threshold: u32,
+    /// Longest a peer may hold back a QUIC ACK of the relay's packets, asked for with the same
+    /// extension (0: QUIC's 25 ms). Longer than an agent's frame interval lets its ACK of the
+    /// relay's acks ride in its next frame; the relay's loss recovery waits up to this much
+    /// longer. Agents ask the same of the relay (`ClientConfig::max_ack_delay`, 125 ms).
+    pub quic_max_ack_delay_ms: u64,
     /// Largest UDP payload the relay sends or accepts: the ceiling of QUIC path-MTU discovery
     /// (which settles lower on paths that carry less) and the datagram size the socket reads.
     /// 1452 suits Ethernet and the internet; jumbo-frame LANs and loopback can use up to 65527
@@ -200,6 +205,7 @@ impl Default for Limits {
             udp_buffer_bytes: 8 << 20,
             ack_delay_ms: 100,
             ack_eliciting_threshold: 16,
+            quic_max_ack_delay_ms: 125,
             max_udp_payload_bytes: 1452,
         }
     }
@@ -217,6 +223,10 @@ impl Limits {
     /// Ack coalescing delay.
     pub fn ack_delay(&self) -> Duration {
         Duration::from_millis(self.ack_delay_ms)
+    }
+    /// QUIC max ACK delay asked of peers.
+    pub fn quic_max_ack_delay(&self) -> Duration {
+        Duration::from_millis(self.quic_max_ack_delay_ms)
     }
     /// Frames waiting for an ack that make it go out without waiting for `ack_delay`.
     pub fn ack_now_threshold(&self) -> u64 {
@@ -467,6 +477,12 @@ impl Config {
             return Err(invalid(
                 "limits.ack_delay_ms",
                 "must be below half of idle_timeout_ms",
+            ));
+        }
+        if l.quic_max_ack_delay_ms >= (l.idle_timeout_ms / 2).min(16_384) {
+            return Err(invalid(
+                "limits.quic_max_ack_delay_ms",
+                "must be below half of idle_timeout_ms and below 16384",
             ));
         }
         if l.resume_max_agents < l.max_sessions {

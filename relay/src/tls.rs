@@ -171,6 +171,7 @@ pub fn server_config(
     )));
     transport.ack_frequency_config(contrail_protocol::client::config::ack_frequency(
         limits.ack_eliciting_threshold,
+        limits.quic_max_ack_delay(),
     ));
     server.transport_config(Arc::new(transport));
     server.max_incoming(limits.max_pending_handshakes.max(1));

@@ -90,3 +90,84 @@ async fn zero_delay_acks_every_batch_at_once() {
         .expect("acked");
     agent.close().await.expect("close");
 }
+
+/// Streams `n` frames at 20 Hz from a fresh agent (after registering) and returns the QUIC
+/// statistics of its connection for that stretch only: (ACK frames it received, datagrams it
+/// sent), both per frame.
+async fn paced_ack_traffic(relay: &TestRelay, id: &str, max_ack_delay: Duration) -> (f64, f64) {
+    let mut config = relay.client_config(id);
+    config.max_ack_delay = max_ack_delay;
+    let agent = contrail_protocol::client::Agent::connect(config)
+        .await
+        .expect("agent connects");
+    let payload = [7u8; 64];
+    // One frame acked first, so the handshake's and registration's packets are behind us.
+    let seq = agent.send(&frame(&payload)).await.expect("send");
+    agent.wait_acked(seq).await.expect("acked");
+    let before = agent.transport_stats().expect("connected");
+    let n = 30u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = seq;
+    for _ in 0..n {
+        tick.tick().await;
+        last = agent.send(&frame(&payload)).await.expect("send");
+    }
+    tokio::time::timeout(Duration::from_secs(10), agent.wait_acked(last))
+        .await
+        .expect("all acked")
+        .expect("acked");
+    let after = agent.transport_stats().expect("still connected");
+    agent.close().await.expect("close");
+    let acks = (after.frame_rx.acks - before.frame_rx.acks) as f64 / n as f64;
+    let sent = (after.udp_tx.datagrams - before.udp_tx.datagrams) as f64 / n as f64;
+    eprintln!("{id} (agent max ACK delay {max_ack_delay:?}): {acks:.2} ACK frames received, {sent:.2} datagrams sent per frame");
+    (acks, sent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_agent_gets_the_relays_quic_acks_inside_its_contrail_acks() {
+    // The agent asks the relay to hold QUIC ACKs up to 125 ms (longer than the relay's 100 ms
+    // ack delay), so they ride in the packets carrying Contrail acks (one per 2-3 frames at
+    // 20 Hz). With QUIC's 25 ms every 50 ms frame draws an ACK packet of its own.
+    let (relay, _rx) = relay_with_ack_delay(100).await;
+    let (held, _) = paced_ack_traffic(&relay, "drone-held", Duration::from_millis(125)).await;
+    let (quic_default, _) = paced_ack_traffic(&relay, "drone-default", Duration::ZERO).await;
+    assert!(
+        held <= 0.75,
+        "relay ACK frames per frame with a 125 ms max ACK delay: {held:.2}"
+    );
+    assert!(
+        quic_default >= 0.9,
+        "relay ACK frames per frame with QUIC's 25 ms: {quic_default:.2}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_agent_acks_the_relays_packets_inside_its_next_frame() {
+    // The relay acks every frame at once (ack_delay_ms = 0), one packet per frame. Asked to
+    // hold QUIC ACKs 125 ms (`limits.quic_max_ack_delay_ms`), the agent's ACK of that packet
+    // rides in its next frame 50 ms later: one datagram per frame. With QUIC's 25 ms it sends
+    // an ACK packet in between: two.
+    let mut datagrams = Vec::new();
+    for quic_max_ack_delay_ms in [125, 0] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = test_config(dir.path());
+        config.limits.ack_delay_ms = 0;
+        config.limits.quic_max_ack_delay_ms = quic_max_ack_delay_ms;
+        let (spec, _rx) = channel_sink("chan", false, 1024);
+        let relay = start_with(config, dir, vec![spec], Hooks::default()).await;
+        let (_, sent) = paced_ack_traffic(&relay, "drone-acking", Duration::ZERO).await;
+        datagrams.push(sent);
+    }
+    assert!(
+        datagrams[0] <= 1.3,
+        "agent datagrams per frame, relay asking 125 ms: {:.2}",
+        datagrams[0]
+    );
+    assert!(
+        datagrams[1] >= 1.6,
+        "agent datagrams per frame, QUIC's 25 ms: {:.2}",
+        datagrams[1]
+    );
+}

@@ -68,6 +68,12 @@ pub struct ClientConfig {
     /// packet). Fewer ACKs save the relay a send per couple of packets at high rates; the
     /// relay still ACKs within its max ACK delay.
     pub ack_eliciting_threshold: u32,
+    /// Longest the relay may hold back a QUIC ACK of this agent's packets (asked for with the
+    /// QUIC ACK-frequency extension; zero keeps QUIC's 25 ms). Longer than the relay's
+    /// `limits.ack_delay_ms` lets the relay's QUIC ACK ride in the packet that carries its
+    /// Contrail ack instead of a packet of its own for every frame of a slow agent. Loss
+    /// recovery on this agent waits up to this much longer for an ACK.
+    pub max_ack_delay: Duration,
     /// Largest UDP payload this agent sends or accepts: the ceiling of QUIC path-MTU discovery
     /// (which settles lower on paths that carry less) and the datagram size the socket reads.
     /// The default suits Ethernet and the internet; jumbo-frame LANs and loopback can go up to
@@ -100,6 +106,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             ack_eliciting_threshold: DEFAULT_ACK_ELICITING_THRESHOLD,
+            max_ack_delay: DEFAULT_MAX_ACK_DELAY,
             max_udp_payload_bytes: DEFAULT_MAX_UDP_PAYLOAD,
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(5),
@@ -111,6 +118,10 @@ impl ClientConfig {
 
 /// Default [`ClientConfig::ack_eliciting_threshold`].
 pub const DEFAULT_ACK_ELICITING_THRESHOLD: u32 = 16;
+
+/// Default [`ClientConfig::max_ack_delay`]: a little longer than the relay's default
+/// `limits.ack_delay_ms` (100 ms), so the relay's QUIC ACK rides on its Contrail ack.
+pub const DEFAULT_MAX_ACK_DELAY: Duration = Duration::from_millis(125);
 
 /// Default largest UDP payload (QUIC's usual ceiling for Ethernet paths).
 pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 1452;
@@ -154,11 +165,18 @@ pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
     provider
 }
 
-/// The QUIC ACK-frequency request for `threshold` packets (0: none, QUIC's default).
-pub fn ack_frequency(threshold: u32) -> Option<quinn::AckFrequencyConfig> {
+/// The QUIC ACK-frequency request to a peer: ACK after `threshold` ack-eliciting packets or
+/// `max_ack_delay` (0 packets: no request at all, QUIC's default of every other packet within
+/// 25 ms; a zero delay: QUIC's 25 ms).
+///
+/// The delay is requested as given. Upstream quinn-proto 0.11 clamps it to max(RTT, 25 ms),
+/// which on a LAN makes a 20 Hz agent's every frame draw an ACK packet of its own; Contrail
+/// builds against `third_party/quinn-proto`, whose one change is to honour it.
+pub fn ack_frequency(threshold: u32, max_ack_delay: Duration) -> Option<quinn::AckFrequencyConfig> {
     (threshold > 0).then(|| {
         let mut ack = quinn::AckFrequencyConfig::default();
         ack.ack_eliciting_threshold(quinn::VarInt::from_u32(threshold));
+        ack.max_ack_delay((!max_ack_delay.is_zero()).then_some(max_ack_delay));
         ack
     })
 }
@@ -244,6 +262,7 @@ pub fn quinn_client_config(
     tls: rustls::ClientConfig,
     idle_timeout: Duration,
     ack_eliciting_threshold: u32,
+    max_ack_delay: Duration,
     max_udp_payload: u16,
 ) -> Result<quinn::ClientConfig, ClientError> {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
@@ -255,7 +274,7 @@ pub fn quinn_client_config(
     transport.stream_receive_window(quinn::VarInt::from_u32(4 * 1024 * 1024));
     transport.send_window(8 * 1024 * 1024);
     transport.mtu_discovery_config(Some(mtu_discovery(max_udp_payload)));
-    transport.ack_frequency_config(ack_frequency(ack_eliciting_threshold));
+    transport.ack_frequency_config(ack_frequency(ack_eliciting_threshold, max_ack_delay));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
@@ -295,6 +314,7 @@ fn endpoint_on(
         tls,
         config.idle_timeout,
         config.ack_eliciting_threshold,
+        config.max_ack_delay,
         config.max_udp_payload_bytes,
     )?;
     client_endpoint(socket, config.max_udp_payload_bytes, quic).map_err(ClientError::Config)

@@ -213,6 +213,12 @@ impl Agent {
         self.shared.stats()
     }
 
+    /// QUIC statistics of the current connection (packets, datagrams, frames by type, RTT,
+    /// congestion window), if connected; a reconnect starts them again.
+    pub fn transport_stats(&self) -> Option<quinn::ConnectionStats> {
+        self.shared.transport_stats()
+    }
+
     /// Closes the current connection abruptly (no drain), as a cut link would; the agent
     /// reconnects and resumes. Meant for tests and chaos drills.
     pub fn drop_connection(&self) {

@@ -469,6 +469,10 @@ impl Shared {
         *lock(&self.conn) = conn;
     }
 
+    pub(super) fn transport_stats(&self) -> Option<quinn::ConnectionStats> {
+        lock(&self.conn).as_ref().map(quinn::Connection::stats)
+    }
+
     pub(super) fn drop_connection(&self) {
         if let Some(conn) = lock(&self.conn).as_ref() {
             conn.close(quinn::VarInt::from_u32(0), b"dropped by agent");

@@ -50,6 +50,7 @@ impl TestRelay {
             tls,
             Duration::from_secs(10),
             0,
+            Duration::ZERO,
             contrail_protocol::client::config::DEFAULT_MAX_UDP_PAYLOAD,
         )
         .expect("quinn config");
