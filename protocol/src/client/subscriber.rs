@@ -385,6 +385,12 @@ impl Subscriber {
         self.queue_frames
     }
 
+    /// QUIC statistics of the subscription's connection (packets, datagrams, frames by type,
+    /// RTT, congestion window).
+    pub fn transport_stats(&self) -> quinn::ConnectionStats {
+        self.conn.stats()
+    }
+
     /// Counters, including the relay's latest drop and lag figures.
     pub fn stats(&self) -> SubscriberStats {
         self.stats
