@@ -119,6 +119,10 @@ async fn paced_ack_traffic(relay: &TestRelay, id: &str, max_ack_delay: Duration)
         .expect("acked");
     let after = agent.transport_stats().expect("still connected");
     agent.close().await.expect("close");
+    assert_eq!(
+        after.frame_tx.immediate_ack, before.frame_tx.immediate_ack,
+        "a paced agent far below its congestion window never asks for an immediate ACK"
+    );
     let acks = (after.frame_rx.acks - before.frame_rx.acks) as f64 / n as f64;
     let sent = (after.udp_tx.datagrams - before.udp_tx.datagrams) as f64 / n as f64;
     eprintln!("{id} (agent max ACK delay {max_ack_delay:?}): {acks:.2} ACK frames received, {sent:.2} datagrams sent per frame");
@@ -170,4 +174,35 @@ async fn a_slow_agent_acks_the_relays_packets_inside_its_next_frame() {
         "agent datagrams per frame, QUIC's 25 ms: {:.2}",
         datagrams[1]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_that_fills_the_congestion_window_asks_for_an_immediate_ack() {
+    // A fresh connection starts with a congestion window of about ten packets, below the
+    // ack-eliciting threshold of 16, and the relay may hold ACKs 125 ms: without IMMEDIATE_ACK
+    // (third_party/quinn-proto) slow start would wait that long for every window.
+    let (relay, _rx) = relay_with_ack_delay(100).await;
+    let agent = relay.agent("drone-burst").await;
+    let payload = vec![7u8; 1024];
+    let mut last = 0;
+    let mut left = 2_000usize;
+    while left > 0 {
+        let (seq, n) = agent
+            .send_many(left, |_| frame(&payload))
+            .await
+            .expect("send");
+        last = seq;
+        left -= n;
+    }
+    tokio::time::timeout(Duration::from_secs(10), agent.wait_acked(last))
+        .await
+        .expect("the burst is acked")
+        .expect("acked");
+    let stats = agent.transport_stats().expect("connected");
+    assert!(
+        stats.frame_tx.immediate_ack >= 1,
+        "2 MB in a fresh window asked for an immediate ACK at least once: {:?}",
+        stats.frame_tx
+    );
+    agent.close().await.expect("close");
 }

@@ -233,6 +233,9 @@ pub struct Connection {
     /// Whether the last `poll_transmit` call yielded no data because there was
     /// no outgoing application data.
     app_limited: bool,
+    /// Contrail patch: when an IMMEDIATE_ACK was last sent because the congestion window was
+    /// nearly full (at most one per smoothed RTT)
+    cwnd_immediate_ack_at: Option<Instant>,
 
     streams: StreamsState,
     /// Surplus remote CIDs for future use on new paths
@@ -346,6 +349,7 @@ impl Connection {
             pto_count: 0,
 
             app_limited: false,
+            cwnd_immediate_ack_at: None,
             receiving_ecn: false,
             total_authed_packets: 0,
 
@@ -3159,6 +3163,27 @@ impl Connection {
         pn: u64,
     ) -> SentFrames {
         let mut sent = SentFrames::default();
+        // Contrail patch: a packet that carries stream data and leaves less than two more
+        // full-size packets of congestion window asks the peer to ACK at once (IMMEDIATE_ACK, as
+        // the ACK frequency draft suggests for a sender about to be congestion limited). With a
+        // long requested max_ack_delay and an ack-eliciting threshold above the window (slow
+        // start, after a loss) the peer would otherwise hold its ACK for the whole delay while
+        // this side may not send. At most once per smoothed RTT, so a window-limited bulk flow
+        // still gets its ACKs thinned.
+        if space_id == SpaceId::Data
+            && self.spaces[space_id].crypto.is_some()
+            && self.config.ack_frequency_config.is_some()
+            && self.peer_supports_ack_frequency()
+            && self.streams.can_send_stream_data()
+            && self.path.in_flight.bytes + 3 * u64::from(self.path.current_mtu())
+                >= self.path.congestion.window()
+            && self
+                .cwnd_immediate_ack_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= self.path.rtt.get())
+        {
+            self.cwnd_immediate_ack_at = Some(now);
+            self.spaces[space_id].immediate_ack_pending = true;
+        }
         let space = &mut self.spaces[space_id];
         let is_0rtt = space_id == SpaceId::Data && space.crypto.is_none();
         space.pending_acks.maybe_ack_non_eliciting();
