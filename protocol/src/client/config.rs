@@ -171,7 +171,8 @@ pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
 ///
 /// The delay is requested as given. Upstream quinn-proto 0.11 clamps it to max(RTT, 25 ms),
 /// which on a LAN makes a 20 Hz agent's every frame draw an ACK packet of its own; Contrail
-/// builds against `third_party/quinn-proto`, whose one change is to honour it.
+/// builds against `third_party/quinn-proto`, which honours it (and asks for an immediate ACK
+/// when the congestion window is nearly full, so the longer delay cannot stall slow start).
 pub fn ack_frequency(threshold: u32, max_ack_delay: Duration) -> Option<quinn::AckFrequencyConfig> {
     (threshold > 0).then(|| {
         let mut ack = quinn::AckFrequencyConfig::default();
