@@ -96,9 +96,11 @@ pub(crate) async fn run(
 ) {
     let codec = FrameCodec::new(core.config.limits.max_frame_bytes);
     let started = Instant::now();
+    // Boxed: the handshake's state (TLS accept, Register, supersede) is needed only until the
+    // session is set up, and inline it would size this task for the session's whole life.
     let setup = tokio::time::timeout(
         core.config.limits.handshake_timeout(),
-        handshake(&core, incoming, &shared, &me, &codec),
+        Box::pin(handshake(&core, incoming, &shared, &me, &codec)),
     )
     .await;
     core.handshake_done();
@@ -121,16 +123,27 @@ pub(crate) async fn run(
         session_hex: reg.session_id.to_hex(),
     });
     let nack = reader::NackSignal::default();
-    let telemetry = reader::run(&core, &conn, &origin, &reg.cursor, &stats, &nack);
-    let control = control_loop(
-        &core, &mut send, &mut recv, &mut inbuf, &codec, &reg, &stats, &nack,
-    );
-    let end = tokio::select! {
-        r = telemetry => match r {
-            ReadEnd::Closed(e) => e,
-            ReadEnd::Violation(e) => e,
-        },
-        e = control => e,
+    let end = {
+        // Pinned in place and polled by reference: `select!` on the futures by value would move
+        // them into its own state, and this task would hold both copies for the session's life.
+        let mut telemetry = std::pin::pin!(reader::run(
+            &core,
+            &conn,
+            &origin,
+            &reg.cursor,
+            &stats,
+            &nack
+        ));
+        let mut control = std::pin::pin!(control_loop(
+            &core, &mut send, &mut recv, &mut inbuf, &codec, &reg, &stats, &nack,
+        ));
+        tokio::select! {
+            r = &mut telemetry => match r {
+                ReadEnd::Closed(e) => e,
+                ReadEnd::Violation(e) => e,
+            },
+            e = &mut control => e,
+        }
     };
     if end.code == ErrorCode::Normal {
         tracing::debug!(agent = %reg.agent_id, reason = %end.reason, "session closed");

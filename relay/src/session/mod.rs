@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use contrail_protocol::{AgentId, ErrorCode, SessionId};
+use futures::FutureExt;
 use parking_lot::Mutex;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::JoinHandle;
 
 use crate::cursor::AgentCursor;
 use crate::server::RelayCore;
@@ -94,8 +95,7 @@ pub struct SessionArgs {
 pub struct SessionState {
     core: Arc<RelayCore>,
     shared: Arc<SessionShared>,
-    driver: Option<AbortHandle>,
-    monitor: Option<JoinHandle<()>>,
+    driver: Option<JoinHandle<()>>,
 }
 
 impl Drop for SessionState {
@@ -105,9 +105,6 @@ impl Drop for SessionState {
         self.shared.close(ErrorCode::Internal, "session ended");
         if let Some(d) = self.driver.take() {
             d.abort();
-        }
-        if let Some(m) = self.monitor.take() {
-            m.abort();
         }
         if let Some(r) = self.shared.registration.lock().take() {
             self.core.session_ended(&r, Instant::now());
@@ -129,26 +126,30 @@ impl Actor for SessionActor {
         args: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
         let shared = Arc::new(SessionShared::default());
-        let task = tokio::spawn(driver::run(
+        let fut = driver::run(
             args.core.clone(),
             args.incoming,
             shared.clone(),
             myself.clone(),
-        ));
-        let abort = task.abort_handle();
+        );
+        // One task: the driver, with its panic caught here so the actor hears how it ended
+        // (an aborted task ends without a message; the actor is stopping then anyway).
         let me = myself.clone();
-        let monitor = tokio::spawn(async move {
-            let res = task.await;
-            let panicked = res.as_ref().err().is_some_and(|e| e.is_panic());
-            if !res.as_ref().err().is_some_and(|e| e.is_cancelled()) {
-                let _ = me.cast(SessionMsg::DriverEnded { panicked });
-            }
-        });
+        // Combinators, not an `async move` block: a block would hold `fut` twice (captured,
+        // then moved into the awaited future), doubling the task's allocation.
+        let task = tokio::spawn(
+            std::panic::AssertUnwindSafe(fut)
+                .catch_unwind()
+                .map(move |res| {
+                    let _ = me.cast(SessionMsg::DriverEnded {
+                        panicked: res.is_err(),
+                    });
+                }),
+        );
         Ok(SessionState {
             core: args.core,
             shared,
-            driver: Some(abort),
-            monitor: Some(monitor),
+            driver: Some(task),
         })
     }
 
@@ -187,9 +188,9 @@ impl Actor for SessionActor {
         // IO fail, so it finishes any batch dispatch in progress and returns; wait for that
         // (bounded) before the state drop aborts it.
         state.shared.close(ErrorCode::Normal, "session stopped");
-        if let Some(m) = state.monitor.as_mut() {
-            if !m.is_finished() {
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), m).await;
+        if let Some(d) = state.driver.as_mut() {
+            if !d.is_finished() {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), d).await;
             }
         }
         Ok(())

@@ -12,6 +12,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use contrail_control::SessionStats;
 use contrail_protocol::{ErrorCode, FrameCodec, FrameMeta};
+use futures::FutureExt;
 
 use super::driver::End;
 use crate::cursor::AgentCursor;
@@ -52,6 +53,9 @@ struct ReadState {
     rewind: Option<u64>,
 }
 
+/// Chunks taken per wake-up (more wait for the next batch).
+const READ_CHUNKS: usize = 32;
+
 pub(crate) async fn run(
     core: &RelayCore,
     conn: &quinn::Connection,
@@ -75,12 +79,13 @@ pub(crate) async fn run(
         };
         // Allocated on the first data, so idle sessions hold no read buffer.
         let mut buf = BytesMut::new();
-        let mut chunks: [bytes::Bytes; 32] = Default::default();
         loop {
-            // Everything already received, in one go: one batch per wake-up, not per packet.
-            // Bounded by the stream's receive window (`read_buffer_bytes`).
-            let n = match stream.read_chunks(&mut chunks).await {
-                Ok(Some(n)) => n,
+            // Wait for one chunk, then take everything else already received without
+            // waiting: one batch per wake-up, not per packet (bounded by the stream's receive
+            // window, `read_buffer_bytes`). Only the single-chunk read is awaited, so the
+            // chunk array below lives on the stack, not in every idle session's task.
+            let first = match stream.read_chunk(usize::MAX, true).await {
+                Ok(Some(c)) => c.bytes,
                 Ok(None) => {
                     if buf.is_empty() {
                         break;
@@ -95,15 +100,32 @@ pub(crate) async fn run(
                     return ReadEnd::Closed(End::new(ErrorCode::Normal, format!("stream: {e}")))
                 }
             };
-            let received: usize = chunks[..n].iter().map(bytes::Bytes::len).sum();
-            if buf.capacity() - buf.len() < received {
-                // The previous buffer is still shared with batches in sink queues: start a new
-                // one (one allocation per buffer, not per frame).
-                buf.reserve(received.max(cap.min(64 * 1024)));
-            }
-            for chunk in chunks.iter_mut().take(n) {
-                buf.extend_from_slice(chunk);
-                *chunk = bytes::Bytes::new();
+            {
+                let mut chunks: [bytes::Bytes; READ_CHUNKS] = Default::default();
+                chunks[0] = first;
+                let mut n = 1;
+                // An end of stream or error found here shows again on the next awaited read.
+                while n < READ_CHUNKS {
+                    let room = READ_CHUNKS - n;
+                    match stream.read_chunks(&mut chunks[n..]).now_or_never() {
+                        Some(Ok(Some(k))) if k > 0 => {
+                            n += k;
+                            if k < room {
+                                break; // nothing more is buffered
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                let received: usize = chunks[..n].iter().map(bytes::Bytes::len).sum();
+                if buf.capacity() - buf.len() < received {
+                    // The previous buffer is still shared with batches in sink queues: start a
+                    // new one (one allocation per buffer, not per frame).
+                    buf.reserve(received.max(cap.min(64 * 1024)));
+                }
+                for chunk in &chunks[..n] {
+                    buf.extend_from_slice(chunk);
+                }
             }
             // The batch takes the metadata vector; size the next one up front (frames are at
             // least ~16 bytes) instead of letting it regrow frame by frame.
