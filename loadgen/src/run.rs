@@ -21,6 +21,9 @@ use crate::hist::{new_hist, Percentiles};
 use crate::report::{ConnectReport, IntervalReport, RelayReport, Report, Throughput, Totals};
 use crate::{brokers, contrail, procfs};
 
+/// Longest wait, after the agents stop, for the subscriber to receive the acked frames.
+const SETTLE_MAX: Duration = Duration::from_secs(60);
+
 /// What the agents talk to.
 #[derive(Clone)]
 pub enum Driver {
@@ -240,7 +243,10 @@ pub async fn execute(ctx: Arc<RunCtx>, driver: Driver, opts: RunOptions) -> Repo
     if subscriber.is_some() {
         let mut last = ctx.delivered.load(Relaxed);
         let mut quiet_since = tokio::time::Instant::now();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        // Wait while deliveries still progress (a saturated run can have tens of seconds of
+        // acked frames queued for the subscriber; stopping at 15 s counted them as lost),
+        // stop after 2 s without progress or at the cap.
+        let deadline = tokio::time::Instant::now() + SETTLE_MAX;
         while tokio::time::Instant::now() < deadline {
             let d = ctx.delivered.load(Relaxed);
             if d >= expected {

@@ -324,7 +324,12 @@ pub struct Transmit {
 //
 
 /// The maximum number of CIDs we bother to issue per connection
-const LOC_CID_COUNT: u64 = 8;
+///
+/// Contrail patch: 2 (upstream 8, capped by the peer's `active_connection_id_limit`, 5 for
+/// quinn peers): one spare CID lets a peer migrate, and a retired one is replaced, while each
+/// issued CID costs an entry in the endpoint's CID index and in the connection's CID state
+/// (≈ 0.15 KiB per CID per connection).
+const LOC_CID_COUNT: u64 = 2;
 const RESET_TOKEN_SIZE: usize = 16;
 const MAX_CID_SIZE: usize = 20;
 const MIN_INITIAL_SIZE: u16 = 1200;
