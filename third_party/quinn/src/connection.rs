@@ -1022,7 +1022,9 @@ thread_local! {
 
 impl State {
     fn drive_transmit(&mut self, cx: &mut Context) -> io::Result<bool> {
-        if self.buffered_transmit.is_none() && self.send_buffer.capacity() == 0 {
+        // Without a buffered transmit the connection holds no buffer (it was handed back
+        // below): borrow this thread's.
+        if self.buffered_transmit.is_none() {
             self.send_buffer = SEND_BUFFER.with(|b| b.take());
         }
         let result = self.drive_transmit_inner(cx);
