@@ -31,6 +31,35 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// UDP datagrams the kernel delivered to sockets on this machine since boot (`InDatagrams` of
+/// `/proc/net/snmp` plus `/proc/net/snmp6`'s `Udp6InDatagrams`). On loopback every datagram
+/// sent is received once, so a difference over a window counts the window's datagrams of
+/// every process on the machine.
+pub fn udp_in_datagrams() -> Option<u64> {
+    let v4 = parse_snmp_udp_in(&std::fs::read_to_string("/proc/net/snmp").ok()?)?;
+    let v6 = std::fs::read_to_string("/proc/net/snmp6")
+        .ok()
+        .and_then(|s| parse_snmp6_udp_in(&s))
+        .unwrap_or(0);
+    Some(v4 + v6)
+}
+
+fn parse_snmp_udp_in(snmp: &str) -> Option<u64> {
+    // Two `Udp:` lines: the field names, then the values.
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let names = udp.next()?;
+    let values = udp.next()?;
+    let i = names.split_whitespace().position(|n| n == "InDatagrams")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
+fn parse_snmp6_udp_in(snmp6: &str) -> Option<u64> {
+    snmp6
+        .lines()
+        .find_map(|l| l.strip_prefix("Udp6InDatagrams"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,6 +70,15 @@ mod tests {
         assert_eq!(parse_vmrss(status), Some(12345));
         let stat = "42 (contrail relay) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9";
         assert_eq!(parse_cpu_ticks(stat), Some(300));
+    }
+
+    #[test]
+    fn parses_udp_counters() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\nUdp: InDatagrams NoPorts InErrors OutDatagrams\nUdp: 1234 5 0 1300\nUdpLite: InDatagrams\nUdpLite: 0\n";
+        assert_eq!(parse_snmp_udp_in(snmp), Some(1234));
+        let snmp6 = "Udp6InDatagrams                 \t77\nUdp6NoPorts 0\n";
+        assert_eq!(parse_snmp6_udp_in(snmp6), Some(77));
+        assert_eq!(parse_snmp_udp_in("Ip: x\n"), None);
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub struct Report {
     pub relay: Option<RelayReport>,
     /// CPU the load generator itself used over the measured window, in cores.
     pub loadgen_cpu_cores: f64,
+    /// UDP datagrams received on this machine over the measured window per frame acked (per
+    /// frame sent without acks): every process's, so meaningful when the run has the machine
+    /// to itself; on loopback each datagram sent is counted once.
+    pub udp_datagrams_per_frame: Option<f64>,
     /// Per-interval figures (soak).
     pub intervals: Vec<IntervalReport>,
     /// Pass/fail.
@@ -253,8 +257,13 @@ impl Report {
         };
         let _ = writeln!(
             s,
-            "errors    {errors}  (rate {:.2e})  nacks {}  reconnects {}  (loadgen cpu {:.2} cores)",
-            self.error_rate, self.nacks, self.reconnects, self.loadgen_cpu_cores
+            "errors    {errors}  (rate {:.2e})  nacks {}  reconnects {}  (loadgen cpu {:.2} cores{})",
+            self.error_rate,
+            self.nacks,
+            self.reconnects,
+            self.loadgen_cpu_cores,
+            self.udp_datagrams_per_frame
+                .map_or(String::new(), |d| format!(", {d:.2} UDP datagrams/frame machine-wide"))
         );
         if let Some(r) = &self.relay {
             let _ = writeln!(

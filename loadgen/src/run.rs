@@ -113,6 +113,7 @@ struct Snapshot {
     delivered: u64,
     cpu_ns: Option<u64>,
     own_cpu_ns: Option<u64>,
+    udp_datagrams: Option<u64>,
 }
 
 fn snapshot(ctx: &RunCtx, pid: Option<u32>) -> Snapshot {
@@ -123,6 +124,7 @@ fn snapshot(ctx: &RunCtx, pid: Option<u32>) -> Snapshot {
         delivered: ctx.delivered.load(Relaxed),
         cpu_ns: pid.and_then(procfs::cpu_ns),
         own_cpu_ns: procfs::cpu_ns(std::process::id()),
+        udp_datagrams: procfs::udp_in_datagrams(),
     }
 }
 
@@ -354,6 +356,17 @@ pub async fn execute(ctx: Arc<RunCtx>, driver: Driver, opts: RunOptions) -> Repo
         loadgen_cpu_cores: match (start.own_cpu_ns, end.own_cpu_ns) {
             (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e9 / secs,
             _ => 0.0,
+        },
+        udp_datagrams_per_frame: match (start.udp_datagrams, end.udp_datagrams) {
+            (Some(a), Some(b)) => {
+                let frames = if has_acks {
+                    end.acked - start.acked
+                } else {
+                    end.sent - start.sent
+                };
+                (frames > 0).then(|| b.saturating_sub(a) as f64 / frames as f64)
+            }
+            _ => None,
         },
         intervals,
         verdict: Default::default(),

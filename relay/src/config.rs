@@ -182,6 +182,13 @@ pub struct Limits {
     /// relay's acks ride in its next frame; the relay's loss recovery waits up to this much
     /// longer. Agents ask the same of the relay (`ClientConfig::max_ack_delay`, 125 ms).
     pub quic_max_ack_delay_ms: u64,
+    /// Upper bound of the QUIC max ACK delay the relay asks of a slow agent (0: never adapt).
+    /// The relay follows each agent's interval between telemetry batches and asks it to hold
+    /// ACKs up to 1.5 times that interval (never less than `quic_max_ack_delay_ms`, never more
+    /// than this), so a 2 Hz agent's ACK of the relay's ack rides in its next frame instead
+    /// of a packet of its own. Live subscribers keep `quic_max_ack_delay_ms`. The relay's loss
+    /// recovery towards such an agent waits up to this much longer.
+    pub quic_max_ack_delay_cap_ms: u64,
     /// Largest UDP payload the relay sends or accepts: the ceiling of QUIC path-MTU discovery
     /// (which settles lower on paths that carry less) and the datagram size the socket reads.
     /// 1452 suits Ethernet and the internet; jumbo-frame LANs and loopback can use up to 65527
@@ -206,6 +213,7 @@ impl Default for Limits {
             ack_delay_ms: 100,
             ack_eliciting_threshold: 16,
             quic_max_ack_delay_ms: 125,
+            quic_max_ack_delay_cap_ms: 1_500,
             max_udp_payload_bytes: 1452,
         }
     }
@@ -227,6 +235,11 @@ impl Limits {
     /// QUIC max ACK delay asked of peers.
     pub fn quic_max_ack_delay(&self) -> Duration {
         Duration::from_millis(self.quic_max_ack_delay_ms)
+    }
+    /// Most a slow agent is asked to hold its QUIC ACKs (`None`: no adapting).
+    pub fn quic_max_ack_delay_cap(&self) -> Option<Duration> {
+        (self.quic_max_ack_delay_cap_ms > 0)
+            .then(|| Duration::from_millis(self.quic_max_ack_delay_cap_ms))
     }
     /// Frames waiting for an ack that make it go out without waiting for `ack_delay`.
     pub fn ack_now_threshold(&self) -> u64 {
@@ -483,6 +496,15 @@ impl Config {
             return Err(invalid(
                 "limits.quic_max_ack_delay_ms",
                 "must be below half of idle_timeout_ms and below 16384",
+            ));
+        }
+        if l.quic_max_ack_delay_cap_ms != 0
+            && (l.quic_max_ack_delay_cap_ms < l.quic_max_ack_delay_ms
+                || l.quic_max_ack_delay_cap_ms >= (l.idle_timeout_ms / 2).min(16_384))
+        {
+            return Err(invalid(
+                "limits.quic_max_ack_delay_cap_ms",
+                "must be 0, or at least quic_max_ack_delay_ms and below half of idle_timeout_ms and below 16384",
             ));
         }
         if l.resume_max_agents < l.max_sessions {

@@ -100,16 +100,36 @@ struct Entry {
 
 /// Bounded table of cursors by agent id.
 pub struct ResumeTable {
-    inner: Mutex<HashMap<AgentId, Entry>>,
+    inner: Mutex<Table>,
     max_entries: usize,
     ttl: Duration,
+}
+
+struct Table {
+    map: HashMap<AgentId, Entry>,
+    /// When idle cursors past their TTL were last swept out. Sweeping walks the whole map, so
+    /// a session's end sweeps at most once per [`SWEEP_EVERY`] (10,000 sessions ending at once
+    /// walked 10,000 entries each); a full table sweeps when it needs room.
+    swept: Option<Instant>,
+}
+
+/// Least time between two sweeps on session ends.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+impl Entry {
+    fn expired(&self, now: Instant, ttl: Duration) -> bool {
+        !self.live && now.saturating_duration_since(self.touched) >= ttl
+    }
 }
 
 impl ResumeTable {
     /// A table of at most `max_entries` cursors, idle ones kept for `ttl`.
     pub fn new(max_entries: usize, ttl: Duration) -> Self {
         ResumeTable {
-            inner: Mutex::new(HashMap::new()),
+            inner: Mutex::new(Table {
+                map: HashMap::new(),
+                swept: None,
+            }),
             max_entries: max_entries.max(1),
             ttl,
         }
@@ -118,8 +138,11 @@ impl ResumeTable {
     /// Takes the cursor for a registering agent. Without a resume claim the agent starts a new
     /// stream (fresh cursor). With one, an existing cursor is kept and moved forward to the claim.
     pub fn attach(&self, agent: &AgentId, claim: Option<u64>, now: Instant) -> Arc<AgentCursor> {
-        let mut map = self.inner.lock();
-        let cursor = match (claim, map.get(agent)) {
+        let mut table = self.inner.lock();
+        let map = &mut table.map;
+        // An idle cursor past its TTL that no sweep has removed yet is as good as gone.
+        let held = map.get(agent).filter(|e| !e.expired(now, self.ttl));
+        let cursor = match (claim, held) {
             (Some(claim), Some(e)) => {
                 e.cursor.set_forwarded(claim);
                 e.cursor.complete_through(claim);
@@ -129,8 +152,10 @@ impl ResumeTable {
             (None, _) => Arc::new(AgentCursor::starting_at(0)),
         };
         if !map.contains_key(agent) && map.len() >= self.max_entries {
-            Self::evict(&mut map, now, self.ttl, true);
+            Self::evict(map, now, self.ttl, true);
+            table.swept = Some(now);
         }
+        let map = &mut table.map;
         map.insert(
             agent.clone(),
             Entry {
@@ -144,19 +169,25 @@ impl ResumeTable {
 
     /// Marks the agent's cursor idle (its session ended), if it is still `cursor`.
     pub fn detach(&self, agent: &AgentId, cursor: &Arc<AgentCursor>, now: Instant) {
-        let mut map = self.inner.lock();
-        if let Some(e) = map.get_mut(agent) {
+        let mut table = self.inner.lock();
+        if let Some(e) = table.map.get_mut(agent) {
             if Arc::ptr_eq(&e.cursor, cursor) {
                 e.live = false;
                 e.touched = now;
             }
         }
-        Self::evict(&mut map, now, self.ttl, false);
+        if table
+            .swept
+            .is_none_or(|at| now.saturating_duration_since(at) >= SWEEP_EVERY)
+        {
+            table.swept = Some(now);
+            Self::evict(&mut table.map, now, self.ttl, false);
+        }
     }
 
     /// Number of cursors held.
     pub fn len(&self) -> usize {
-        self.inner.lock().len()
+        self.inner.lock().map.len()
     }
 
     /// Whether the table is empty.
@@ -166,7 +197,7 @@ impl ResumeTable {
 
     fn evict(map: &mut HashMap<AgentId, Entry>, now: Instant, ttl: Duration, need_room: bool) {
         let before = map.len();
-        map.retain(|_, e| e.live || now.duration_since(e.touched) < ttl);
+        map.retain(|_, e| !e.expired(now, ttl));
         let mut evicted = before - map.len();
         if need_room && evicted == 0 {
             let oldest = map
@@ -222,5 +253,28 @@ mod tests {
         assert_eq!(t.len(), 2, "b just went idle: kept");
         t.detach(&id("c"), &_c, later + Duration::from_secs(61));
         assert_eq!(t.len(), 1, "b aged out");
+    }
+
+    #[test]
+    fn session_ends_sweep_at_most_once_a_second_and_expired_cursors_are_not_resumed() {
+        let t = ResumeTable::new(10, Duration::from_secs(5));
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let a = t.attach(&id("a"), Some(1), t0);
+        let b = t.attach(&id("b"), Some(1), t0);
+        b.set_forwarded(7);
+        b.complete_through(7);
+        t.detach(&id("a"), &a, t0); // sweeps
+        t.detach(&id("b"), &b, ms(500)); // within a second of the sweep: none
+        let x = t.attach(&id("x"), None, ms(5_200));
+        t.detach(&id("x"), &x, ms(5_200)); // sweeps: a (idle 5.2 s) goes, b (4.7 s) stays
+        assert_eq!(t.len(), 2, "a aged out, b and x kept");
+        let y = t.attach(&id("y"), None, ms(5_300));
+        t.detach(&id("y"), &y, ms(5_600)); // 0.4 s after the last sweep: none
+        assert_eq!(t.len(), 3, "b is past its TTL but not yet swept");
+        // ... and yet it is not resumed: a claim for it starts a fresh cursor at the claim.
+        let again = t.attach(&id("b"), Some(3), ms(5_600));
+        assert!(!Arc::ptr_eq(&again, &b), "expired cursor resumed");
+        assert_eq!((again.forwarded(), again.completed()), (3, 3));
     }
 }

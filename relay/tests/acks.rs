@@ -1,6 +1,8 @@
 //! Ack coalescing (`limits.ack_delay_ms`): a slow agent's acks wait to cover several frames, a
 //! busy agent is acked as soon as a quarter of its window waits, and nothing is ever left
-//! unacked.
+//! unacked. Also what else agent and relay send besides frames and acks: QUIC ACKs (asked for
+//! with the ACK-frequency extension, adapted to a slow agent's frame interval) and heartbeats
+//! (skipped while telemetry flows).
 
 mod common;
 
@@ -95,6 +97,19 @@ async fn zero_delay_acks_every_batch_at_once() {
 /// statistics of its connection for that stretch only: (ACK frames it received, datagrams it
 /// sent), both per frame.
 async fn paced_ack_traffic(relay: &TestRelay, id: &str, max_ack_delay: Duration) -> (f64, f64) {
+    paced_traffic(relay, id, max_ack_delay, Duration::from_millis(50), 0, 30).await
+}
+
+/// [`paced_ack_traffic`] with the frame interval, frames sent before the measured stretch
+/// (`warmup`, paced too) and frames measured (`n`) as parameters.
+async fn paced_traffic(
+    relay: &TestRelay,
+    id: &str,
+    max_ack_delay: Duration,
+    interval: Duration,
+    warmup: u64,
+    n: u64,
+) -> (f64, f64) {
     let mut config = relay.client_config(id);
     config.max_ack_delay = max_ack_delay;
     let agent = contrail_protocol::client::Agent::connect(config)
@@ -104,10 +119,13 @@ async fn paced_ack_traffic(relay: &TestRelay, id: &str, max_ack_delay: Duration)
     // One frame acked first, so the handshake's and registration's packets are behind us.
     let seq = agent.send(&frame(&payload)).await.expect("send");
     agent.wait_acked(seq).await.expect("acked");
-    let before = agent.transport_stats().expect("connected");
-    let n = 30u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for _ in 0..warmup {
+        tick.tick().await;
+        agent.send(&frame(&payload)).await.expect("send");
+    }
+    let before = agent.transport_stats().expect("connected");
     let mut last = seq;
     for _ in 0..n {
         tick.tick().await;
@@ -128,7 +146,7 @@ async fn paced_ack_traffic(relay: &TestRelay, id: &str, max_ack_delay: Duration)
     );
     let acks = (after.frame_rx.acks - before.frame_rx.acks) as f64 / n as f64;
     let sent = (after.udp_tx.datagrams - before.udp_tx.datagrams) as f64 / n as f64;
-    eprintln!("{id} (agent max ACK delay {max_ack_delay:?}): {acks:.2} ACK frames received, {sent:.2} datagrams sent per frame");
+    eprintln!("{id} (agent max ACK delay {max_ack_delay:?}, every {interval:?}): {acks:.2} ACK frames received, {sent:.2} datagrams sent per frame");
     (acks, sent)
 }
 
@@ -162,6 +180,8 @@ async fn a_slow_agent_acks_the_relays_packets_inside_its_next_frame() {
         let mut config = test_config(dir.path());
         config.limits.ack_delay_ms = 0;
         config.limits.quic_max_ack_delay_ms = quic_max_ack_delay_ms;
+        // Not adapted to the agent's interval (that is the next test's subject).
+        config.limits.quic_max_ack_delay_cap_ms = 0;
         let (spec, _rx) = channel_sink("chan", false, 1024);
         let relay = start_with(config, dir, vec![spec], Hooks::default()).await;
         let (_, sent) = paced_ack_traffic(&relay, "drone-acking", Duration::ZERO).await;
@@ -208,4 +228,116 @@ async fn a_burst_that_fills_the_congestion_window_asks_for_an_immediate_ack() {
         stats.frame_tx
     );
     agent.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_agent_is_asked_to_hold_its_quic_acks_past_its_next_frame() {
+    // A 5 Hz agent: 200 ms between frames, longer than the 125 ms the relay asks of every
+    // peer. The relay acks every frame at once (ack_delay_ms = 0), and the agent must QUIC-ACK
+    // that packet: within 125 ms it is a packet of its own (two datagrams per frame). Adapted
+    // to the agent's interval (`limits.quic_max_ack_delay_cap_ms`), the relay asks it for
+    // 1.5 x 200 ms and the ACK rides in the next frame (one datagram per frame).
+    let mut datagrams = Vec::new();
+    for cap_ms in [1_500, 0] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = test_config(dir.path());
+        config.limits.ack_delay_ms = 0;
+        config.limits.quic_max_ack_delay_ms = 125;
+        config.limits.quic_max_ack_delay_cap_ms = cap_ms;
+        let (spec, _rx) = channel_sink("chan", false, 1024);
+        let relay = start_with(config, dir, vec![spec], Hooks::default()).await;
+        // Six paced frames first: the relay learns the interval and its new request
+        // reaches the agent before the measured stretch.
+        let (_, sent) = paced_traffic(
+            &relay,
+            &format!("drone-5hz-cap-{cap_ms}"),
+            Duration::ZERO,
+            Duration::from_millis(200),
+            6,
+            20,
+        )
+        .await;
+        datagrams.push(sent);
+    }
+    assert!(
+        datagrams[0] <= 1.3,
+        "agent datagrams per frame, adapted: {:.2}",
+        datagrams[0]
+    );
+    assert!(
+        datagrams[1] >= 1.6,
+        "agent datagrams per frame, not adapted: {:.2}",
+        datagrams[1]
+    );
+}
+
+/// `last_heartbeat` of `id` in the relay's fleet status (ms since the Unix epoch).
+async fn last_heartbeat(relay: &TestRelay, id: &str) -> u64 {
+    let v: serde_json::Value = reqwest::get(format!("{}/v1/drones/{id}", relay.http()))
+        .await
+        .expect("status request")
+        .json()
+        .await
+        .expect("status json");
+    v["last_heartbeat"].as_u64().expect("last_heartbeat set")
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_agent_skips_heartbeats_and_its_frames_count_as_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.limits.heartbeat_interval_ms = 300;
+    let (spec, _rx) = channel_sink("chan", false, 1024);
+    let relay = start_with(config, dir, vec![spec], Hooks::default()).await;
+
+    // An idle agent pings every heartbeat interval.
+    let idle = relay.agent("drone-idle").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut poll = tokio::time::interval(Duration::from_millis(20));
+    while idle.stats().pings < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "an idle agent sent {} pings in 10 s",
+            idle.stats().pings
+        );
+        poll.tick().await;
+    }
+
+    // A streaming agent (20 Hz for 1.5 s, five heartbeat intervals) sends none: its frames
+    // tell the relay it lives, and the relay's status shows them as heartbeats.
+    let busy = relay.agent("drone-busy").await;
+    let payload = [7u8; 64];
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = 0;
+    let mut sent_last_at = 0;
+    for _ in 0..30 {
+        tick.tick().await;
+        sent_last_at = unix_ms();
+        last = busy.send(&frame(&payload)).await.expect("send");
+    }
+    tokio::time::timeout(Duration::from_secs(10), busy.wait_acked(last))
+        .await
+        .expect("all acked")
+        .expect("acked");
+    // A scheduling stall of a whole interval without a write may let one ping through.
+    assert!(
+        busy.stats().pings <= 1,
+        "a streaming agent sent {} pings",
+        busy.stats().pings
+    );
+    let seen = last_heartbeat(&relay, "drone-busy").await;
+    assert!(
+        seen >= sent_last_at,
+        "last heartbeat {seen} is older than the last frame (sent at {sent_last_at})"
+    );
+    busy.close().await.expect("close");
+    idle.close().await.expect("close");
 }

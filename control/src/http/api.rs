@@ -109,7 +109,8 @@ pub struct DroneStatus {
     flight_id: Option<String>,
     /// Registration time, ms since the Unix epoch.
     connected_since: u64,
-    /// Last heartbeat, ms since the Unix epoch (`null` before the first).
+    /// Last sign of life (a ping or a telemetry batch), ms since the Unix epoch (`null` before
+    /// the first).
     last_heartbeat: Option<u64>,
     frames: u64,
     bytes: u64,

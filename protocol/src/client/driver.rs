@@ -249,6 +249,10 @@ async fn session(
         Err(e) => return close_outcome(&e, true),
     };
 
+    // Writes of telemetry since the session began: the pinger skips a heartbeat after a
+    // period in which frames went out (they tell the relay the agent lives, and keep the
+    // connection from idling out), so a streaming agent sends no extra packets for it.
+    let writes = std::sync::atomic::AtomicU64::new(0);
     let writer = async {
         let mut chunks: Vec<Bytes> = Vec::with_capacity(WRITE_CHUNKS);
         loop {
@@ -264,6 +268,7 @@ async fn session(
             if uni.write_all_chunks(&mut chunks).await.is_err() {
                 return;
             }
+            writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             chunks.clear();
         }
     };
@@ -330,9 +335,18 @@ async fn session(
         let mut nonce = 0u64;
         let mut tick = tokio::time::interval(heartbeat);
         tick.tick().await;
+        let mut seen_writes = 0;
         loop {
             tick.tick().await;
+            let w = writes.load(std::sync::atomic::Ordering::Relaxed);
+            if w != seen_writes {
+                seen_writes = w;
+                continue;
+            }
             nonce += 1;
+            shared
+                .pings
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let ping = ControlMessage {
                 msg: Some(Msg::Ping(Ping {
                     nonce,

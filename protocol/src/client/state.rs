@@ -60,6 +60,8 @@ pub struct AgentStats {
     pub credit_waits: u64,
     /// Drain notices received.
     pub drains: u64,
+    /// Heartbeat pings sent (none while telemetry flows: frames are the heartbeat then).
+    pub pings: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +105,7 @@ pub(super) struct Shared {
     resent: AtomicU64,
     credit_waits: AtomicU64,
     drains: AtomicU64,
+    pub(super) pings: AtomicU64,
     sent: AtomicU64,
 }
 
@@ -171,6 +174,7 @@ impl Shared {
             resent: AtomicU64::new(0),
             credit_waits: AtomicU64::new(0),
             drains: AtomicU64::new(0),
+            pings: AtomicU64::new(0),
             sent: AtomicU64::new(0),
         }
     }
@@ -331,6 +335,7 @@ impl Shared {
             resent: self.resent.load(Ordering::Relaxed),
             credit_waits: self.credit_waits.load(Ordering::Relaxed),
             drains: self.drains.load(Ordering::Relaxed),
+            pings: self.pings.load(Ordering::Relaxed),
         }
     }
 

@@ -51,6 +51,67 @@ struct ReadState {
     quota: Option<crate::quota::SessionQuota>,
     /// After a quota nack for seq S: frames are discarded until S arrives again.
     rewind: Option<u64>,
+    /// The QUIC max ACK delay asked of this agent, adapted to its batch interval.
+    ack_delay: AckDelayAdapter,
+}
+
+/// Follows an agent's interval between telemetry batches and picks the QUIC max ACK delay to
+/// ask of it: 1.5 × the interval (smoothed), within `[base, cap]`. A slow agent then ACKs the
+/// relay's packets (acks, pongs) inside its next frame instead of in a packet of its own. The
+/// connection is told only when the pick moves by more than a quarter, so a steady agent costs
+/// one call, not one per batch.
+#[derive(Debug)]
+pub(crate) struct AckDelayAdapter {
+    base_us: u64,
+    cap_us: u64,
+    last: Option<Instant>,
+    /// Smoothed batch interval (EWMA, weight 1/2: a new rate shows within three batches),
+    /// µs; 0 until two batches were seen.
+    interval_us: u64,
+    /// What the connection was last asked for, µs (`base_us`: the endpoint's default).
+    requested_us: u64,
+}
+
+impl AckDelayAdapter {
+    /// Asks between `base` (the endpoint's default) and `cap`; with no `cap` above `base` it never
+    /// asks anything.
+    pub(crate) fn new(base: std::time::Duration, cap: Option<std::time::Duration>) -> Self {
+        let base_us = base.as_micros() as u64;
+        let cap_us = cap.map_or(base_us, |c| (c.as_micros() as u64).max(base_us));
+        Self {
+            base_us,
+            cap_us,
+            last: None,
+            interval_us: 0,
+            requested_us: base_us,
+        }
+    }
+
+    /// Records a batch received at `now`; returns the delay to ask for when it should change
+    /// (`None` inside the result: back to the endpoint's default).
+    pub(crate) fn on_batch(&mut self, now: Instant) -> Option<Option<std::time::Duration>> {
+        if self.cap_us <= self.base_us {
+            return None;
+        }
+        let last = self.last.replace(now)?;
+        let gap = now.saturating_duration_since(last).as_micros() as u64;
+        self.interval_us = if self.interval_us == 0 {
+            gap
+        } else {
+            self.interval_us / 2 + gap / 2
+        };
+        let want = (self.interval_us.saturating_mul(3) / 2).clamp(self.base_us, self.cap_us);
+        // Moves of a quarter or more, and to either bound, change the request.
+        let moved = want != self.requested_us
+            && (want == self.base_us
+                || want == self.cap_us
+                || want.abs_diff(self.requested_us) > self.requested_us / 4);
+        if !moved {
+            return None;
+        }
+        self.requested_us = want;
+        Some((want > self.base_us).then(|| std::time::Duration::from_micros(want)))
+    }
 }
 
 /// Chunks taken per wake-up (more wait for the next batch).
@@ -68,6 +129,13 @@ pub(crate) async fn run(
     let mut state = ReadState {
         quota: crate::quota::SessionQuota::new(&core.config.quotas, Instant::now()),
         rewind: None,
+        // 0 asks QUIC's default of 25 ms.
+        ack_delay: AckDelayAdapter::new(
+            limits
+                .quic_max_ack_delay()
+                .max(std::time::Duration::from_millis(25)),
+            limits.quic_max_ack_delay_cap(),
+        ),
     };
     let codec = FrameCodec::new(limits.max_frame_bytes);
     let cap = limits.read_buffer_bytes;
@@ -141,7 +209,9 @@ pub(crate) async fn run(
                     return ReadEnd::Violation(End::new(e.code(), e.to_string()));
                 }
             };
-            if let Err(end) = process(core, origin, cursor, stats, nack, &mut state, batch).await {
+            if let Err(end) =
+                process(core, conn, origin, cursor, stats, nack, &mut state, batch).await
+            {
                 return ReadEnd::Violation(end);
             }
         }
@@ -160,8 +230,10 @@ fn closed(e: quinn::ConnectionError) -> End {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn process(
     core: &RelayCore,
+    conn: &quinn::Connection,
     origin: &Arc<BatchOrigin>,
     cursor: &Arc<AgentCursor>,
     stats: &SessionStats,
@@ -269,6 +341,13 @@ async fn process(
     }
     let now = Instant::now();
     let now_ns = crate::clock::unix_ns();
+    // Telemetry is a sign of life as good as a ping (agents skip pings while they stream).
+    stats
+        .last_heartbeat_unix_ms
+        .store(now_ns / 1_000_000, Relaxed);
+    if let Some(delay) = state.ack_delay.on_batch(now) {
+        conn.set_requested_max_ack_delay(delay);
+    }
     core.latency
         .frame_ages(now_ns, batch.metas().iter().map(|m| m.sent_at_unix_ns));
     let sb = Arc::new(SinkBatch::new(
@@ -285,4 +364,68 @@ async fn process(
         .inflight
         .store(last.saturating_sub(cursor.completed()), Relaxed);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Feeds batches `every` apart from `t` on; returns every request made.
+    fn feed(
+        a: &mut AckDelayAdapter,
+        t: &mut Instant,
+        every: Duration,
+        n: usize,
+    ) -> Vec<Option<Duration>> {
+        let mut asked = Vec::new();
+        for _ in 0..n {
+            *t += every;
+            if let Some(r) = a.on_batch(*t) {
+                asked.push(r);
+            }
+        }
+        asked
+    }
+
+    #[test]
+    fn a_slow_agent_is_asked_for_one_and_a_half_intervals_once() {
+        let mut a = AckDelayAdapter::new(ms(125), Some(ms(1_500)));
+        let mut t = Instant::now();
+        let asked = feed(&mut a, &mut t, ms(500), 50);
+        assert_eq!(
+            asked,
+            vec![Some(ms(750))],
+            "one request for a steady 2 Hz agent"
+        );
+    }
+
+    #[test]
+    fn a_busy_agent_keeps_the_default_and_the_cap_holds() {
+        let mut a = AckDelayAdapter::new(ms(125), Some(ms(1_500)));
+        let mut t = Instant::now();
+        assert!(
+            feed(&mut a, &mut t, ms(20), 100).is_empty(),
+            "50 Hz: default kept"
+        );
+        let asked = feed(&mut a, &mut t, ms(5_000), 10);
+        assert_eq!(asked.last(), Some(&Some(ms(1_500))), "0.2 Hz: capped");
+        // Speeding up again moves the request back to the default (None).
+        let asked = feed(&mut a, &mut t, ms(10), 50);
+        assert_eq!(asked.last(), Some(&None), "back to the default when busy");
+    }
+
+    #[test]
+    fn adapting_is_off_without_a_cap_above_the_default() {
+        for cap in [None, Some(ms(125)), Some(ms(50))] {
+            let mut a = AckDelayAdapter::new(ms(125), cap);
+            let mut t = Instant::now();
+            assert!(feed(&mut a, &mut t, ms(500), 20).is_empty(), "cap {cap:?}");
+        }
+    }
 }

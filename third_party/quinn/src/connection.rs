@@ -647,6 +647,17 @@ impl Connection {
         conn.wake();
     }
 
+    /// Contrail patch: the max ACK delay this connection asks of its peer (QUIC ACK frequency
+    /// extension) in place of the transport config's `AckFrequencyConfig::max_ack_delay`;
+    /// `None` goes back to the configured one. See
+    /// [`proto::Connection::set_requested_max_ack_delay()`].
+    pub fn set_requested_max_ack_delay(&self, value: Option<Duration>) {
+        let mut conn = self.0.state.lock("set_requested_max_ack_delay");
+        conn.inner.set_requested_max_ack_delay(value);
+        // The new request goes out with the next packet.
+        conn.wake();
+    }
+
     /// See [`proto::TransportConfig::send_window()`]
     pub fn set_send_window(&self, send_window: u64) {
         let mut conn = self.0.state.lock("set_send_window");

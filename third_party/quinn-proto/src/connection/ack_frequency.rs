@@ -18,6 +18,10 @@ pub(super) struct AckFrequencyState {
     //
     last_ack_frequency_frame: Option<u64>,
     pub(super) max_ack_delay: Duration,
+
+    // Contrail patch: a max_ack_delay to request of the peer instead of the configured one, set
+    // per connection by the application (`Connection::set_requested_max_ack_delay`).
+    requested_override: Option<Duration>,
 }
 
 impl AckFrequencyState {
@@ -29,7 +33,16 @@ impl AckFrequencyState {
 
             last_ack_frequency_frame: None,
             max_ack_delay: default_max_ack_delay,
+
+            requested_override: None,
         }
+    }
+
+    /// Contrail patch: sets (or, with `None`, clears) the per-connection max_ack_delay to request
+    /// of the peer in place of the configured one. The next `poll_transmit` sends an
+    /// ACK_FREQUENCY frame when it differs enough from what the peer was last asked for.
+    pub(super) fn set_requested_max_ack_delay(&mut self, value: Option<Duration>) {
+        self.requested_override = value;
     }
 
     /// Returns the `max_ack_delay` that should be requested of the peer when sending an
@@ -43,7 +56,7 @@ impl AckFrequencyState {
         let min_ack_delay =
             Duration::from_micros(peer_params.min_ack_delay.map_or(0, |x| x.into()));
 
-        let candidate = match config.max_ack_delay {
+        let candidate = match self.requested_override.or(config.max_ack_delay) {
             // Contrail patch: an explicitly configured max_ack_delay is requested as given. The
             // application knows its traffic (telemetry agents sending every 50-500 ms), and a
             // delay clamped to max(RTT, 25 ms) makes a low-rate peer ACK every packet on its own.

@@ -1435,6 +1435,15 @@ impl Connection {
         self.datagrams().drop_oversized();
     }
 
+    /// Contrail patch: the max_ack_delay this connection asks of its peer in ACK_FREQUENCY
+    /// frames, in place of `AckFrequencyConfig::max_ack_delay` (`None`: back to the configured
+    /// one). Has an effect only with an ACK frequency config and a peer that supports the
+    /// extension; the request is sent with the next packet when it differs from the current one
+    /// by more than 20%. The value must be below 2^14 ms (the peer rejects larger requests).
+    pub fn set_requested_max_ack_delay(&mut self, value: Option<Duration>) {
+        self.ack_frequency.set_requested_max_ack_delay(value);
+    }
+
     /// Modify the number of remotely initiated streams that may be concurrently open
     ///
     /// No streams may be opened by the peer unless fewer than `count` are already open. Large
