@@ -62,9 +62,13 @@ def metrics(rs):
         "lost": max([get(r, "totals", "lost") or 0 for r in rs], default=0),
         "dups": max([get(r, "totals", "duplicates") or 0 for r in rs], default=0),
         "conn_rate": med([get(r, "connect", "per_s") for r in rs]),
+        "conn_cpu": med([get(r, "connect", "relay_cpu_us_per_connect") for r in rs]),
+        "conn_cpu_lg": med([get(r, "connect", "loadgen_cpu_us_per_connect") for r in rs]),
         "rss_sess": med([get(r, "relay", "rss_per_session_kib") for r in rs]),
         "cpu_frame": med([get(r, "relay", "cpu_ns_per_frame") for r in rs]),
         "cpu_cores": med([get(r, "relay", "cpu_cores") for r in rs]),
+        "lg_cores": med([r.get("loadgen_cpu_cores") for r in rs]),
+        "dgrams": med([r.get("udp_datagrams_per_frame") for r in rs]),
         "ok": sum(1 for r in rs if get(r, "verdict", "ok")),
         "cmd": rs[0].get("command", ""),
         "e2e_note": rs[0].get("e2e_note"),
@@ -79,8 +83,9 @@ def scenarios(raw, machine, sink):
            f"Relay sink: `{sink}`. Medians of the runs shown; the machine has 2 cores shared by "
            "relay, loadgen and subscriber (and other engineers' compiles): figures are noisy.", "",
            "| scenario | runs (pass) | sent/s | acked/s | delivered/s | ack p50/p99/p99.9 ms | "
-           "e2e p50/p99/p99.9 ms | lost | dups | connects/s | RSS KiB/session | relay ns/frame | relay cores |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "e2e p50/p99/p99.9 ms | lost | dups | connects/s | CPU µs/connect relay/loadgen | RSS KiB/session | relay ns/frame | relay cores | "
+           "loadgen cores | UDP datagrams/frame |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     cmds = []
     for name, rs in runs.items():
         m = metrics(rs)
@@ -88,10 +93,13 @@ def scenarios(raw, machine, sink):
             f"| {name} | {m['runs']} ({m['ok']}) | {fmt_rate(m['sent'])} | {fmt_rate(m['acked'])} | "
             f"{fmt_rate(m['delivered'])} | {fmt_ms(m['ack_p50'])}/{fmt_ms(m['ack_p99'])}/{fmt_ms(m['ack_p999'])} | "
             f"{fmt_ms(m['e2e_p50'])}/{fmt_ms(m['e2e_p99'])}/{fmt_ms(m['e2e_p999'])} | {m['lost']} | {m['dups']} | "
-            f"{fmt(m['conn_rate'], '{:.0f}')} | {fmt(m['rss_sess'], '{:.1f}')} | {fmt(m['cpu_frame'], '{:.0f}')} | "
-            f"{fmt(m['cpu_cores'], '{:.2f}')} |")
+            f"{fmt(m['conn_rate'], '{:.0f}')} | {fmt(m['conn_cpu'], '{:.0f}')}/{fmt(m['conn_cpu_lg'], '{:.0f}')} | "
+            f"{fmt(m['rss_sess'], '{:.1f}')} | {fmt(m['cpu_frame'], '{:.0f}')} | "
+            f"{fmt(m['cpu_cores'], '{:.2f}')} | {fmt(m['lg_cores'], '{:.2f}')} | {fmt(m['dgrams'], '{:.2f}')} |")
         cmds.append(f"- {name}: `{m['cmd']}`" + (f" (e2e: {m['e2e_note']})" if m["e2e_note"] else ""))
-    out += ["", "Commands (first run of each):", ""] + cmds
+    out += ["", "UDP datagrams/frame: datagrams the kernel delivered to sockets on the machine over the "
+            "window per frame acked (`/proc/net/snmp`); a GSO batch that loopback delivers whole to a "
+            "GRO socket counts once.", "", "Commands (first run of each):", ""] + cmds
     return "\n".join(out)
 
 

@@ -69,6 +69,12 @@ pub struct ConnectReport {
     pub seconds: f64,
     /// Connect + register time per agent.
     pub latency: Percentiles,
+    /// Relay CPU (user + system) over the connect phase per agent connected, µs (with
+    /// `--relay-pid`; includes whatever else the relay did meanwhile, e.g. early agents'
+    /// traffic).
+    pub relay_cpu_us_per_connect: Option<f64>,
+    /// The load generator's own CPU over the connect phase per agent connected, µs.
+    pub loadgen_cpu_us_per_connect: Option<f64>,
 }
 
 /// Frames per second over the measured window.
@@ -196,12 +202,20 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "connect   {} sessions in {:.2} s = {}  (p50 {} ms, p99 {} ms)",
+            "connect   {} sessions in {:.2} s = {}  (p50 {} ms, p99 {} ms){}",
             self.sessions_connected,
             self.connect.seconds,
             rate(self.connect.per_s),
             ms(self.connect.latency.p50_us),
-            ms(self.connect.latency.p99_us)
+            ms(self.connect.latency.p99_us),
+            match (
+                self.connect.relay_cpu_us_per_connect,
+                self.connect.loadgen_cpu_us_per_connect
+            ) {
+                (Some(r), Some(l)) => format!("  cpu/connect relay {r:.0} µs, loadgen {l:.0} µs"),
+                (None, Some(l)) => format!("  cpu/connect loadgen {l:.0} µs"),
+                _ => String::new(),
+            }
         );
         let _ = writeln!(
             s,

@@ -164,6 +164,10 @@ pub async fn execute(ctx: Arc<RunCtx>, driver: Driver, opts: RunOptions) -> Repo
     let payload: Arc<[u8]> = (0..plan.payload).map(|i| (i % 251) as u8).collect();
     let gate = Arc::new(Semaphore::new(plan.connect_concurrency));
     let connect_start = ctx.now_ns();
+    let connect_cpu_start = (
+        pid.and_then(procfs::cpu_ns),
+        procfs::cpu_ns(std::process::id()),
+    );
     let spacing = plan.ramp_up.as_nanos() as u64 / n.max(1) as u64;
     let mut agents = Vec::with_capacity(n);
     for idx in 0..n {
@@ -177,6 +181,18 @@ pub async fn execute(ctx: Arc<RunCtx>, driver: Driver, opts: RunOptions) -> Repo
     }
     let connect_end = ctx.last_connect_ns.load(Relaxed).max(connect_start + 1);
     let connected = ctx.sessions_up.load(Relaxed);
+    // CPU per connect (relay and loadgen): a steadier measure of handshake cost than the
+    // rate, which also depends on what else the machine is doing.
+    let connect_cpu_us = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) if connected > 0 => {
+            Some(b.saturating_sub(a) as f64 / 1e3 / connected as f64)
+        }
+        _ => None,
+    };
+    let relay_cpu_us_per_connect =
+        connect_cpu_us(connect_cpu_start.0, pid.and_then(procfs::cpu_ns));
+    let loadgen_cpu_us_per_connect =
+        connect_cpu_us(connect_cpu_start.1, procfs::cpu_ns(std::process::id()));
     let rss_connected = match pid {
         Some(p) => {
             // Let handshakes' transient buffers go before reading the idle footprint.
@@ -338,6 +354,8 @@ pub async fn execute(ctx: Arc<RunCtx>, driver: Driver, opts: RunOptions) -> Repo
             per_s: connected as f64 / connect_secs,
             seconds: connect_secs,
             latency: Percentiles::of(&ctx.connect_hist.snapshot()),
+            relay_cpu_us_per_connect,
+            loadgen_cpu_us_per_connect,
         },
         throughput: Throughput {
             sent_per_s: per_s(start.sent, end.sent),

@@ -576,7 +576,14 @@ impl Iter {
         let ty = self.bytes.get::<FrameType>()?;
         self.last_ty = Some(ty);
         Ok(match ty {
-            FrameType::PADDING => Frame::Padding,
+            FrameType::PADDING => {
+                // Contrail patch: a run of PADDING bytes is read as one frame. Every Initial
+                // datagram is padded to 1200 bytes, and parsing the run byte by byte (a frame
+                // type, a frame, its bookkeeping each) was about a tenth of a handshake's CPU.
+                let run = self.bytes.iter().take_while(|&&b| b == 0).count();
+                self.bytes.advance(run);
+                Frame::Padding
+            }
             FrameType::RESET_STREAM => Frame::ResetStream(ResetStream {
                 id: self.bytes.get()?,
                 error_code: self.bytes.get()?,
@@ -977,6 +984,19 @@ mod test {
             }
             ref x => panic!("incorrect frame {x:?}"),
         }
+    }
+
+    // Contrail patch: a run of PADDING bytes is one frame, and what follows it still parses.
+    #[test]
+    fn padding_run_is_one_frame() {
+        let mut buf = vec![0u8; 1000];
+        buf.push(0x01); // PING
+        buf.extend_from_slice(&[0, 0, 0]);
+        let frames = frames(buf);
+        assert_eq!(frames.len(), 3, "{frames:?}");
+        assert_matches!(frames[0], Frame::Padding);
+        assert_matches!(frames[1], Frame::Ping);
+        assert_matches!(frames[2], Frame::Padding);
     }
 
     #[test]
