@@ -182,7 +182,8 @@ pub struct Limits {
     /// relay's acks ride in its next frame; the relay's loss recovery waits up to this much
     /// longer. Agents ask the same of the relay (`ClientConfig::max_ack_delay`, 125 ms).
     pub quic_max_ack_delay_ms: u64,
-    /// Upper bound of the QUIC max ACK delay the relay asks of a slow agent (0: never adapt).
+    /// Upper bound of the QUIC max ACK delay the relay asks of a slow agent (0, or anything not
+    /// above `quic_max_ack_delay_ms`: never adapt; kept below half of `idle_timeout_ms`).
     /// The relay follows each agent's interval between telemetry batches and asks it to hold
     /// ACKs up to 1.5 times that interval (never less than `quic_max_ack_delay_ms`, never more
     /// than this), so a 2 Hz agent's ACK of the relay's ack rides in its next frame instead
@@ -236,10 +237,14 @@ impl Limits {
     pub fn quic_max_ack_delay(&self) -> Duration {
         Duration::from_millis(self.quic_max_ack_delay_ms)
     }
-    /// Most a slow agent is asked to hold its QUIC ACKs (`None`: no adapting).
+    /// Most a slow agent is asked to hold its QUIC ACKs: `quic_max_ack_delay_cap_ms`, kept
+    /// below half the idle timeout (`None`: no adapting, when that is not above
+    /// `quic_max_ack_delay_ms`).
     pub fn quic_max_ack_delay_cap(&self) -> Option<Duration> {
-        (self.quic_max_ack_delay_cap_ms > 0)
-            .then(|| Duration::from_millis(self.quic_max_ack_delay_cap_ms))
+        let cap = self
+            .quic_max_ack_delay_cap_ms
+            .min((self.idle_timeout_ms / 2).saturating_sub(1));
+        (cap > self.quic_max_ack_delay_ms).then(|| Duration::from_millis(cap))
     }
     /// Frames waiting for an ack that make it go out without waiting for `ack_delay`.
     pub fn ack_now_threshold(&self) -> u64 {
@@ -498,13 +503,10 @@ impl Config {
                 "must be below half of idle_timeout_ms and below 16384",
             ));
         }
-        if l.quic_max_ack_delay_cap_ms != 0
-            && (l.quic_max_ack_delay_cap_ms < l.quic_max_ack_delay_ms
-                || l.quic_max_ack_delay_cap_ms >= (l.idle_timeout_ms / 2).min(16_384))
-        {
+        if l.quic_max_ack_delay_cap_ms >= 16_384 {
             return Err(invalid(
                 "limits.quic_max_ack_delay_cap_ms",
-                "must be 0, or at least quic_max_ack_delay_ms and below half of idle_timeout_ms and below 16384",
+                "must be below 16384 (QUIC's largest max ACK delay)",
             ));
         }
         if l.resume_max_agents < l.max_sessions {
@@ -585,6 +587,30 @@ mod tests {
         c.validate().expect("valid");
         assert_eq!(c.listen.port(), 4433);
         assert_eq!(c.http.listen.port(), 2112);
+    }
+
+    #[test]
+    fn the_slow_agent_ack_delay_cap_stays_below_half_the_idle_timeout() {
+        let mut l = Limits::default();
+        assert_eq!(
+            l.quic_max_ack_delay_cap(),
+            Some(Duration::from_millis(1_500))
+        );
+        l.idle_timeout_ms = 1_000;
+        assert_eq!(l.quic_max_ack_delay_cap(), Some(Duration::from_millis(499)));
+        l.idle_timeout_ms = 200;
+        assert_eq!(
+            l.quic_max_ack_delay_cap(),
+            None,
+            "not above quic_max_ack_delay_ms"
+        );
+        l.idle_timeout_ms = 30_000;
+        l.quic_max_ack_delay_cap_ms = 0;
+        assert_eq!(l.quic_max_ack_delay_cap(), None, "0 turns adapting off");
+        let mut c = Config::default();
+        c.limits.quic_max_ack_delay_cap_ms = 16_384;
+        let e = c.validate().expect_err("over QUIC's limit");
+        assert!(e.to_string().contains("quic_max_ack_delay_cap_ms"), "{e}");
     }
 
     #[test]
