@@ -168,6 +168,18 @@ async fn a_slow_agent_gets_the_relays_quic_acks_inside_its_contrail_acks() {
     );
 }
 
+/// A relay that acks every frame at once (`ack_delay_ms = 0`: one packet to the agent per
+/// frame), asking peers for `quic_max_ack_delay_ms` and slow agents for up to `cap_ms`.
+async fn relay_acking_every_frame(quic_max_ack_delay_ms: u64, cap_ms: u64) -> TestRelay {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.limits.ack_delay_ms = 0;
+    config.limits.quic_max_ack_delay_ms = quic_max_ack_delay_ms;
+    config.limits.quic_max_ack_delay_cap_ms = cap_ms;
+    let (spec, _rx) = channel_sink("chan", false, 1024);
+    start_with(config, dir, vec![spec], Hooks::default()).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_agent_acks_the_relays_packets_inside_its_next_frame() {
     // The relay acks every frame at once (ack_delay_ms = 0), one packet per frame. Asked to
@@ -176,14 +188,8 @@ async fn a_slow_agent_acks_the_relays_packets_inside_its_next_frame() {
     // an ACK packet in between: two.
     let mut datagrams = Vec::new();
     for quic_max_ack_delay_ms in [125, 0] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = test_config(dir.path());
-        config.limits.ack_delay_ms = 0;
-        config.limits.quic_max_ack_delay_ms = quic_max_ack_delay_ms;
-        // Not adapted to the agent's interval (that is the next test's subject).
-        config.limits.quic_max_ack_delay_cap_ms = 0;
-        let (spec, _rx) = channel_sink("chan", false, 1024);
-        let relay = start_with(config, dir, vec![spec], Hooks::default()).await;
+        // Not adapted to the agent's interval (cap 0: that is a later test's subject).
+        let relay = relay_acking_every_frame(quic_max_ack_delay_ms, 0).await;
         let (_, sent) = paced_ack_traffic(&relay, "drone-acking", Duration::ZERO).await;
         datagrams.push(sent);
     }
@@ -239,13 +245,7 @@ async fn a_slow_agent_is_asked_to_hold_its_quic_acks_past_its_next_frame() {
     // 1.5 x 200 ms and the ACK rides in the next frame (one datagram per frame).
     let mut datagrams = Vec::new();
     for cap_ms in [1_500, 0] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = test_config(dir.path());
-        config.limits.ack_delay_ms = 0;
-        config.limits.quic_max_ack_delay_ms = 125;
-        config.limits.quic_max_ack_delay_cap_ms = cap_ms;
-        let (spec, _rx) = channel_sink("chan", false, 1024);
-        let relay = start_with(config, dir, vec![spec], Hooks::default()).await;
+        let relay = relay_acking_every_frame(125, cap_ms).await;
         // Six paced frames first: the relay learns the interval and its new request
         // reaches the agent before the measured stretch.
         let (_, sent) = paced_traffic(
