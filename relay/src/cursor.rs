@@ -5,7 +5,7 @@
 //! duplicates, and acks them once the earlier session's batches complete. The table is bounded
 //! in entries and age; the oldest idle cursors are evicted first (and counted).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,9 +94,12 @@ impl AgentCursor {
 
 struct Entry {
     cursor: Arc<AgentCursor>,
-    live: bool,
-    touched: Instant,
+    /// While the session is gone: its key in [`Table::idle`].
+    idle: Option<IdleKey>,
 }
+
+/// When a cursor went idle, and a counter that keeps keys unique.
+type IdleKey = (Instant, u64);
 
 /// Bounded table of cursors by agent id.
 pub struct ResumeTable {
@@ -105,20 +108,45 @@ pub struct ResumeTable {
     ttl: Duration,
 }
 
+/// The cursors, and the idle ones ordered by when they went idle: ageing out and making room
+/// take the oldest from the front, so no operation walks the whole table (with 10,000 sessions
+/// ending at once, a walk per session end was the top of the relay's profile).
 struct Table {
     map: HashMap<AgentId, Entry>,
-    /// When idle cursors past their TTL were last swept out. Sweeping walks the whole map, so
-    /// a session's end sweeps at most once per [`SWEEP_EVERY`] (10,000 sessions ending at once
-    /// walked 10,000 entries each); a full table sweeps when it needs room.
-    swept: Option<Instant>,
+    idle: BTreeMap<IdleKey, AgentId>,
+    next: u64,
 }
 
-/// Least time between two sweeps on session ends.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
+impl Table {
+    /// Removes idle cursors older than `ttl`, oldest first; returns how many.
+    fn expire(&mut self, now: Instant, ttl: Duration) -> usize {
+        let mut n = 0;
+        while let Some(entry) = self.idle.first_entry() {
+            if now.saturating_duration_since(entry.key().0) < ttl {
+                break;
+            }
+            let agent = entry.remove();
+            self.map.remove(&agent);
+            n += 1;
+        }
+        n
+    }
 
-impl Entry {
-    fn expired(&self, now: Instant, ttl: Duration) -> bool {
-        !self.live && now.saturating_duration_since(self.touched) >= ttl
+    /// Removes the oldest idle cursor; false when every cursor is live.
+    fn evict_oldest(&mut self) -> bool {
+        match self.idle.pop_first() {
+            Some((_, agent)) => {
+                self.map.remove(&agent);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn count_evicted(n: usize) {
+    if n > 0 {
+        metrics::counter!("contrail_resume_evicted_total").increment(n as u64);
     }
 }
 
@@ -128,7 +156,8 @@ impl ResumeTable {
         ResumeTable {
             inner: Mutex::new(Table {
                 map: HashMap::new(),
-                swept: None,
+                idle: BTreeMap::new(),
+                next: 0,
             }),
             max_entries: max_entries.max(1),
             ttl,
@@ -139,50 +168,51 @@ impl ResumeTable {
     /// stream (fresh cursor). With one, an existing cursor is kept and moved forward to the claim.
     pub fn attach(&self, agent: &AgentId, claim: Option<u64>, now: Instant) -> Arc<AgentCursor> {
         let mut table = self.inner.lock();
-        let map = &mut table.map;
-        // An idle cursor past its TTL that no sweep has removed yet is as good as gone.
-        let held = map.get(agent).filter(|e| !e.expired(now, self.ttl));
+        let mut evicted = table.expire(now, self.ttl);
+        let held = table.map.remove(agent);
+        if let Some(key) = held.as_ref().and_then(|e| e.idle) {
+            table.idle.remove(&key);
+        }
         let cursor = match (claim, held) {
             (Some(claim), Some(e)) => {
                 e.cursor.set_forwarded(claim);
                 e.cursor.complete_through(claim);
-                e.cursor.clone()
+                e.cursor
             }
             (Some(claim), None) => Arc::new(AgentCursor::starting_at(claim)),
             (None, _) => Arc::new(AgentCursor::starting_at(0)),
         };
-        if !map.contains_key(agent) && map.len() >= self.max_entries {
-            Self::evict(map, now, self.ttl, true);
-            table.swept = Some(now);
+        if table.map.len() >= self.max_entries && table.evict_oldest() {
+            evicted += 1;
         }
-        let map = &mut table.map;
-        map.insert(
+        table.map.insert(
             agent.clone(),
             Entry {
                 cursor: cursor.clone(),
-                live: true,
-                touched: now,
+                idle: None,
             },
         );
+        count_evicted(evicted);
         cursor
     }
 
     /// Marks the agent's cursor idle (its session ended), if it is still `cursor`.
     pub fn detach(&self, agent: &AgentId, cursor: &Arc<AgentCursor>, now: Instant) {
         let mut table = self.inner.lock();
-        if let Some(e) = table.map.get_mut(agent) {
-            if Arc::ptr_eq(&e.cursor, cursor) {
-                e.live = false;
-                e.touched = now;
+        let key = (now, table.next);
+        let newly_idle = match table.map.get_mut(agent) {
+            Some(e) if Arc::ptr_eq(&e.cursor, cursor) && e.idle.is_none() => {
+                e.idle = Some(key);
+                true
             }
+            _ => false,
+        };
+        if newly_idle {
+            table.next += 1;
+            table.idle.insert(key, agent.clone());
         }
-        if table
-            .swept
-            .is_none_or(|at| now.saturating_duration_since(at) >= SWEEP_EVERY)
-        {
-            table.swept = Some(now);
-            Self::evict(&mut table.map, now, self.ttl, false);
-        }
+        let evicted = table.expire(now, self.ttl);
+        count_evicted(evicted);
     }
 
     /// Number of cursors held.
@@ -193,26 +223,6 @@ impl ResumeTable {
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    fn evict(map: &mut HashMap<AgentId, Entry>, now: Instant, ttl: Duration, need_room: bool) {
-        let before = map.len();
-        map.retain(|_, e| !e.expired(now, ttl));
-        let mut evicted = before - map.len();
-        if need_room && evicted == 0 {
-            let oldest = map
-                .iter()
-                .filter(|(_, e)| !e.live)
-                .min_by_key(|(_, e)| e.touched)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                map.remove(&k);
-                evicted += 1;
-            }
-        }
-        if evicted > 0 {
-            metrics::counter!("contrail_resume_evicted_total").increment(evicted as u64);
-        }
     }
 }
 
@@ -256,25 +266,34 @@ mod tests {
     }
 
     #[test]
-    fn session_ends_sweep_at_most_once_a_second_and_expired_cursors_are_not_resumed() {
+    fn idle_cursors_age_out_oldest_first_and_live_ones_never() {
         let t = ResumeTable::new(10, Duration::from_secs(5));
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let a = t.attach(&id("a"), Some(1), t0);
         let b = t.attach(&id("b"), Some(1), t0);
+        let live = t.attach(&id("live"), Some(1), t0);
         b.set_forwarded(7);
         b.complete_through(7);
-        t.detach(&id("a"), &a, t0); // sweeps
-        t.detach(&id("b"), &b, ms(500)); // within a second of the sweep: none
-        let x = t.attach(&id("x"), None, ms(5_200));
-        t.detach(&id("x"), &x, ms(5_200)); // sweeps: a (idle 5.2 s) goes, b (4.7 s) stays
-        assert_eq!(t.len(), 2, "a aged out, b and x kept");
-        let y = t.attach(&id("y"), None, ms(5_300));
-        t.detach(&id("y"), &y, ms(5_600)); // 0.4 s after the last sweep: none
-        assert_eq!(t.len(), 3, "b is past its TTL but not yet swept");
-        // ... and yet it is not resumed: a claim for it starts a fresh cursor at the claim.
-        let again = t.attach(&id("b"), Some(3), ms(5_600));
-        assert!(!Arc::ptr_eq(&again, &b), "expired cursor resumed");
-        assert_eq!((again.forwarded(), again.completed()), (3, 3));
+        t.detach(&id("a"), &a, t0);
+        t.detach(&id("b"), &b, ms(500));
+        t.detach(&id("b"), &b, ms(900)); // a second detach keeps its first idle time
+        let x = t.attach(&id("x"), None, ms(5_200)); // a (idle 5.2 s) goes, b (4.7 s) stays
+        assert_eq!(t.len(), 3, "a aged out; b, live and x kept");
+        // b is resumed where it was while its TTL runs ...
+        let again = t.attach(&id("b"), Some(5), ms(5_300));
+        assert!(Arc::ptr_eq(&again, &b), "b resumed");
+        assert_eq!((again.forwarded(), again.completed()), (7, 7));
+        // ... and once resumed it is live: no TTL until its next session ends.
+        t.detach(&id("x"), &x, ms(20_000)); // everything idle past 5 s goes; b and live stay
+        assert_eq!(t.len(), 3, "b, live and x (just idle) kept");
+        t.detach(&id("b"), &again, ms(20_000));
+        let fresh = t.attach(&id("b"), Some(3), ms(25_000)); // b idle 5 s: expired
+        assert!(!Arc::ptr_eq(&fresh, &b), "expired cursor resumed");
+        assert_eq!((fresh.forwarded(), fresh.completed()), (3, 3));
+        assert!(Arc::ptr_eq(
+            &t.attach(&id("live"), Some(1), ms(99_000)),
+            &live
+        ));
     }
 }
