@@ -299,6 +299,12 @@ pub async fn execute(ctx: Arc<RunCtx>, driver: Driver, opts: RunOptions) -> Repo
     };
 
     let secs = (end.at_ns - start.at_ns) as f64 / 1e9;
+    // Frames the per-frame figures divide by: acked over the window (sent, without acks).
+    let window_frames = if has_acks {
+        end.acked - start.acked
+    } else {
+        end.sent - start.sent
+    };
     let per_s = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / secs;
     let sent_total: u64 = ends.iter().map(|e| e.sent).sum();
     let acked_total: u64 = ends.iter().map(|e| e.acked).sum();
@@ -322,11 +328,6 @@ pub async fn execute(ctx: Arc<RunCtx>, driver: Driver, opts: RunOptions) -> Repo
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
             _ => None,
         };
-        let frames = if has_acks {
-            end.acked - start.acked
-        } else {
-            end.sent - start.sent
-        };
         RelayReport {
             pid,
             rss_before_kib: before,
@@ -337,7 +338,9 @@ pub async fn execute(ctx: Arc<RunCtx>, driver: Driver, opts: RunOptions) -> Repo
             } else {
                 0.0
             },
-            cpu_ns_per_frame: cpu.filter(|_| frames > 0).map(|c| c as f64 / frames as f64),
+            cpu_ns_per_frame: cpu
+                .filter(|_| window_frames > 0)
+                .map(|c| c as f64 / window_frames as f64),
             cpu_cores: cpu.map_or(0.0, |c| c as f64 / 1e9 / secs),
         }
     });
@@ -377,12 +380,7 @@ pub async fn execute(ctx: Arc<RunCtx>, driver: Driver, opts: RunOptions) -> Repo
         },
         udp_datagrams_per_frame: match (start.udp_datagrams, end.udp_datagrams) {
             (Some(a), Some(b)) => {
-                let frames = if has_acks {
-                    end.acked - start.acked
-                } else {
-                    end.sent - start.sent
-                };
-                (frames > 0).then(|| b.saturating_sub(a) as f64 / frames as f64)
+                (window_frames > 0).then(|| b.saturating_sub(a) as f64 / window_frames as f64)
             }
             _ => None,
         },

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use contrail_control::SessionStats;
@@ -75,7 +75,7 @@ pub(crate) struct AckDelayAdapter {
 impl AckDelayAdapter {
     /// Asks between `base` (the endpoint's default) and `cap`; with no `cap` above `base` it never
     /// asks anything.
-    pub(crate) fn new(base: std::time::Duration, cap: Option<std::time::Duration>) -> Self {
+    pub(crate) fn new(base: Duration, cap: Option<Duration>) -> Self {
         let base_us = base.as_micros() as u64;
         let cap_us = cap.map_or(base_us, |c| (c.as_micros() as u64).max(base_us));
         Self {
@@ -89,7 +89,7 @@ impl AckDelayAdapter {
 
     /// Records a batch received at `now`; returns the delay to ask for when it should change
     /// (`None` inside the result: back to the endpoint's default).
-    pub(crate) fn on_batch(&mut self, now: Instant) -> Option<Option<std::time::Duration>> {
+    pub(crate) fn on_batch(&mut self, now: Instant) -> Option<Option<Duration>> {
         if self.cap_us <= self.base_us {
             return None;
         }
@@ -110,7 +110,7 @@ impl AckDelayAdapter {
             return None;
         }
         self.requested_us = want;
-        Some((want > self.base_us).then(|| std::time::Duration::from_micros(want)))
+        Some((want > self.base_us).then(|| Duration::from_micros(want)))
     }
 }
 
@@ -131,9 +131,7 @@ pub(crate) async fn run(
         rewind: None,
         // 0 asks QUIC's default of 25 ms.
         ack_delay: AckDelayAdapter::new(
-            limits
-                .quic_max_ack_delay()
-                .max(std::time::Duration::from_millis(25)),
+            limits.quic_max_ack_delay().max(Duration::from_millis(25)),
             limits.quic_max_ack_delay_cap(),
         ),
     };
@@ -368,8 +366,6 @@ async fn process(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn ms(n: u64) -> Duration {
