@@ -263,6 +263,9 @@ async fn send_fixed(
             }
             r = async {
                 tokio::time::sleep_until(due_at.into()).await;
+                if ctx.measured(due) {
+                    ctx.send_lag_hist.record_n(idx, ctx.now_ns().saturating_sub(due), 1);
+                }
                 agent
                     .send_many(1, |_| OutFrame {
                         kind: 1,
@@ -315,13 +318,18 @@ pub async fn run_subscriber(
             _ = done.wait_for(|d| *d) => break,
         };
         match next {
-            Ok(Some(batch)) => book.record_batch(batch.iter().map(|v| {
+            Ok(Some(batch)) => book.record_relayed_batch(batch.iter().map(|v| {
                 let f = v.frame();
                 let stamp = match f.device_time() {
                     0 => f.sent_at_unix_ns(),
                     t => t,
                 };
-                (ctx.agent_index(v.agent_id()), f.seq(), stamp)
+                (
+                    ctx.agent_index(v.agent_id()),
+                    f.seq(),
+                    stamp,
+                    v.received_at_unix_ns(),
+                )
             })),
             Ok(None) => break,
             Err(e) => {

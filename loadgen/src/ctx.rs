@@ -50,6 +50,13 @@ pub struct RunCtx {
     pub ack_hist: ShardedHist,
     /// Send → subscriber latency.
     pub e2e_hist: ShardedHist,
+    /// Intended send time → handed to the agent library (fixed-rate Contrail runs): how late
+    /// the load generator itself was.
+    pub send_lag_hist: ShardedHist,
+    /// Send → the relay's receive stamp (Contrail e2e, one clock).
+    pub to_relay_hist: ShardedHist,
+    /// The relay's receive stamp → subscriber (Contrail e2e, one clock).
+    pub from_relay_hist: ShardedHist,
     /// Connect + register time.
     pub connect_hist: ShardedHist,
 }
@@ -77,6 +84,9 @@ impl RunCtx {
             errors: Mutex::new(BTreeMap::new()),
             ack_hist: ShardedHist::new(SHARDS),
             e2e_hist: ShardedHist::new(SHARDS),
+            send_lag_hist: ShardedHist::new(SHARDS),
+            to_relay_hist: ShardedHist::new(1),
+            from_relay_hist: ShardedHist::new(1),
             connect_hist: ShardedHist::new(SHARDS),
         }
     }

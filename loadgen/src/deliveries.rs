@@ -33,12 +33,24 @@ impl DeliveryBook {
     /// fixed-rate runs (coordinated-omission correction) or the actual one otherwise.
     /// One histogram lock per call, one clock reading per call.
     pub fn record_batch(&mut self, frames: impl Iterator<Item = (Option<usize>, u64, u64)>) {
+        self.record_relayed_batch(frames.map(|(i, seq, stamp)| (i, seq, stamp, 0)));
+    }
+
+    /// [`record_batch`](Self::record_batch) for frames that also carry the relay's receive
+    /// stamp (Unix ns, 0 when unknown): the end-to-end latency of each new frame is also split
+    /// into send → relay and relay → subscriber (meaningful when both run on one clock).
+    pub fn record_relayed_batch(
+        &mut self,
+        frames: impl Iterator<Item = (Option<usize>, u64, u64, u64)>,
+    ) {
         let now_unix = unix_ns();
         let epoch_unix = self.ctx.epoch_unix_ns;
         let mut new = 0u64;
         let mut dups = 0u64;
         let mut shard = self.ctx.e2e_hist.shard(0);
-        for (idx, seq, stamp) in frames {
+        let mut to_relay = self.ctx.to_relay_hist.shard(0);
+        let mut from_relay = self.ctx.from_relay_hist.shard(0);
+        for (idx, seq, stamp, relay_rx) in frames {
             let Some(t) = idx.and_then(|i| self.trackers.get_mut(i)) else {
                 self.foreign += 1;
                 continue;
@@ -48,12 +60,16 @@ impl DeliveryBook {
                     new += 1;
                     if stamp > 0 && self.ctx.measured(stamp.saturating_sub(epoch_unix)) {
                         hist::record_n(&mut shard, now_unix.saturating_sub(stamp), 1);
+                        if relay_rx > 0 {
+                            hist::record_n(&mut to_relay, relay_rx.saturating_sub(stamp), 1);
+                            hist::record_n(&mut from_relay, now_unix.saturating_sub(relay_rx), 1);
+                        }
                     }
                 }
                 Seen::Dup => dups += 1,
             }
         }
-        drop(shard);
+        drop((shard, to_relay, from_relay));
         self.ctx.delivered.fetch_add(new, Relaxed);
         if dups > 0 {
             self.ctx.dups.fetch_add(dups, Relaxed);
@@ -93,6 +109,7 @@ pub fn losses(book: &DeliveryBook, reference: &[u64]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hist::Percentiles;
     use crate::scenario::{Overrides, Plan};
 
     fn ctx(agents: usize) -> Arc<RunCtx> {
@@ -139,5 +156,32 @@ mod tests {
         ctx.set_window(1_000, u64::MAX);
         book.record_batch([(Some(0), 1, e + 10), (Some(0), 2, e + 2_000)].into_iter());
         assert_eq!(ctx.e2e_hist.snapshot().len(), 1);
+        assert!(
+            ctx.to_relay_hist.snapshot().is_empty(),
+            "no relay stamp, no split"
+        );
+    }
+
+    #[test]
+    fn relayed_frames_split_e2e_at_the_relay_stamp() {
+        let ctx = ctx(1);
+        let mut book = DeliveryBook::new(ctx.clone());
+        ctx.set_window(0, u64::MAX);
+        let sent = unix_ns() - 10_000_000; // 10 ms ago
+        let relay_rx = sent + 4_000_000; // the relay had it 4 ms later
+        book.record_relayed_batch(
+            [(Some(0), 1, sent, relay_rx), (Some(0), 1, sent, relay_rx)].into_iter(),
+        );
+        let to_relay = Percentiles::of(&ctx.to_relay_hist.snapshot());
+        let from_relay = Percentiles::of(&ctx.from_relay_hist.snapshot());
+        assert_eq!(
+            (to_relay.count, from_relay.count),
+            (1, 1),
+            "a duplicate is not measured"
+        );
+        assert!((to_relay.p50_us - 4_000.0).abs() < 10.0, "{to_relay:?}");
+        assert!(from_relay.p50_us >= 6_000.0, "{from_relay:?}");
+        let e2e = Percentiles::of(&ctx.e2e_hist.snapshot());
+        assert!(e2e.p50_us >= 10_000.0, "{e2e:?}");
     }
 }

@@ -38,6 +38,9 @@ pub struct Report {
     pub e2e_latency: Option<Percentiles>,
     /// Why e2e is missing, if it is.
     pub e2e_note: Option<String>,
+    /// Where e2e latency accrues (Contrail; the relay stamps each frame's receive time, so
+    /// the split is exact when relay and load generator share a clock, e.g. one machine).
+    pub e2e_split: Option<E2eSplit>,
     /// Errors by code.
     pub errors: BTreeMap<String, u64>,
     /// Errors per frame sent.
@@ -58,6 +61,18 @@ pub struct Report {
     pub intervals: Vec<IntervalReport>,
     /// Pass/fail.
     pub verdict: Verdict,
+}
+
+/// E2E latency split at the relay's receive stamp, and the load generator's own lateness.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct E2eSplit {
+    /// Intended send time → frame handed to the agent library (fixed-rate runs): time the
+    /// load generator's own scheduling added; part of `to_relay`.
+    pub send_lag: Option<Percentiles>,
+    /// Send (intended, for fixed-rate runs) → the relay received the frame.
+    pub to_relay: Percentiles,
+    /// The relay received the frame → the subscriber had it.
+    pub relay_to_subscriber: Percentiles,
 }
 
 /// Connect phase.
@@ -254,6 +269,27 @@ impl Report {
                 }
                 None => {
                     let _ = writeln!(s, "  {name:<10} n/a");
+                }
+            }
+        }
+        if let Some(split) = &self.e2e_split {
+            let rows = [
+                ("  send lag", split.send_lag.as_ref()),
+                ("  →relay", Some(&split.to_relay)),
+                ("  relay→sub", Some(&split.relay_to_subscriber)),
+            ];
+            for (name, p) in rows {
+                if let Some(p) = p.filter(|p| p.count > 0) {
+                    let _ = writeln!(
+                        s,
+                        "  {name:<10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+                        ms(p.p50_us),
+                        ms(p.p90_us),
+                        ms(p.p99_us),
+                        ms(p.p999_us),
+                        ms(p.max_us),
+                        p.count
+                    );
                 }
             }
         }

@@ -18,7 +18,9 @@ use tokio::task::JoinHandle;
 use crate::ctx::{AgentEnd, RunCtx};
 use crate::deliveries::{losses, DeliveryBook};
 use crate::hist::{new_hist, Percentiles};
-use crate::report::{ConnectReport, IntervalReport, RelayReport, Report, Throughput, Totals};
+use crate::report::{
+    ConnectReport, E2eSplit, IntervalReport, RelayReport, Report, Throughput, Totals,
+};
 use crate::{brokers, contrail, procfs};
 
 /// Longest wait, after the agents stop, for the subscriber to receive the acked frames.
@@ -368,6 +370,15 @@ pub async fn execute(ctx: Arc<RunCtx>, driver: Driver, opts: RunOptions) -> Repo
         totals,
         ack_latency: (has_acks && !ack.is_empty()).then(|| Percentiles::of(&ack)),
         e2e_latency: book.as_ref().map(|_| Percentiles::of(&e2e)),
+        e2e_split: {
+            let to_relay = ctx.to_relay_hist.snapshot();
+            let lag = ctx.send_lag_hist.snapshot();
+            (!to_relay.is_empty()).then(|| E2eSplit {
+                send_lag: (!lag.is_empty()).then(|| Percentiles::of(&lag)),
+                to_relay: Percentiles::of(&to_relay),
+                relay_to_subscriber: Percentiles::of(&ctx.from_relay_hist.snapshot()),
+            })
+        },
         e2e_note,
         error_rate: error_count as f64 / sent_total.max(1) as f64,
         errors,
