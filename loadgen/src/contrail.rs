@@ -61,6 +61,7 @@ impl Target {
         ack_eliciting_threshold: u32,
         max_ack_delay: std::time::Duration,
         max_udp_payload_bytes: u16,
+        tls_resumption: bool,
     ) -> anyhow::Result<Arc<[SharedEndpoint]>> {
         let first = *relays.first().context("no relay address")?;
         let mut probe = ClientConfig::new(
@@ -71,6 +72,7 @@ impl Target {
         probe.ack_eliciting_threshold = ack_eliciting_threshold;
         probe.max_ack_delay = max_ack_delay;
         probe.max_udp_payload_bytes = max_udp_payload_bytes;
+        probe.tls_resumption = tls_resumption;
         let bind = contrail_protocol::client::config::bind_addr(first);
         (0..n.max(1))
             .map(|_| {

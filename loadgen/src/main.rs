@@ -125,6 +125,11 @@ struct Cli {
     /// carry up to 65527.
     #[arg(long, default_value_t = contrail_protocol::client::config::DEFAULT_MAX_UDP_PAYLOAD)]
     max_udp_payload: u16,
+    /// Let agents that share a socket share TLS session tickets, so that connects after the
+    /// first resume (a gateway's view). Off by default: every simulated drone is distinct and
+    /// pays a first connect's full handshake (certificate verification included).
+    #[arg(long)]
+    tls_resumption: bool,
     /// Worker threads (default: the number of CPUs).
     #[arg(long)]
     threads: Option<usize>,
@@ -216,6 +221,7 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                     cli.ack_threshold,
                     std::time::Duration::from_millis(cli.max_ack_delay_ms),
                     cli.max_udp_payload,
+                    cli.tls_resumption,
                 )?
             };
             run::Driver::Contrail(contrail::Target {

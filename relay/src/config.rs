@@ -129,6 +129,12 @@ pub struct TlsConfig {
     pub dev_cert_dir: PathBuf,
     /// Extra names for the development certificate (always includes localhost, 127.0.0.1, ::1).
     pub dev_cert_names: Vec<String>,
+    /// TLS 1.3 session tickets sent per handshake (0: none, no resumption). An agent that
+    /// reconnects with one resumes its TLS session (still with a fresh key exchange): it
+    /// skips verifying the relay's certificate and the relay skips signing. Tickets are
+    /// stateless (encrypted with keys that rotate every 6 hours), so they cost the relay no
+    /// memory however many agents hold one; they do not survive a relay restart.
+    pub session_tickets: usize,
 }
 
 impl Default for TlsConfig {
@@ -138,6 +144,7 @@ impl Default for TlsConfig {
             key: None,
             dev_cert_dir: PathBuf::from(".contrail/dev"),
             dev_cert_names: Vec::new(),
+            session_tickets: 1,
         }
     }
 }

@@ -335,6 +335,7 @@ impl RelayBuilder {
             &core.config.limits,
             alpns,
             core.config.auth.client_ca.as_deref(),
+            core.config.tls.session_tickets,
         )?;
         tune_udp_socket(&udp, core.config.limits.udp_buffer_bytes);
         let endpoint_config = contrail_protocol::client::config::endpoint_config(

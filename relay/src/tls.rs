@@ -115,12 +115,52 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     f.write_all(bytes).map_err(io(path))
 }
 
-/// The quinn server configuration: TLS 1.3 only, the given ALPNs, Contrail's transport limits.
+/// Stateless session tickets (rustls' rotating ticketer) that count what clients bring back:
+/// `contrail_tls_tickets_total{result="resumed"}` for tickets that decrypted (the handshake
+/// resumes), `{result="refused"}` for the others (expired key, another relay's, garbage).
+struct CountingTicketer {
+    inner: Arc<dyn rustls::server::ProducesTickets>,
+    resumed: metrics::Counter,
+    refused: metrics::Counter,
+}
+
+impl std::fmt::Debug for CountingTicketer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CountingTicketer").finish_non_exhaustive()
+    }
+}
+
+impl rustls::server::ProducesTickets for CountingTicketer {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.inner.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.inner.encrypt(plain)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let plain = self.inner.decrypt(cipher);
+        match plain {
+            Some(_) => self.resumed.increment(1),
+            None => self.refused.increment(1),
+        }
+        plain
+    }
+}
+
+/// The quinn server configuration: TLS 1.3 only, the given ALPNs, Contrail's transport limits,
+/// `session_tickets` stateless resumption tickets per handshake (0: no resumption).
 pub fn server_config(
     identity: &Identity,
     limits: &Limits,
     alpns: &[&[u8]],
     client_ca: Option<&Path>,
+    session_tickets: usize,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let provider = Arc::new(contrail_protocol::client::config::crypto_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -153,6 +193,19 @@ pub fn server_config(
         .map_err(|e| TlsError::Config(e.to_string()))?;
     tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
     tls.max_early_data_size = 0;
+    // Resumption by stateless tickets only: rustls' default stateful cache holds 256 sessions,
+    // which a fleet of thousands evicts long before an agent comes back, while every
+    // handshake still paid for storing two.
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    tls.send_tls13_tickets = session_tickets;
+    if session_tickets > 0 {
+        tls.ticketer = Arc::new(CountingTicketer {
+            inner: rustls::crypto::ring::Ticketer::new()
+                .map_err(|e| TlsError::Config(format!("session tickets: {e}")))?,
+            resumed: metrics::counter!("contrail_tls_tickets_total", "result" => "resumed"),
+            refused: metrics::counter!("contrail_tls_tickets_total", "result" => "refused"),
+        });
+    }
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));

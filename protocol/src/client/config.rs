@@ -88,6 +88,12 @@ pub struct ClientConfig {
     pub first_seq: u64,
     /// Optional on-disk spool of unacked frames, so a process restart loses nothing.
     pub spool: Option<super::spool::SpoolConfig>,
+    /// Keep the relay's TLS session tickets and offer them when reconnecting (TLS 1.3
+    /// resumption, still with a fresh key exchange): a reconnect skips verifying the relay's
+    /// certificate chain and the relay skips signing. On by default. Agents on a
+    /// [`SharedEndpoint`] share one ticket store; a load generator that simulates distinct
+    /// drones turns it off so that every connect pays a first connect's full handshake.
+    pub tls_resumption: bool,
 }
 
 impl ClientConfig {
@@ -112,6 +118,7 @@ impl ClientConfig {
             reconnect_max: Duration::from_secs(5),
             first_seq: 1,
             spool: None,
+            tls_resumption: true,
         }
     }
 }
@@ -276,6 +283,10 @@ pub fn quinn_client_config(
     transport.send_window(8 * 1024 * 1024);
     transport.mtu_discovery_config(Some(mtu_discovery(max_udp_payload)));
     transport.ack_frequency_config(ack_frequency(ack_eliciting_threshold, max_ack_delay));
+    // The relay never opens streams towards an agent: allowing none spares every connection
+    // quinn's per-stream state for the 100 + 100 it would otherwise set up front.
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(0));
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
@@ -306,11 +317,14 @@ fn endpoint_on(
     config: &ClientConfig,
     socket: std::net::UdpSocket,
 ) -> Result<quinn::Endpoint, ClientError> {
-    let tls = rustls_client_config(
+    let mut tls = rustls_client_config(
         &config.trust,
         config.client_auth.as_ref(),
         crate::ALPN_AGENT,
     )?;
+    if !config.tls_resumption {
+        tls.resumption = rustls::client::Resumption::disabled();
+    }
     let quic = quinn_client_config(
         tls,
         config.idle_timeout,
