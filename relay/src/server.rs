@@ -90,9 +90,33 @@ pub struct RelayCore {
     pub(crate) bytes_received: Counter,
     pub(crate) frames_duplicate: Counter,
     pub(crate) frames_discarded: Counter,
-    pub(crate) acks_sent: Counter,
+    pub(crate) acks_sent: AckCounters,
     pub(crate) credits_exhausted: Counter,
     sessions_opened: Counter,
+}
+
+/// `contrail_acks_sent_total{trigger}`: why each ack went out.
+pub(crate) struct AckCounters {
+    /// A quarter of the agent's credit window was waiting (`max_inflight / 4`).
+    pub(crate) window: Counter,
+    /// The coalescing delay (`limits.ack_delay_ms`) ran out (or is 0).
+    pub(crate) delay: Counter,
+    /// The agent's batches come further apart than the delay: acked without waiting.
+    pub(crate) pace: Counter,
+    /// The relay is draining: everything is acked at once.
+    pub(crate) drain: Counter,
+}
+
+impl AckCounters {
+    fn new() -> Self {
+        let c = |t: &'static str| metrics::counter!("contrail_acks_sent_total", "trigger" => t);
+        AckCounters {
+            window: c("window"),
+            delay: c("delay"),
+            pace: c("pace"),
+            drain: c("drain"),
+        }
+    }
 }
 
 impl RelayCore {
@@ -316,7 +340,7 @@ impl RelayBuilder {
             bytes_received: metrics::counter!("contrail_bytes_received_total"),
             frames_duplicate: metrics::counter!("contrail_frames_duplicate_total"),
             frames_discarded: metrics::counter!("contrail_frames_discarded_total"),
-            acks_sent: metrics::counter!("contrail_acks_sent_total"),
+            acks_sent: AckCounters::new(),
             credits_exhausted: metrics::counter!("contrail_credits_exhausted_total"),
             sessions_opened: metrics::counter!("contrail_sessions_opened_total"),
             config,

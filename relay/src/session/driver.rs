@@ -122,7 +122,7 @@ pub(crate) async fn run(
         session_id: reg.session_id,
         session_hex: reg.session_id.to_hex(),
     });
-    let nack = reader::NackSignal::default();
+    let signal = reader::ReaderSignal::default();
     let end = {
         // Pinned in place and polled by reference: `select!` on the futures by value would move
         // them into its own state, and this task would hold both copies for the session's life.
@@ -132,10 +132,10 @@ pub(crate) async fn run(
             &origin,
             &reg.cursor,
             &stats,
-            &nack
+            &signal
         ));
         let mut control = std::pin::pin!(control_loop(
-            &core, &mut send, &mut recv, &mut inbuf, &codec, &reg, &stats, &nack,
+            &core, &mut send, &mut recv, &mut inbuf, &codec, &reg, &stats, &signal,
         ));
         tokio::select! {
             r = &mut telemetry => match r {
@@ -365,7 +365,7 @@ async fn control_loop(
     codec: &FrameCodec,
     reg: &Registration,
     stats: &SessionStats,
-    nack: &reader::NackSignal,
+    signal: &reader::ReaderSignal,
 ) -> End {
     use std::sync::atomic::Ordering::Relaxed;
     let mut lifecycle = core.lifecycle.subscribe();
@@ -394,9 +394,24 @@ async fn control_loop(
         if completed > acked {
             let now = tokio::time::Instant::now();
             let due = *ack_due.get_or_insert(now + ack_delay);
-            // Coalesce: a slow agent's acks wait (up to `ack_delay`) to cover several frames,
-            // which saves a packet each way per frame; a busy agent is acked at once.
-            if completed - acked >= ack_now || now >= due || drained {
+            // Coalesce: acks wait (up to `ack_delay`) to cover several frames, which saves a
+            // packet each way per frame; a busy agent (a quarter of its window waiting) is
+            // acked at once, and so is an agent whose batches come further apart than
+            // `ack_delay`: no second frame would arrive in time, waiting would only cost a
+            // timer and latency (its QUIC ACK rides in the ack's packet either way).
+            let counters = &core.acks_sent;
+            let trigger = if drained {
+                Some(&counters.drain)
+            } else if completed - acked >= ack_now {
+                Some(&counters.window)
+            } else if signal.batch_interval().is_some_and(|i| i > ack_delay) {
+                Some(&counters.pace)
+            } else if now >= due {
+                Some(&counters.delay)
+            } else {
+                None
+            };
+            if let Some(trigger) = trigger {
                 ack_due = None;
                 acked = completed;
                 reg.cursor.set_acked(acked, wake_after);
@@ -404,7 +419,7 @@ async fn control_loop(
                 if !send_control(send, codec, ack).await {
                     return End::new(ErrorCode::Normal, "control stream closed");
                 }
-                core.acks_sent.increment(1);
+                trigger.increment(1);
                 stats
                     .inflight
                     .store(reg.cursor.forwarded().saturating_sub(acked), Relaxed);
@@ -423,8 +438,8 @@ async fn control_loop(
         tokio::select! {
             _ = ack_timer => {}
             _ = reg.cursor.notify.notified() => {}
-            _ = nack.notify.notified() => {
-                if let Some(seq) = nack.take() {
+            _ = signal.notify.notified() => {
+                if let Some(seq) = signal.take() {
                     let msg = Msg::Nack(contrail_protocol::proto::Nack {
                         seq,
                         status: contrail_protocol::proto::NackStatus::RetryWithBackoff as i32,

@@ -24,14 +24,25 @@ pub(crate) enum ReadEnd {
     Violation(End),
 }
 
-/// Reader → control loop signal: "send `Nack RETRY_WITH_BACKOFF` for this seq".
+/// Reader → control loop signals: "send `Nack RETRY_WITH_BACKOFF` for this seq", and the
+/// agent's pace (for ack coalescing).
 #[derive(Debug, Default)]
-pub(crate) struct NackSignal {
+pub(crate) struct ReaderSignal {
     seq: std::sync::atomic::AtomicU64,
     pub(crate) notify: tokio::sync::Notify,
+    /// The agent's smoothed interval between telemetry batches, µs (0 until two were seen).
+    batch_interval_us: std::sync::atomic::AtomicU64,
 }
 
-impl NackSignal {
+impl ReaderSignal {
+    /// The agent's smoothed interval between telemetry batches, if known.
+    pub(crate) fn batch_interval(&self) -> Option<Duration> {
+        match self.batch_interval_us.load(Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
     fn raise(&self, seq: u64) {
         self.seq.store(seq, std::sync::atomic::Ordering::Release);
         self.notify.notify_one();
@@ -66,7 +77,8 @@ pub(crate) struct AckDelayAdapter {
     cap_us: u64,
     last: Option<Instant>,
     /// Smoothed batch interval (EWMA, weight 1/2: a new rate shows within three batches),
-    /// µs; 0 until two batches were seen.
+    /// µs; 0 until two batches were seen. Tracked even when adapting is off (ack coalescing
+    /// uses it).
     interval_us: u64,
     /// What the connection was last asked for, µs (`base_us`: the endpoint's default).
     requested_us: u64,
@@ -90,16 +102,16 @@ impl AckDelayAdapter {
     /// Records a batch received at `now`; returns the delay to ask for when it should change
     /// (`None` inside the result: back to the endpoint's default).
     pub(crate) fn on_batch(&mut self, now: Instant) -> Option<Option<Duration>> {
-        if self.cap_us <= self.base_us {
-            return None;
-        }
         let last = self.last.replace(now)?;
-        let gap = now.saturating_duration_since(last).as_micros() as u64;
+        let gap = (now.saturating_duration_since(last).as_micros() as u64).max(1);
         self.interval_us = if self.interval_us == 0 {
             gap
         } else {
-            self.interval_us / 2 + gap / 2
+            (self.interval_us / 2 + gap / 2).max(1)
         };
+        if self.cap_us <= self.base_us {
+            return None;
+        }
         let want = (self.interval_us.saturating_mul(3) / 2).clamp(self.base_us, self.cap_us);
         // Moves of a quarter or more, and to either bound, change the request.
         let moved = want != self.requested_us
@@ -123,7 +135,7 @@ pub(crate) async fn run(
     origin: &Arc<BatchOrigin>,
     cursor: &Arc<AgentCursor>,
     stats: &SessionStats,
-    nack: &NackSignal,
+    signal: &ReaderSignal,
 ) -> ReadEnd {
     let limits = &core.config.limits;
     let mut state = ReadState {
@@ -208,7 +220,7 @@ pub(crate) async fn run(
                 }
             };
             if let Err(end) =
-                process(core, conn, origin, cursor, stats, nack, &mut state, batch).await
+                process(core, conn, origin, cursor, stats, signal, &mut state, batch).await
             {
                 return ReadEnd::Violation(end);
             }
@@ -235,7 +247,7 @@ async fn process(
     origin: &Arc<BatchOrigin>,
     cursor: &Arc<AgentCursor>,
     stats: &SessionStats,
-    nack: &NackSignal,
+    signal: &ReaderSignal,
     state: &mut ReadState,
     mut batch: contrail_protocol::TelemetryBatch,
 ) -> Result<(), End> {
@@ -285,7 +297,7 @@ async fn process(
                     .increment(1);
                 core.frames_discarded.increment(batch.len() as u64);
                 state.rewind = Some(first);
-                nack.raise(first);
+                signal.raise(first);
                 return Ok(());
             }
             crate::quota::Verdict::Close => {
@@ -346,6 +358,9 @@ async fn process(
     if let Some(delay) = state.ack_delay.on_batch(now) {
         conn.set_requested_max_ack_delay(delay);
     }
+    signal
+        .batch_interval_us
+        .store(state.ack_delay.interval_us, Relaxed);
     core.latency
         .frame_ages(now_ns, batch.metas().iter().map(|m| m.sent_at_unix_ns));
     let sb = Arc::new(SinkBatch::new(
@@ -422,6 +437,10 @@ mod tests {
             let mut a = AckDelayAdapter::new(ms(125), cap);
             let mut t = Instant::now();
             assert!(feed(&mut a, &mut t, ms(500), 20).is_empty(), "cap {cap:?}");
+            assert_eq!(
+                a.interval_us, 500_000,
+                "the interval is tracked all the same (ack coalescing reads it)"
+            );
         }
     }
 }
