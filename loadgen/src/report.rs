@@ -173,6 +173,20 @@ fn rate(v: f64) -> String {
     }
 }
 
+/// One row of the latency table: percentiles in ms, then the sample count.
+fn latency_row(s: &mut String, name: &str, p: &Percentiles) {
+    let _ = writeln!(
+        s,
+        "  {name:<10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+        ms(p.p50_us),
+        ms(p.p90_us),
+        ms(p.p99_us),
+        ms(p.p999_us),
+        ms(p.max_us),
+        p.count
+    );
+}
+
 fn ms(us: f64) -> String {
     format!("{:.3}", us / 1_000.0)
 }
@@ -255,18 +269,7 @@ impl Report {
         );
         for (name, p) in [("ack", &self.ack_latency), ("e2e", &self.e2e_latency)] {
             match p {
-                Some(p) => {
-                    let _ = writeln!(
-                        s,
-                        "  {name:<10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
-                        ms(p.p50_us),
-                        ms(p.p90_us),
-                        ms(p.p99_us),
-                        ms(p.p999_us),
-                        ms(p.max_us),
-                        p.count
-                    );
-                }
+                Some(p) => latency_row(&mut s, name, p),
                 None => {
                     let _ = writeln!(s, "  {name:<10} n/a");
                 }
@@ -280,16 +283,7 @@ impl Report {
             ];
             for (name, p) in rows {
                 if let Some(p) = p.filter(|p| p.count > 0) {
-                    let _ = writeln!(
-                        s,
-                        "  {name:<10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
-                        ms(p.p50_us),
-                        ms(p.p90_us),
-                        ms(p.p99_us),
-                        ms(p.p999_us),
-                        ms(p.max_us),
-                        p.count
-                    );
+                    latency_row(&mut s, name, p);
                 }
             }
         }

@@ -11,24 +11,6 @@ use std::time::Duration;
 use common::*;
 use contrail_relay::Hooks;
 
-/// A relay with a required channel sink, `max_inflight = 64` (ack threshold 16) and `delay_ms`.
-async fn relay_with_ack_delay(
-    delay_ms: u64,
-) -> (
-    TestRelay,
-    tokio::sync::mpsc::Receiver<std::sync::Arc<contrail_relay::sink::SinkBatch>>,
-) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = test_config(dir.path());
-    config.limits.max_inflight = 64;
-    config.limits.ack_delay_ms = delay_ms;
-    let (spec, rx) = channel_sink("chan", true, 1024);
-    (
-        start_with(config, dir, vec![spec], Hooks::default()).await,
-        rx,
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quarter_of_the_window_is_acked_without_waiting_for_the_delay() {
     // The delay (10 s) is longer than the test waits (5 s): only the threshold can ack.

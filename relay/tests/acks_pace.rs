@@ -7,40 +7,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use contrail_relay::Hooks;
 
-/// A relay with a required channel sink (its receiver, to keep it open) and `ack_delay_ms`.
-async fn relay_with_ack_delay(
-    delay_ms: u64,
-) -> (
-    TestRelay,
-    tokio::sync::mpsc::Receiver<std::sync::Arc<contrail_relay::sink::SinkBatch>>,
-) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = test_config(dir.path());
-    config.limits.ack_delay_ms = delay_ms;
-    let (spec, rx) = channel_sink("chan", true, 1024);
-    (
-        start_with(config, dir, vec![spec], Hooks::default()).await,
-        rx,
-    )
-}
-
-/// `contrail_acks_sent_total{trigger="pace"}` in this test binary's recorder.
+/// `contrail_acks_sent_total{trigger="pace"}`.
 fn paced_acks() -> f64 {
-    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
-        std::sync::OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            metrics_exporter_prometheus::PrometheusBuilder::new()
-                .install_recorder()
-                .expect("install the test binary's metrics recorder")
-        })
-        .render()
-        .lines()
-        .filter(|l| l.starts_with("contrail_acks_sent_total") && l.contains("trigger=\"pace\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum("contrail_acks_sent_total", "trigger=\"pace\"")
 }
 
 /// An agent whose frames come further apart than `ack_delay_ms` is acked at once (waiting
@@ -49,7 +19,7 @@ fn paced_acks() -> f64 {
 /// acked either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_further_apart_than_the_delay_are_acked_without_waiting() {
-    paced_acks(); // the recorder exists before the relay creates its counters
+    metrics(); // the recorder exists before the relay creates its counters
     let (relay, _rx) = relay_with_ack_delay(150).await;
     let payload = [7u8; 64];
 

@@ -8,14 +8,13 @@
 mod common;
 mod sink_support;
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use contrail_protocol::client::Agent;
 use contrail_relay::sink::{SinkBatch, SinkCommon};
 use contrail_relay::Hooks;
 use contrail_testsupport::{poll_until_async, NatsServer, RedisServer};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sink_support::{
     blocking, check_exactly_once_in_order, js_count, js_read_all, payloads, redis_stream,
     send_numbered, sink_entry, Stored,
@@ -25,25 +24,9 @@ use tokio::sync::mpsc;
 const WINDOW: u64 = 64;
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// The process-wide metrics recorder (one per test binary; sink names differ per test).
-fn metrics() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        PrometheusBuilder::new()
-            .install_recorder()
-            .expect("install the test binary's metrics recorder")
-    })
-}
-
 /// Sum of the series of `metric` labelled `sink="<sink>"`.
 fn sink_metric(metric: &str, sink: &str) -> f64 {
-    let label = format!("sink=\"{sink}\"");
-    metrics()
-        .render()
-        .lines()
-        .filter(|l| l.starts_with(metric) && l.contains(&label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    common::metric_sum(metric, &format!("sink=\"{sink}\""))
 }
 
 /// `/readyz`: HTTP status and the health of component `name`.
@@ -195,7 +178,7 @@ async fn outage_scenario(
 
 /// Starts a relay with the required sink `entry` plus an optional channel sink.
 async fn relay_with(entry: String) -> (common::TestRelay, Arc<Mutex<Vec<(String, u64)>>>) {
-    metrics();
+    common::metrics();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = common::test_config(dir.path());
     config.limits.max_inflight = WINDOW as u32;
@@ -262,7 +245,7 @@ async fn jetstream_outage_throttles_then_backlog_drains_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optional_sink_outage_never_holds_acks_and_counts_drops() {
-    metrics();
+    common::metrics();
     let mut redis = blocking(RedisServer::start);
     let mut nats = blocking(NatsServer::start);
     let dir = tempfile::tempdir().expect("tempdir");

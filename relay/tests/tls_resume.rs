@@ -7,35 +7,21 @@
 
 mod common;
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::*;
 use contrail_protocol::client::Agent;
 use contrail_relay::Hooks;
 use contrail_testsupport::poll_until_async;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
-fn metrics() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        PrometheusBuilder::new()
-            .install_recorder()
-            .expect("install the test binary's metrics recorder")
-    })
-}
-
 /// `contrail_tls_tickets_total{result="<result>"}` (0 before the first increment).
 fn tickets(result: &str) -> f64 {
-    let label = format!("result=\"{result}\"");
-    metrics()
-        .render()
-        .lines()
-        .filter(|l| l.starts_with("contrail_tls_tickets_total") && l.contains(&label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(
+        "contrail_tls_tickets_total",
+        &format!("result=\"{result}\""),
+    )
 }
 
 /// Cuts the agent's connection `times` times, sending a round of frames before each cut, and

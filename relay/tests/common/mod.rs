@@ -113,6 +113,44 @@ pub fn channel_sink(
     )
 }
 
+/// A relay with a required channel sink (its receiver keeps it open), `max_inflight = 64`
+/// (ack threshold 16) and `ack_delay_ms = delay_ms`.
+pub async fn relay_with_ack_delay(delay_ms: u64) -> (TestRelay, mpsc::Receiver<Arc<SinkBatch>>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.limits.max_inflight = 64;
+    config.limits.ack_delay_ms = delay_ms;
+    let (spec, rx) = channel_sink("chan", true, 1024);
+    (
+        start_with(config, dir, vec![spec], Hooks::default()).await,
+        rx,
+    )
+}
+
+/// The test binary's process-wide Prometheus recorder (installed on first use: call it before
+/// starting a relay whose metrics the test reads).
+pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("install the test binary's metrics recorder")
+    })
+}
+
+/// Sum of the series of `metric` whose labels contain `label` (e.g. `result="resumed"`);
+/// 0 before the first increment.
+pub fn metric_sum(metric: &str, label: &str) -> f64 {
+    metrics()
+        .render()
+        .lines()
+        .filter(|l| l.starts_with(metric) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        + 0.0
+}
+
 /// Starts a relay whose only sink is a required channel sink.
 pub async fn start_with_channel(capacity: usize) -> (TestRelay, mpsc::Receiver<Arc<SinkBatch>>) {
     let dir = tempfile::tempdir().expect("tempdir");
