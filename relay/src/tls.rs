@@ -116,8 +116,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
 }
 
 /// Stateless session tickets (rustls' rotating ticketer) that count what clients bring back:
-/// `contrail_tls_tickets_total{result="resumed"}` for tickets that decrypted (the handshake
-/// resumes), `{result="refused"}` for the others (expired key, another relay's, garbage).
+/// `contrail_tls_tickets_total{result="resumed"}` for tickets that decrypted (rustls then
+/// resumes, unless the stored session does not fit the new handshake, e.g. another ALPN),
+/// `{result="refused"}` for the others (a rotated-out key, another relay's, garbage).
 struct CountingTicketer {
     inner: Arc<dyn rustls::server::ProducesTickets>,
     resumed: metrics::Counter,
