@@ -148,7 +148,7 @@ pub fn metric_sum(metric: &str, label: &str) -> f64 {
         .filter(|l| l.starts_with(metric) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>()
-        + 0.0
+        + 0.0 // an empty float sum is -0.0; report 0 in assertion messages
 }
 
 /// Starts a relay whose only sink is a required channel sink.
