@@ -463,6 +463,7 @@ async fn mqtt_publisher(
 }
 
 async fn nats_connect(target: &Target, name: &str) -> anyhow::Result<async_nats::Client> {
+    contrail_protocol::client::config::install_default_crypto_provider();
     let mut opts = async_nats::ConnectOptions::new()
         .name(name)
         .client_capacity(65_536)

@@ -77,6 +77,7 @@ impl JetStreamSink {
     /// Connects and makes sure the stream exists (created with the template's subjects and
     /// the configured duplicate window when missing).
     pub async fn connect(settings: Arc<JetStreamSettings>) -> Result<Self, JetStreamError> {
+        contrail_protocol::client::config::install_default_crypto_provider();
         let mut opts = async_nats::ConnectOptions::new()
             .connection_timeout(settings.timeout)
             .request_timeout(Some(settings.timeout))
