@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
+# A C compiler: rustc links with it, and ring and aws-lc-sys (crypto) compile C with it.
+command -v cc >/dev/null || need+=(gcc libc6-dev)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v nats-server >/dev/null || need+=(nats-server)
 command -v promtool >/dev/null || need+=(prometheus)
