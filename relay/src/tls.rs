@@ -238,3 +238,30 @@ pub fn server_config(
     server.max_incoming(limits.max_pending_handshakes.max(1));
     Ok(server)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_development_certificate_is_ed25519_and_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = TlsConfig {
+            dev_cert_dir: dir.path().join("dev"),
+            ..TlsConfig::default()
+        };
+        let first = load_or_generate(&cfg).expect("generated");
+        let key = rcgen::KeyPair::try_from(&first.key).expect("a key rcgen reads");
+        assert!(
+            key.is_compatible(&rcgen::PKCS_ED25519),
+            "Ed25519 key, got {:?}",
+            key.algorithm()
+        );
+        let again = load_or_generate(&cfg).expect("reused");
+        assert_eq!(
+            again.chain, first.chain,
+            "the same certificate the second time"
+        );
+        assert_eq!(again.dev_cert_path, first.dev_cert_path);
+    }
+}

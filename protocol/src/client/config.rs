@@ -391,3 +391,41 @@ impl SharedEndpoint {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_provider_offers_x25519_first_and_aes_128_gcm_first() {
+        let p = crypto_provider();
+        let groups: Vec<_> = p.kx_groups.iter().map(|g| g.name()).collect();
+        assert_eq!(groups[0], rustls::NamedGroup::X25519, "{groups:?}");
+        // Only aws-lc-rs has the hybrid post-quantum group (listed, not offered first).
+        assert!(
+            groups.contains(&rustls::NamedGroup::X25519MLKEM768),
+            "aws-lc-rs key exchange: {groups:?}"
+        );
+        let suites: Vec<_> = p.cipher_suites.iter().map(|s| s.suite()).collect();
+        assert_eq!(
+            suites[..3],
+            [
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+                rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+                rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+            ],
+            "{suites:?}"
+        );
+    }
+
+    #[test]
+    fn installing_the_default_provider_lets_libraries_build_configs() {
+        // Two providers are compiled in (aws-lc-rs and ring), so rustls has no default of its
+        // own and `ClientConfig::builder()` (async-nats' way) would panic without this.
+        install_default_crypto_provider();
+        install_default_crypto_provider();
+        let default = rustls::crypto::CryptoProvider::get_default().expect("a process default");
+        assert_eq!(default.kx_groups[0].name(), rustls::NamedGroup::X25519);
+        let _ = rustls::ClientConfig::builder();
+    }
+}
