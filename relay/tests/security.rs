@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use contrail_protocol::client::{Agent, ClientAuth, ClientError};
+use contrail_protocol::client::{Agent, ClientAuth, ClientError, Trust};
 use contrail_protocol::ErrorCode;
 use contrail_relay::auth::{hash_token, AuthMode};
 use contrail_relay::Hooks;
@@ -158,6 +158,56 @@ async fn mutual_tls_identity_must_match_the_agent_id() {
     assert_eq!(
         expect_rejected(relay.client_config("drone-3")).await,
         ErrorCode::Unauthenticated
+    );
+}
+
+/// A relay with a configured, CA-issued ECDSA P-256 certificate (what a deployment brings; the
+/// generated development certificate is Ed25519): agents that trust the CA stream through it,
+/// agents that trust another CA are refused at the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_ecdsa_certificate_from_a_ca_serves_agents() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = pki();
+    let other_ca = pki();
+    let params = rcgen::CertificateParams::new(vec!["relay.example".to_string()]).expect("params");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let leaf = params.signed_by(&key, &ca.issuer).expect("sign");
+    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_path, leaf.pem()).expect("write cert");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &ca.ca_pem).expect("write ca");
+    let mut config = test_config(dir.path());
+    config.tls.cert = Some(cert_path);
+    config.tls.key = Some(key_path);
+    // A real certificate needs an explicit auth mode (none here: the test is about TLS).
+    config.auth.mode = Some(AuthMode::None);
+    let (spec, mut rx) = channel_sink("chan", true, 1024);
+    let relay = start_with(config, dir, vec![spec], Hooks::default()).await;
+
+    let mut cfg = relay.client_config("drone-ca");
+    cfg.trust = Trust::CaFile(ca_path);
+    cfg.server_name = "relay.example".into();
+    let agent = Agent::connect(cfg.clone())
+        .await
+        .expect("agent trusting the CA connects");
+    send_n(&agent, 10, b"ecdsa").await;
+    agent.flush().await.expect("acked");
+    let frames = collect_frames(&mut rx, 10, Duration::from_secs(10)).await;
+    assert_eq!(frames.len(), 10);
+
+    let mut other = cfg;
+    other.agent_id = contrail_protocol::AgentId::new("drone-other-ca").expect("id");
+    other.trust = Trust::CaFile({
+        let p = relay.dir.path().join("other-ca.pem");
+        std::fs::write(&p, &other_ca.ca_pem).expect("write other ca");
+        p
+    });
+    other.connect_timeout = Duration::from_millis(500);
+    other.reconnect_max = Duration::from_millis(100);
+    assert!(
+        Agent::connect(other).await.is_err(),
+        "an agent trusting another CA must not get a session"
     );
 }
 
