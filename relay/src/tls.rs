@@ -92,13 +92,13 @@ pub fn load_or_generate(cfg: &TlsConfig) -> Result<Identity, TlsError> {
     names.extend(cfg.dev_cert_names.iter().cloned());
     // Ed25519: of the signatures every TLS 1.3 stack verifies, the cheapest to sign (relay)
     // and to verify (agent, twice per full handshake: the certificate and the handshake).
-    let gen = |e: rcgen::Error| TlsError::Config(format!("generating dev certificate: {e}"));
-    let signing_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(gen)?;
-    let mut params = rcgen::CertificateParams::new(names).map_err(gen)?;
+    let failed = |e: rcgen::Error| TlsError::Config(format!("generating dev certificate: {e}"));
+    let signing_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(failed)?;
+    let mut params = rcgen::CertificateParams::new(names).map_err(failed)?;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "Contrail development relay");
-    let cert = params.self_signed(&signing_key).map_err(gen)?;
+    let cert = params.self_signed(&signing_key).map_err(failed)?;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     std::fs::write(&cert_path, cert.pem()).map_err(io(&cert_path))?;
     write_private(&key_path, signing_key.serialize_pem().as_bytes())?;

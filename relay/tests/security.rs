@@ -175,8 +175,9 @@ async fn a_configured_ecdsa_certificate_from_a_ca_serves_agents() {
     let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     std::fs::write(&cert_path, leaf.pem()).expect("write cert");
     std::fs::write(&key_path, key.serialize_pem()).expect("write key");
-    let ca_path = dir.path().join("ca.pem");
+    let (ca_path, other_ca_path) = (dir.path().join("ca.pem"), dir.path().join("other-ca.pem"));
     std::fs::write(&ca_path, &ca.ca_pem).expect("write ca");
+    std::fs::write(&other_ca_path, &other_ca.ca_pem).expect("write other ca");
     let mut config = test_config(dir.path());
     config.tls.cert = Some(cert_path);
     config.tls.key = Some(key_path);
@@ -198,11 +199,7 @@ async fn a_configured_ecdsa_certificate_from_a_ca_serves_agents() {
 
     let mut other = cfg;
     other.agent_id = contrail_protocol::AgentId::new("drone-other-ca").expect("id");
-    other.trust = Trust::CaFile({
-        let p = relay.dir.path().join("other-ca.pem");
-        std::fs::write(&p, &other_ca.ca_pem).expect("write other ca");
-        p
-    });
+    other.trust = Trust::CaFile(other_ca_path);
     other.connect_timeout = Duration::from_millis(500);
     other.reconnect_max = Duration::from_millis(100);
     assert!(
