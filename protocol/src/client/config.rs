@@ -267,16 +267,13 @@ pub fn rustls_client_config(
         Trust::CaFile(path) => load_ca_file(path)?,
         Trust::CaDer(certs) => certs.clone(),
     };
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certs {
-        roots
-            .add(cert)
-            .map_err(|e| ClientError::Config(format!("trust root: {e}")))?;
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
+    let provider = Arc::new(crypto_provider());
+    let verifier = super::verify::RelayCertVerifier::new(certs, provider.clone())?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ClientError::Config(e.to_string()))?
-        .with_root_certificates(roots);
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
     let mut tls = match client_auth {
         Some(auth) => builder
             .with_client_auth_cert(auth.chain.clone(), auth.key.clone_key())

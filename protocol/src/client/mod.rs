@@ -33,6 +33,7 @@ mod driver;
 pub mod spool;
 mod state;
 pub mod subscriber;
+mod verify;
 
 pub use config::{ClientAuth, ClientConfig, SharedEndpoint, Trust};
 pub use spool::SpoolConfig;
