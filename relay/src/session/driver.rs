@@ -9,6 +9,7 @@ use contrail_protocol::proto::{control_message::Msg, ControlMessage, Registered}
 use contrail_protocol::{AgentId, ErrorCode, FrameCodec, SessionId};
 use ractor::ActorRef;
 
+use super::gate::WakeGate;
 use super::reader::{self, ReadEnd};
 use super::{Registration, SessionMsg, SessionShared};
 use crate::server::RelayCore;
@@ -379,6 +380,8 @@ async fn control_loop(
     reg.cursor.set_acked(acked, wake_after);
     // When the oldest frame not yet acked must be acked by (acks are coalesced until then).
     let mut ack_due: Option<tokio::time::Instant> = None;
+    // The control stream is read only when it woke the loop (acks wake it far more often).
+    let control_gate = WakeGate::new();
     loop {
         if !drained && *lifecycle.borrow_and_update() == LifecycleState::Draining {
             drained = true;
@@ -456,7 +459,7 @@ async fn control_loop(
                     drained = true;
                 }
             }
-            msg = read_control(recv, inbuf, codec) => match msg {
+            msg = control_gate.run(read_control(recv, inbuf, codec)) => match msg {
                 Ok(Some(ControlMessage { msg: Some(Msg::Ping(p)) })) => {
                     stats.last_heartbeat_unix_ms.store(crate::clock::unix_ms(), Relaxed);
                     let pong = Msg::Pong(contrail_protocol::proto::Pong {
