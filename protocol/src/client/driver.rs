@@ -360,9 +360,12 @@ async fn session(
         }
     };
 
+    // The reader is polled only when the control stream (or its drain timer) woke the task:
+    // the writer wakes it for every frame.
+    let reader_gate = super::gate::WakeGate::new();
     let outcome = tokio::select! {
         _ = writer => close_outcome(&conn.closed().await, true),
-        o = reader => o,
+        o = reader_gate.run(reader) => o,
         _ = pinger => close_outcome(&conn.closed().await, true),
         _ = shared.close_notify.notified() => Outcome::Closed,
     };

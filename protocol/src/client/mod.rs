@@ -30,6 +30,7 @@
 
 pub mod config;
 mod driver;
+pub mod gate;
 pub mod spool;
 mod state;
 pub mod subscriber;

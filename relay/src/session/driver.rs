@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use contrail_control::{LifecycleState, SessionInfo, SessionStats};
+use contrail_protocol::client::gate::WakeGate;
 use contrail_protocol::proto::{control_message::Msg, ControlMessage, Registered};
 use contrail_protocol::{AgentId, ErrorCode, FrameCodec, SessionId};
 use ractor::ActorRef;
 
-use super::gate::WakeGate;
 use super::reader::{self, ReadEnd};
 use super::{Registration, SessionMsg, SessionShared};
 use crate::server::RelayCore;

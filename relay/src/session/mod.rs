@@ -6,7 +6,6 @@
 //! however the session ends, and never touches other sessions.
 
 pub mod driver;
-mod gate;
 mod reader;
 pub mod supervisor;
 

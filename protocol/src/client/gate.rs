@@ -1,10 +1,11 @@
 //! A `select!` branch that is polled only when its own waker fired.
 //!
-//! `tokio::select!` polls every branch whenever the task wakes. The session's control loop
-//! wakes for acks (a frame completed, the ack timer) far more often than the agent writes on
-//! its control stream, and each poll of a quinn stream read locks the connection, looks the
-//! stream up and re-registers a waker (≈ 5% of relay CPU in `fleet`). A [`WakeGate`] gives the
-//! read a waker of its own and skips the poll while that waker has not fired.
+//! `tokio::select!` polls every branch whenever the task wakes. A relay session's control
+//! loop wakes for acks far more often than its agent writes on the control stream, and an
+//! agent's session task wakes for every frame it writes while acks arrive a few times a
+//! second; each poll of a quinn stream read locks the connection, looks the stream up and
+//! re-registers a waker (≈ 5% of relay CPU in `fleet`). A [`WakeGate`] gives the read a waker
+//! of its own and skips the poll while that waker has not fired.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,14 +17,14 @@ use futures::task::AtomicWaker;
 
 /// Whether the gated branch was woken since it last returned `Pending`, and the task to wake.
 #[derive(Debug)]
-pub(crate) struct WakeGate {
+pub struct WakeGate {
     woken: AtomicBool,
     task: AtomicWaker,
 }
 
 impl WakeGate {
     /// A gate whose first poll goes through.
-    pub(crate) fn new() -> Arc<Self> {
+    pub fn new() -> Arc<Self> {
         Arc::new(Self {
             woken: AtomicBool::new(true),
             task: AtomicWaker::new(),
@@ -52,7 +53,7 @@ impl WakeGate {
     }
 
     /// `fut`, polled only through this gate.
-    pub(crate) async fn run<F: Future>(self: &Arc<Self>, fut: F) -> F::Output {
+    pub async fn run<F: Future>(self: &Arc<Self>, fut: F) -> F::Output {
         let mut fut = std::pin::pin!(fut);
         std::future::poll_fn(|cx| self.poll(fut.as_mut(), cx)).await
     }
@@ -80,7 +81,7 @@ mod tests {
     struct Probe {
         polls: Arc<AtomicUsize>,
         ready: Arc<AtomicBool>,
-        waker: Arc<parking_lot::Mutex<Option<Waker>>>,
+        waker: Arc<std::sync::Mutex<Option<Waker>>>,
     }
 
     impl Future for Probe {
@@ -90,7 +91,7 @@ mod tests {
             if self.ready.load(Ordering::SeqCst) {
                 return Poll::Ready(());
             }
-            *self.waker.lock() = Some(cx.waker().clone());
+            *self.waker.lock().unwrap() = Some(cx.waker().clone());
             Poll::Pending
         }
     }
@@ -100,7 +101,7 @@ mod tests {
         let gate = WakeGate::new();
         let polls = Arc::new(AtomicUsize::new(0));
         let ready = Arc::new(AtomicBool::new(false));
-        let inner_waker = Arc::new(parking_lot::Mutex::new(None));
+        let inner_waker = Arc::new(std::sync::Mutex::new(None));
         let mut probe = Probe {
             polls: polls.clone(),
             ready: ready.clone(),
@@ -123,7 +124,7 @@ mod tests {
         assert_eq!(polls.load(Ordering::SeqCst), 1);
 
         ready.store(true, Ordering::SeqCst);
-        inner_waker.lock().take().unwrap().wake();
+        inner_waker.lock().unwrap().take().unwrap().wake();
         assert_eq!(
             task_wakes.0.load(Ordering::SeqCst),
             1,
