@@ -53,9 +53,29 @@ impl WakeGate {
     }
 
     /// `fut`, polled only through this gate.
-    pub async fn run<F: Future>(self: &Arc<Self>, fut: F) -> F::Output {
-        let mut fut = std::pin::pin!(fut);
-        std::future::poll_fn(|cx| self.poll(fut.as_mut(), cx)).await
+    pub fn run<F: Future>(self: &Arc<Self>, fut: F) -> Gated<'_, F> {
+        Gated { gate: self, fut }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future polled through a [`WakeGate`] ([`WakeGate::run`]). A struct rather than an
+    /// `async fn`: an async wrapper would hold the wrapped future twice (argument and pinned
+    /// local), which every idle session's task pays for.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Gated<'a, F> {
+        gate: &'a Arc<WakeGate>,
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F: Future> Future for Gated<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        this.gate.poll(this.fut, cx)
     }
 }
 
