@@ -337,7 +337,7 @@ async fn mqtt_publisher(
     ctx.connect_finished(true);
 
     let (mut rd, mut wr) = stream.into_split();
-    let log = Arc::new(Mutex::new(SendLog::new(WINDOW as usize)));
+    let log = Arc::new(Mutex::new(SendLog::default()));
     let acked = Arc::new(AtomicU64::new(0));
     let acked_notify = Arc::new(Notify::new());
     // The PUBACK reader (QoS 1): owned by this task, ended below.

@@ -140,10 +140,7 @@ pub async fn run_agent(
     ctx.sessions_up.fetch_add(1, Relaxed);
     ctx.connect_finished(true);
 
-    let window = agent
-        .session()
-        .map_or(1024, |s| s.max_inflight.max(1) as usize);
-    let mut log = SendLog::new(window);
+    let mut log = SendLog::default();
     let result = match ctx.plan.rate {
         Rate::Max => send_max(&agent, &ctx, idx, &payload, &mut log, &mut stop).await,
         Rate::Hz(hz) => send_fixed(&agent, &ctx, idx, hz, &payload, &mut log, &mut stop).await,

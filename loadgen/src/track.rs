@@ -11,8 +11,10 @@
 
 use std::collections::VecDeque;
 
-/// Send times of unacked runs of seqs.
-#[derive(Debug)]
+/// Send times of unacked runs of seqs. It grows to the runs actually outstanding (a few for
+/// a fixed-rate agent, at most a credit window's worth) and keeps that capacity, so an idle or
+/// slow simulated agent holds no window's worth of slots up front.
+#[derive(Debug, Default)]
 pub struct SendLog {
     runs: VecDeque<Run>,
 }
@@ -25,13 +27,6 @@ struct Run {
 }
 
 impl SendLog {
-    /// A log for a credit window of `window` frames (never reallocates below that).
-    pub fn new(window: usize) -> Self {
-        SendLog {
-            runs: VecDeque::with_capacity(window.clamp(1, 1 << 20) + 1),
-        }
-    }
-
     /// Seqs `first..=last` were sent (or scheduled) at `at_ns` (ns since the run's epoch).
     pub fn sent(&mut self, first: u64, last: u64, at_ns: u64) {
         if last >= first {
@@ -187,7 +182,7 @@ mod tests {
 
     #[test]
     fn ack_latency_is_one_sample_per_frame_in_runs() {
-        let mut log = SendLog::new(16);
+        let mut log = SendLog::default();
         log.sent(1, 4, 100);
         log.sent(5, 5, 200);
         log.sent(6, 10, 300);

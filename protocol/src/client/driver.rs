@@ -254,10 +254,13 @@ async fn session(
     // connection from idling out), so a streaming agent sends no extra packets for it.
     let writes = std::sync::atomic::AtomicU64::new(0);
     let writer = async {
-        let mut chunks: Vec<Bytes> = Vec::with_capacity(WRITE_CHUNKS);
+        // Grown on first use and kept: an idle agent holds none, a busy one a handful of
+        // coalesced runs per write (not `WRITE_CHUNKS` slots, 32 KiB, up front).
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut frames: Vec<Bytes> = Vec::new();
         loop {
             let notified = shared.work.notified();
-            let paused = shared.next_chunks(&mut chunks, WRITE_CHUNKS);
+            let paused = shared.next_chunks(&mut frames, &mut chunks, WRITE_CHUNKS);
             if chunks.is_empty() {
                 match paused {
                     Some(until) => tokio::time::sleep_until(until).await,

@@ -428,10 +428,13 @@ impl Shared {
         st.acked >= st.written
     }
 
-    /// Fills `out` with frames not yet written on this connection. Returns the pause deadline
-    /// when writing is paused by a nack.
+    /// Fills `out` with frames not yet written on this connection (at most `max`, coalesced),
+    /// using `frames` (left empty) to take them out of the lock: both vectors are the writer's
+    /// and keep their capacity, so a write allocates nothing but its coalesced runs. Returns
+    /// the pause deadline when writing is paused by a nack.
     pub(super) fn next_chunks(
         &self,
+        frames: &mut Vec<Bytes>,
         out: &mut Vec<Bytes>,
         max: usize,
     ) -> Option<tokio::time::Instant> {
@@ -451,11 +454,8 @@ impl Shared {
         }
         let start = (st.written + 1 - front) as usize;
         let end = st.unacked.len().min(start + max);
-        let mut frames: Vec<Bytes> = st
-            .unacked
-            .range(start..end)
-            .map(|(_, b)| b.clone())
-            .collect();
+        frames.clear();
+        frames.extend(st.unacked.range(start..end).map(|(_, b)| b.clone()));
         if end > start {
             let last = st.unacked[end - 1].0;
             if st.written < st.max_written {
@@ -466,7 +466,7 @@ impl Shared {
             st.max_written = st.max_written.max(last);
         }
         drop(st);
-        coalesce(&mut frames, out);
+        coalesce(frames, out);
         None
     }
 
