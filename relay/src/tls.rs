@@ -91,7 +91,8 @@ pub fn load_or_generate(cfg: &TlsConfig) -> Result<Identity, TlsError> {
     ];
     names.extend(cfg.dev_cert_names.iter().cloned());
     // Ed25519: of the signatures every TLS 1.3 stack verifies, the cheapest to sign (relay)
-    // and to verify (agent, twice per full handshake: the certificate and the handshake).
+    // and to verify (agent, once per full handshake: the pinned certificate itself is checked
+    // by its bytes, see the agent library's `client/verify.rs`).
     let failed = |e: rcgen::Error| TlsError::Config(format!("generating dev certificate: {e}"));
     let signing_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(failed)?;
     let mut params = rcgen::CertificateParams::new(names).map_err(failed)?;

@@ -50,7 +50,7 @@ fn is_literal(pattern: &str) -> bool {
     !pattern.contains(['*', '?', '[', ']', '{', '}', '\\'])
 }
 
-fn globs(patterns: &[String]) -> Result<Option<AgentPatterns>, FilterError> {
+fn agent_patterns(patterns: &[String]) -> Result<Option<AgentPatterns>, FilterError> {
     if patterns.is_empty() {
         return Ok(None);
     }
@@ -101,8 +101,8 @@ impl Filter {
         Ok(Filter {
             include_kinds: inc,
             exclude_kinds: exc,
-            include_agents: globs(include_agents)?,
-            exclude_agents: globs(exclude_agents)?,
+            include_agents: agent_patterns(include_agents)?,
+            exclude_agents: agent_patterns(exclude_agents)?,
             flight_id: flight_id.filter(|f| !f.is_empty()),
         })
     }
@@ -214,7 +214,9 @@ mod tests {
             let mut b = GlobSetBuilder::new();
             b.add(Glob::new(p).expect("glob"));
             let reference = b.build().expect("set");
-            let ours = globs(&[p.to_string()]).expect("patterns").expect("some");
+            let ours = agent_patterns(&[p.to_string()])
+                .expect("patterns")
+                .expect("some");
             for id in ids {
                 assert_eq!(
                     ours.is_match(id),
@@ -223,7 +225,7 @@ mod tests {
                 );
             }
         }
-        let bad = globs(&["drone-*".into(), "[".into()]);
+        let bad = agent_patterns(&["drone-*".into(), "[".into()]);
         assert!(bad.is_err(), "a bad pattern is refused beside good ones");
     }
 }
