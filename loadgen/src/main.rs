@@ -3,6 +3,13 @@
 //! duplicates. See `loadgen/scenarios/` for the named scenarios and `benches/README.md` for
 //! how the figures are produced.
 
+/// mimalloc instead of glibc's allocator: the loadgen's agents, connection drivers and
+/// endpoint drivers allocate on one worker thread and free on another (a received datagram's
+/// buffer, an event queue's block), which glibc serves from its arenas under a lock rather
+/// than from the per-thread cache.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod brokers;
 mod contrail;
 mod ctx;
