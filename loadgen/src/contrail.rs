@@ -19,7 +19,9 @@ use contrail_protocol::client::{
     Agent, ClientConfig, ClientError, OutFrame, SharedEndpoint, Trust,
 };
 use contrail_protocol::AgentId;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
+use tokio_stream::wrappers::WatchStream;
 
 use crate::ctx::{AgentEnd, RunCtx};
 use crate::deliveries::DeliveryBook;
@@ -241,43 +243,61 @@ async fn send_fixed(
     log: &mut SendLog,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), ClientError> {
-    let mut acks = agent.ack_watch();
+    // The stop signal, the ack watch and the send timer live across iterations: a frame's
+    // timer or an ack wakes the task without re-registering the other two (re-creating them on
+    // every wake-up was a waiter-list lock and unlock each, per frame and per ack).
+    let mut acks = WatchStream::from_changes(agent.ack_watch());
     let mut last_acked = agent.acked_seq();
     let period = (1e9 / hz) as u64;
     // Spread agents' phases over one period so that the fleet does not send in lockstep.
     let phase = (idx as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) % period.max(1);
     let mut due = ctx.now_ns() + phase;
+    // (The watch's `Ref` is dropped inside: it must not live across the awaits below.)
+    let mut stopped = std::pin::pin!(async {
+        let _ = stop.wait_for(|s| *s).await;
+    });
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(ctx.at(due).into()));
     loop {
-        let due_at = ctx.at(due);
-        let intended_unix = ctx.epoch_unix_ns + due;
         tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => return Ok(()),
-            r = acks.changed() => {
-                if r.is_err() {
-                    return Err(ClientError::Closed);
-                }
-                let a = *acks.borrow_and_update();
-                on_ack(ctx, idx, log, &mut last_acked, a);
-            }
-            r = async {
-                tokio::time::sleep_until(due_at.into()).await;
+            _ = &mut stopped => return Ok(()),
+            a = acks.next() => match a {
+                Some(a) => on_ack(ctx, idx, log, &mut last_acked, a),
+                None => return Err(ClientError::Closed),
+            },
+            () = &mut timer => {
                 if ctx.measured(due) {
                     ctx.send_lag_hist.record_n(idx, ctx.now_ns().saturating_sub(due), 1);
                 }
-                agent
-                    .send_many(1, |_| OutFrame {
-                        kind: 1,
-                        payload,
-                        device_time: intended_unix,
-                        ..OutFrame::default()
-                    })
-                    .await
-            } => {
+                let intended_unix = ctx.epoch_unix_ns + due;
+                let send = agent.send_many(1, |_| OutFrame {
+                    kind: 1,
+                    payload,
+                    device_time: intended_unix,
+                    ..OutFrame::default()
+                });
+                let mut send = std::pin::pin!(send);
+                // With credits (the usual case) the frame is queued at once; without, keep
+                // recording acks while waiting for them.
+                let r = match (&mut send).now_or_never() {
+                    Some(r) => r,
+                    None => loop {
+                        tokio::select! {
+                            biased;
+                            _ = &mut stopped => return Ok(()),
+                            a = acks.next() => match a {
+                                Some(a) => on_ack(ctx, idx, log, &mut last_acked, a),
+                                None => return Err(ClientError::Closed),
+                            },
+                            r = &mut send => break r,
+                        }
+                    },
+                };
                 let (last, n) = r?;
                 log.sent(last + 1 - n as u64, last, due);
                 ctx.sent.fetch_add(n as u64, Relaxed);
                 due += period;
+                timer.as_mut().reset(ctx.at(due).into());
             }
         }
     }
