@@ -198,6 +198,20 @@ fn on_ack(ctx: &RunCtx, idx: usize, log: &mut SendLog, last_acked: &mut u64, up_
     *last_acked = up_to;
 }
 
+/// An ack-watch event of a fixed-rate agent: records the newly acked frames, or ends the run
+/// when the agent is gone.
+fn ack_event(
+    ctx: &RunCtx,
+    idx: usize,
+    log: &mut SendLog,
+    last_acked: &mut u64,
+    event: Option<u64>,
+) -> Result<(), ClientError> {
+    let up_to = event.ok_or(ClientError::Closed)?;
+    on_ack(ctx, idx, log, last_acked, up_to);
+    Ok(())
+}
+
 async fn send_max(
     agent: &Agent,
     ctx: &RunCtx,
@@ -261,10 +275,7 @@ async fn send_fixed(
         tokio::select! {
             biased;
             _ = &mut stopped => return Ok(()),
-            a = acks.next() => match a {
-                Some(a) => on_ack(ctx, idx, log, &mut last_acked, a),
-                None => return Err(ClientError::Closed),
-            },
+            a = acks.next() => ack_event(ctx, idx, log, &mut last_acked, a)?,
             () = &mut timer => {
                 if ctx.measured(due) {
                     ctx.send_lag_hist.record_n(idx, ctx.now_ns().saturating_sub(due), 1);
@@ -285,10 +296,7 @@ async fn send_fixed(
                         tokio::select! {
                             biased;
                             _ = &mut stopped => return Ok(()),
-                            a = acks.next() => match a {
-                                Some(a) => on_ack(ctx, idx, log, &mut last_acked, a),
-                                None => return Err(ClientError::Closed),
-                            },
+                            a = acks.next() => ack_event(ctx, idx, log, &mut last_acked, a)?,
                             r = &mut send => break r,
                         }
                     },
