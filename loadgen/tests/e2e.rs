@@ -2,14 +2,15 @@
 //! QUIC on loopback, a live sink its subscriber reads) and its JSON report must account for
 //! every frame; against an address where no relay answers it must fail.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
 use contrail_relay::config::SinkConfig;
 use contrail_relay::{Config, RelayBuilder, RunningRelay};
 
-async fn live_relay(dir: &Path) -> RunningRelay {
+/// A relay with a required live sink, and the path of the development certificate it wrote.
+async fn live_relay(dir: &Path) -> (RunningRelay, PathBuf) {
     let mut config = Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
         ..Config::default()
@@ -25,10 +26,15 @@ async fn live_relay(dir: &Path) -> RunningRelay {
     let http = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .expect("bind http");
-    RelayBuilder::new(config)
+    let relay = RelayBuilder::new(config)
         .start(udp, http)
         .await
-        .expect("relay starts")
+        .expect("relay starts");
+    let ca = relay
+        .dev_cert_path()
+        .expect("development certificate")
+        .to_path_buf();
+    (relay, ca)
 }
 
 /// Runs the loadgen with `args` plus the relay address, trust file and a JSON report path;
@@ -83,11 +89,7 @@ fn num(v: &serde_json::Value, path: &[&str]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_every_frame_at_fixed_rate_and_max() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let relay = live_relay(dir.path()).await;
-    let ca = relay
-        .dev_cert_path()
-        .expect("development certificate")
-        .to_path_buf();
+    let (relay, ca) = live_relay(dir.path()).await;
     let addr = relay.local_addr().to_string();
     for (name, args, agents) in [
         (
@@ -156,11 +158,7 @@ async fn reports_every_frame_at_fixed_rate_and_max() {
 async fn fails_when_no_relay_answers() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A certificate to trust: a relay's, but the address is a bound socket nothing reads.
-    let relay = live_relay(dir.path()).await;
-    let ca = relay
-        .dev_cert_path()
-        .expect("development certificate")
-        .to_path_buf();
+    let (_relay, ca) = live_relay(dir.path()).await;
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     let addr = silent.local_addr().expect("addr").to_string();
     let json = dir.path().join("none.json");
