@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # BIN_DIR=... run1.sh SCENARIO OUT.json [loadgen args]
 set -euo pipefail
-source /work/main/benches/scripts/lib.sh
-BIN_DIR="${BIN_DIR:-/work/main/target/release}"
+source "$(dirname "$0")/../../../scripts/lib.sh"
+BIN_DIR="${BIN_DIR:-$ROOT/target/release}"
 RELAY_BIN="$BIN_DIR/contrail-relay"
 LOADGEN_BIN="${LOADGEN_BIN_DIR:-$BIN_DIR}/contrail-loadgen"
 s="$1"; out="$2"; shift 2
@@ -11,7 +11,6 @@ start_relay live
 LG=$!
 if [ -n "${PROF:-}" ]; then
   sleep "${PROF_DELAY:-10}"
-  LGP=$(pgrep -P $LG -f contrail-loadgen || echo $LG)
   perf record -e cpu-clock -F 499 ${PROF_G:---call-graph dwarf,16384} -p "$RELAY_PID" -o "${out%.json}.relay.perf" -- sleep "${PROF_SECS:-4}" >/dev/null 2>&1 &
   perf record -e cpu-clock -F 499 ${PROF_G:---call-graph dwarf,16384} -p "$LG" -o "${out%.json}.lg.perf" -- sleep "${PROF_SECS:-4}" >/dev/null 2>&1 &
   wait %2 %3 2>/dev/null || true
