@@ -30,6 +30,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Normal => "normal",
             ErrorCode::TooManySessions => "too_many_sessions",
+            ErrorCode::Redirected => "redirected",
         }
     }
 
@@ -41,6 +42,7 @@ impl ErrorCode {
                 | ErrorCode::Internal
                 | ErrorCode::Timeout
                 | ErrorCode::TooManySessions
+                | ErrorCode::Redirected
                 | ErrorCode::Unspecified
         )
     }

@@ -189,6 +189,7 @@ async fn session(
             platform: config.platform.clone(),
             auth_token: config.auth_token.clone(),
             resume,
+            ..Default::default()
         })),
     };
     let mut out = BytesMut::new();

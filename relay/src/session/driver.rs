@@ -335,6 +335,7 @@ async fn handshake(
         heartbeat_interval_ms: limits.heartbeat_interval_ms,
         resume_from_seq: cursor.completed(),
         max_frame_bytes: limits.max_frame_bytes as u32,
+        fleet: Vec::new(),
     };
     if !send_control(&mut send, codec, Msg::Registered(registered)).await {
         return None;
@@ -388,6 +389,7 @@ async fn control_loop(
             let drain = Msg::Drain(contrail_protocol::proto::Drain {
                 reason: core.lifecycle.drain_reason().unwrap_or_default(),
                 reconnect_after_ms: core.config.drain.reconnect_after_ms,
+                relays: Vec::new(),
             });
             if !send_control(send, codec, drain).await {
                 return End::new(ErrorCode::Normal, "control stream closed");

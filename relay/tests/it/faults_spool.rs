@@ -1,16 +1,13 @@
 //! Fault: the agent process is killed (SIGKILL) mid-stream and started again with the same
 //! spool directory (issue 6, item 5). Every frame reaches the file sink exactly once, in order.
 
-mod common;
-mod faults_support;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{start_with, test_config};
+use crate::common::{start_with, test_config};
+use crate::faults_support::*;
 use contrail_relay::Hooks;
 use contrail_testsupport::{poll_until_async, Impairment, ImpairmentProxy, ProcessGuard};
-use faults_support::*;
 
 const AGENT: &str = "drone-spool";
 const TOTAL: u64 = 20_000;
@@ -219,7 +216,7 @@ async fn full_spool_makes_send_wait_for_acks() {
     );
     c.spool = Some(SpoolConfig::new(&spool, MAX));
     let agent = std::sync::Arc::new(Agent::connect(c).await.expect("connect"));
-    agent.send(&common::frame(b"x")).await.expect("send");
+    agent.send(&crate::common::frame(b"x")).await.expect("send");
     agent.flush().await.expect("acked");
 
     proxy.blackhole(true);
@@ -230,7 +227,7 @@ async fn full_spool_makes_send_wait_for_acks() {
             let mut left = N;
             while left > 0 {
                 let (_, n) = agent
-                    .send_many(left as usize, |_| common::frame(b"bounded"))
+                    .send_many(left as usize, |_| crate::common::frame(b"bounded"))
                     .await
                     .expect("send");
                 left -= n as u64;

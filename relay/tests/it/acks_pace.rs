@@ -2,11 +2,9 @@
 //! without waiting for the delay (`contrail_acks_sent_total{trigger="pace"}`). A test binary of
 //! its own: the counter is process-wide, and no other relay may count paced acks meanwhile.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// `contrail_acks_sent_total{trigger="pace"}`.
 fn paced_acks() -> f64 {

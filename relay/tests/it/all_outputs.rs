@@ -2,20 +2,17 @@
 //! policy), Redis Streams, NATS JetStream and the file sink, all required — and every frame
 //! arrives exactly once, in order per agent, in each of them.
 
-mod common;
-mod sink_support;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::sink_support::{
+    blocking, check_exactly_once_in_order, js_read_all, payloads, redis_stream, send_numbered,
+    sink_entry,
+};
 use contrail_protocol::client::subscriber::{Policy, Subscriber, SubscriberConfig};
 use contrail_protocol::client::Trust;
 use contrail_relay::Hooks;
 use contrail_testsupport::{NatsServer, RedisServer};
-use sink_support::{
-    blocking, check_exactly_once_in_order, js_read_all, payloads, redis_stream, send_numbered,
-    sink_entry,
-};
 
 fn assert_once_in_order(what: &str, got: &[(String, u64)], agents: &[(&str, u64)]) {
     let mut by_agent: HashMap<&str, Vec<u64>> = HashMap::new();
@@ -38,7 +35,7 @@ async fn every_frame_reaches_live_redis_jetstream_and_file_exactly_once() {
     let nats = blocking(NatsServer::start);
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("all.ndjson");
-    let mut config = common::test_config(dir.path());
+    let mut config = crate::common::test_config(dir.path());
     config.limits.max_inflight = 128;
     config.sinks.push(sink_entry(&format!(
         "name = \"file\"\ntype = \"file\"\nrequired = true\npath = \"{}\"",
@@ -55,7 +52,7 @@ async fn every_frame_reaches_live_redis_jetstream_and_file_exactly_once() {
     config.sinks.push(sink_entry(
         "name = \"live\"\ntype = \"live\"\nrequired = true",
     ));
-    let relay = common::start_with(config, dir, vec![], Hooks::default()).await;
+    let relay = crate::common::start_with(config, dir, vec![], Hooks::default()).await;
 
     // The backend subscriber must not miss a frame: block policy on a required live sink.
     let mut sub_cfg = SubscriberConfig::new(

@@ -4,11 +4,9 @@
 //! with the ACK-frequency extension, adapted to a slow agent's frame interval) and heartbeats
 //! (skipped while telemetry flows).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use contrail_relay::Hooks;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,28 +2,25 @@
 //! in-process relay, read back with a pull consumer, every frame exactly once, in order per
 //! agent, headers and `StoredFrame` payload intact; a resend of stored frames is deduplicated.
 
-mod common;
-mod sink_support;
-
 use std::time::Duration;
 
-use contrail_relay::Hooks;
-use contrail_testsupport::NatsServer;
-use sink_support::{
+use crate::sink_support::{
     blocking, check_exactly_once_in_order, js_read_all, payloads, send_numbered, sink_entry,
 };
+use contrail_relay::Hooks;
+use contrail_testsupport::NatsServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_to_jetstream_exactly_once_in_order() {
     let nats = blocking(NatsServer::start);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = common::test_config(dir.path());
+    let mut config = crate::common::test_config(dir.path());
     config.limits.max_inflight = 64;
     config.sinks.push(sink_entry(&format!(
         "name = \"jetstream\"\ntype = \"nats_jetstream\"\nrequired = true\nurl = \"{}\"\nsubject = \"contrail.telemetry.{{agent_id}}\"\nmax_pending_acks = 256\ntimeout_ms = 2000",
         nats.url()
     )));
-    let relay = common::start_with(config, dir, vec![], Hooks::default()).await;
+    let relay = crate::common::start_with(config, dir, vec![], Hooks::default()).await;
 
     let agents = [
         ("drone-a", 700u64),
@@ -62,7 +59,7 @@ async fn republished_frames_are_deduplicated() {
 
     let nats = blocking(NatsServer::start);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = common::test_config(dir.path());
+    let mut config = crate::common::test_config(dir.path());
     config.limits.max_inflight = 64;
     let entry = sink_entry(&format!(
         "name = \"js\"\ntype = \"nats_jetstream\"\nrequired = true\nurl = \"{}\"\ntimeout_ms = 2000",
@@ -71,8 +68,8 @@ async fn republished_frames_are_deduplicated() {
     let settings = nats_jetstream::settings(&entry).expect("settings");
     config.sinks.push(entry);
     // Keep every batch the relay produced, to publish them again afterwards.
-    let (chan, mut rx) = common::channel_sink("copy", true, 1024);
-    let relay = common::start_with(config, dir, vec![chan], Hooks::default()).await;
+    let (chan, mut rx) = crate::common::channel_sink("copy", true, 1024);
+    let relay = crate::common::start_with(config, dir, vec![chan], Hooks::default()).await;
     let kept = Arc::new(Mutex::new(Vec::new()));
     let keeper = {
         let kept = kept.clone();
@@ -109,8 +106,8 @@ async fn republished_frames_are_deduplicated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run in release with --ignored --nocapture"]
 async fn benchmark_sustained_frames_per_second() {
+    use crate::sink_support::bench;
     use contrail_relay::sink::nats_jetstream;
-    use sink_support::bench;
 
     let nats = blocking(NatsServer::start);
     let (e2e, batches) = bench::end_to_end(sink_entry(&format!(

@@ -1,19 +1,16 @@
 //! Redis Streams sink against a real `redis-server`: frames from several agents through the
 //! in-process relay, read back with XRANGE, every frame exactly once, in order, fields intact.
 
-mod common;
-mod sink_support;
-
 use std::time::Duration;
 
-use contrail_relay::Hooks;
-use contrail_testsupport::RedisServer;
-use sink_support::{
+use crate::sink_support::{
     blocking, check_exactly_once_in_order, payloads, redis_stream, send_numbered, sink_entry,
 };
+use contrail_relay::Hooks;
+use contrail_testsupport::RedisServer;
 
 /// Connects every agent, then sends from all of them at once and waits until all is acked.
-async fn send_from_agents(relay: &common::TestRelay, agents: &[(&str, u64)]) {
+async fn send_from_agents(relay: &crate::common::TestRelay, agents: &[(&str, u64)]) {
     let mut senders = Vec::new();
     for &(id, count) in agents {
         let agent = relay.agent(id).await;
@@ -36,13 +33,13 @@ async fn send_from_agents(relay: &common::TestRelay, agents: &[(&str, u64)]) {
 async fn agents_to_per_agent_streams_exactly_once_in_order() {
     let redis = blocking(RedisServer::start);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = common::test_config(dir.path());
+    let mut config = crate::common::test_config(dir.path());
     config.limits.max_inflight = 64;
     config.sinks.push(sink_entry(&format!(
         "name = \"redis\"\ntype = \"redis_streams\"\nrequired = true\nurl = \"{}\"\ntimeout_ms = 2000",
         redis.url()
     )));
-    let relay = common::start_with(config, dir, vec![], Hooks::default()).await;
+    let relay = crate::common::start_with(config, dir, vec![], Hooks::default()).await;
 
     let agents = [
         ("drone-a", 700u64),
@@ -69,7 +66,7 @@ async fn agents_to_per_agent_streams_exactly_once_in_order() {
 async fn one_stream_for_all_and_maxlen_trimming() {
     let redis = blocking(RedisServer::start);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = common::test_config(dir.path());
+    let mut config = crate::common::test_config(dir.path());
     config.limits.max_inflight = 64;
     config.sinks.push(sink_entry(&format!(
         "name = \"all\"\ntype = \"redis_streams\"\nrequired = true\nurl = \"{}\"\nkey = \"contrail:all\"\nmaxlen = 0",
@@ -79,7 +76,7 @@ async fn one_stream_for_all_and_maxlen_trimming() {
         "name = \"trimmed\"\ntype = \"redis_streams\"\nrequired = true\nurl = \"{}\"\nkey = \"trim:{{agent_id}}\"\nmaxlen = 100",
         redis.url()
     )));
-    let relay = common::start_with(config, dir, vec![], Hooks::default()).await;
+    let relay = crate::common::start_with(config, dir, vec![], Hooks::default()).await;
 
     let agents = [("drone-1", 600u64), ("drone-2", 600)];
     send_from_agents(&relay, &agents).await;
@@ -105,8 +102,8 @@ async fn one_stream_for_all_and_maxlen_trimming() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run in release with --ignored --nocapture"]
 async fn benchmark_sustained_frames_per_second() {
+    use crate::sink_support::bench;
     use contrail_relay::sink::redis_streams;
-    use sink_support::bench;
 
     let redis = blocking(RedisServer::start);
     let (e2e, batches) = bench::end_to_end(sink_entry(&format!(

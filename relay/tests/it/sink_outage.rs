@@ -5,20 +5,17 @@
 //!   the backlog drains and every frame is stored exactly once;
 //! * an optional sink's outage never holds acks back; its drops are counted in metrics.
 
-mod common;
-mod sink_support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::sink_support::{
+    blocking, check_exactly_once_in_order, js_count, js_read_all, payloads, redis_stream,
+    send_numbered, sink_entry, Stored,
+};
 use contrail_protocol::client::Agent;
 use contrail_relay::sink::{SinkBatch, SinkCommon};
 use contrail_relay::Hooks;
 use contrail_testsupport::{poll_until_async, NatsServer, RedisServer};
-use sink_support::{
-    blocking, check_exactly_once_in_order, js_count, js_read_all, payloads, redis_stream,
-    send_numbered, sink_entry, Stored,
-};
 use tokio::sync::mpsc;
 
 const WINDOW: u64 = 64;
@@ -26,11 +23,11 @@ const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Sum of the series of `metric` labelled `sink="<sink>"`.
 fn sink_metric(metric: &str, sink: &str) -> f64 {
-    common::metric_sum(metric, &format!("sink=\"{sink}\""))
+    crate::common::metric_sum(metric, &format!("sink=\"{sink}\""))
 }
 
 /// `/readyz`: HTTP status and the health of component `name`.
-async fn readyz(relay: &common::TestRelay, name: &str) -> (u16, Option<bool>) {
+async fn readyz(relay: &crate::common::TestRelay, name: &str) -> (u16, Option<bool>) {
     let resp = reqwest::get(format!("{}/readyz", relay.http()))
         .await
         .expect("GET /readyz");
@@ -107,7 +104,7 @@ impl Backend for NatsServer {
 /// error counter) and check that neither the ack point nor the last sent seq moved meanwhile.
 async fn outage_scenario(
     backend: &mut dyn Backend,
-    relay: &common::TestRelay,
+    relay: &crate::common::TestRelay,
     sink: &str,
     seen: &Arc<Mutex<Vec<(String, u64)>>>,
 ) -> (Arc<Agent>, Agent) {
@@ -177,10 +174,10 @@ async fn outage_scenario(
 }
 
 /// Starts a relay with the required sink `entry` plus an optional channel sink.
-async fn relay_with(entry: String) -> (common::TestRelay, Arc<Mutex<Vec<(String, u64)>>>) {
-    common::metrics();
+async fn relay_with(entry: String) -> (crate::common::TestRelay, Arc<Mutex<Vec<(String, u64)>>>) {
+    crate::common::metrics();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = common::test_config(dir.path());
+    let mut config = crate::common::test_config(dir.path());
     config.limits.max_inflight = WINDOW as u32;
     config.sinks.push(sink_entry(&entry));
     let (tx, rx) = mpsc::channel(4096);
@@ -188,7 +185,7 @@ async fn relay_with(entry: String) -> (common::TestRelay, Arc<Mutex<Vec<(String,
         common: SinkCommon::new("side", false),
         factory: contrail_relay::sink::channel::factory(tx),
     };
-    let relay = common::start_with(config, dir, vec![side], Hooks::default()).await;
+    let relay = crate::common::start_with(config, dir, vec![side], Hooks::default()).await;
     (relay, collect(rx))
 }
 
@@ -245,11 +242,11 @@ async fn jetstream_outage_throttles_then_backlog_drains_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optional_sink_outage_never_holds_acks_and_counts_drops() {
-    common::metrics();
+    crate::common::metrics();
     let mut redis = blocking(RedisServer::start);
     let mut nats = blocking(NatsServer::start);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = common::test_config(dir.path());
+    let mut config = crate::common::test_config(dir.path());
     config.limits.max_inflight = WINDOW as u32;
     config.sinks.push(sink_entry(&format!(
         "name = \"redis-opt\"\ntype = \"redis_streams\"\nurl = \"{}\"\nqueue_batches = 4\ntimeout_ms = 200",
@@ -259,8 +256,8 @@ async fn optional_sink_outage_never_holds_acks_and_counts_drops() {
         "name = \"js-opt\"\ntype = \"nats_jetstream\"\nurl = \"{}\"\nqueue_batches = 4\ntimeout_ms = 200",
         nats.url()
     )));
-    let (main, rx) = common::channel_sink("main", true, 4096);
-    let relay = common::start_with(config, dir, vec![main], Hooks::default()).await;
+    let (main, rx) = crate::common::channel_sink("main", true, 4096);
+    let relay = crate::common::start_with(config, dir, vec![main], Hooks::default()).await;
     let seen = collect(rx);
 
     let a = relay.agent("drone-o").await;

@@ -1,11 +1,9 @@
 //! Agent authentication (token, JWT, mTLS), quotas (nack then QUOTA_EXCEEDED) and
 //! reconnect-storm damping over real QUIC.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use contrail_protocol::client::{Agent, ClientAuth, ClientError, Trust};
 use contrail_protocol::ErrorCode;
 use contrail_relay::auth::{hash_token, AuthMode};

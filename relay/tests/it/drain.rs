@@ -1,14 +1,12 @@
 //! Graceful drain, end to end: SIGTERM on the real binary loses no acked frame; the admin drain
 //! endpoint turns readiness off at once and refuses new sessions with DRAINING.
 
-mod common;
-
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use contrail_protocol::client::{Agent, ClientConfig, Trust};
 use contrail_protocol::{AgentId, ErrorCode};
 use contrail_relay::cli::http_request;

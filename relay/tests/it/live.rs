@@ -2,13 +2,11 @@
 //! drop-oldest and block policies (and what they do to acks), removal on disconnect, auth, the
 //! subscriber limit, and the `contrail-tail` binary.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use contrail_protocol::client::subscriber::{
     Policy, Subscriber, SubscriberConfig, SubscriberError,
 };

@@ -3,18 +3,15 @@
 //! than the idle timeout. The agent resumes each time; the file sink holds every frame exactly
 //! once, in order.
 
-mod common;
-mod faults_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{frame, start_with, test_config};
+use crate::common::{frame, start_with, test_config};
+use crate::faults_support::*;
 use contrail_protocol::client::{Agent, ClientConfig, Trust};
 use contrail_protocol::AgentId;
 use contrail_relay::Hooks;
 use contrail_testsupport::{poll_until_async, Impairment, ImpairmentProxy};
-use faults_support::*;
 
 const TOTAL: u64 = 30_000;
 const AGENT: &str = "drone-cut";

@@ -2,17 +2,14 @@
 //! than the idle timeout that kills every connection. Through both, every frame reaches the file
 //! sink exactly once and in order per agent.
 
-mod common;
-mod faults_support;
-
 use std::time::Duration;
 
-use common::{frame, start_with, test_config};
+use crate::common::{frame, start_with, test_config};
+use crate::faults_support::*;
 use contrail_protocol::client::{Agent, ClientConfig, Trust};
 use contrail_protocol::AgentId;
 use contrail_relay::Hooks;
 use contrail_testsupport::{poll_until_async, Impairment, ImpairmentProxy};
-use faults_support::*;
 
 const AGENTS: usize = 4;
 const PHASE1: u64 = 1_000;

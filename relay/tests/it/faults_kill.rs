@@ -16,16 +16,14 @@
 //!   agent leaves, so the window is empty.)
 //! * Redis `drone:{id}` names relay B for every agent afterwards.
 
-mod faults_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::faults_support::*;
 use contrail_protocol::client::config::load_ca_file;
 use contrail_protocol::client::{Agent, ClientConfig, OutFrame, Trust};
 use contrail_protocol::AgentId;
 use contrail_testsupport::{poll_until_async, RedisServer};
-use faults_support::*;
 
 const AGENTS: usize = 3;
 const TOTAL: u64 = 15_000;

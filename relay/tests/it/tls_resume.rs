@@ -5,11 +5,9 @@
 //!
 //! One test function: the counter is process-wide, so the cases run one after the other.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use contrail_protocol::client::Agent;
 use contrail_relay::Hooks;
 use contrail_testsupport::poll_until_async;

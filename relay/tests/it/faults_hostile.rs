@@ -10,19 +10,16 @@
 //!
 //! In both, the good agent streams undisturbed: no reconnect, every frame exactly once in order.
 
-mod common;
-mod faults_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{frame, start_with, test_config, TestRelay};
+use crate::faults_support::*;
 use bytes::{BufMut, BytesMut};
-use common::{frame, start_with, test_config, TestRelay};
 use contrail_protocol::client::Agent;
 use contrail_protocol::proto::{control_message::Msg, ControlMessage, Register};
 use contrail_protocol::{ErrorCode, FrameCodec};
 use contrail_relay::Hooks;
-use faults_support::*;
 
 const TOTAL: u64 = 20_000;
 const HANDSHAKE_TIMEOUT_MS: u64 = 1_000;

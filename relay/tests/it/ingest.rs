@@ -1,13 +1,11 @@
 //! Core ingest path over real QUIC on loopback: exactly-once into the file sink, supersede,
 //! panic isolation, clean close.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use contrail_protocol::ErrorCode;
 use contrail_relay::config::SinkConfig;
 use contrail_relay::sink::file::FileFormat;

@@ -1,13 +1,11 @@
 //! Backpressure: a slow required sink throttles the agent through credits, nothing is lost and
 //! queues stay bounded; a slow optional sink never holds acks back, its drops are counted.
 
-mod common;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use contrail_relay::sink::WhenFull;
 use contrail_relay::Hooks;
 

@@ -1,12 +1,10 @@
 //! Failure semantics, one test each, each while a well-behaved agent keeps streaming.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::raw;
-use common::*;
+use crate::common::raw;
+use crate::common::*;
 use contrail_protocol::client::Agent;
 use contrail_protocol::ErrorCode;
 use contrail_relay::sink::SinkBatch;

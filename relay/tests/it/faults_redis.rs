@@ -3,17 +3,14 @@
 //! agent's `drone:{id}` key reappears with this relay and its current session; the file sink holds
 //! every frame exactly once.
 
-mod common;
-mod faults_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{frame, start_with, test_config};
+use crate::common::{frame, start_with, test_config};
+use crate::faults_support::*;
 use contrail_protocol::client::Agent;
 use contrail_relay::Hooks;
 use contrail_testsupport::{poll_until_async, RedisServer};
-use faults_support::*;
 
 const TOTAL: u64 = 12_000;
 

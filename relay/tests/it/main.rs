@@ -1,0 +1,28 @@
+//! The relay's integration tests, one binary (each module was its own binary before: folding
+//! them links the world once instead of twenty times). Support modules first, then one module
+//! per area.
+
+mod common;
+mod faults_support;
+mod sink_support;
+
+mod acks;
+mod acks_pace;
+mod all_outputs;
+mod backpressure;
+mod drain;
+mod failures;
+mod faults_cut;
+mod faults_hostile;
+mod faults_kill;
+mod faults_link;
+mod faults_redis;
+mod faults_spool;
+mod fleet;
+mod ingest;
+mod live;
+mod security;
+mod sink_jetstream;
+mod sink_outage;
+mod sink_redis_streams;
+mod tls_resume;
