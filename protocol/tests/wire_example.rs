@@ -5,8 +5,7 @@
 
 use bytes::BytesMut;
 use contrail_protocol::proto::{
-    control_message::Msg, Ack, ControlMessage, Error, Register, Registered, Resume,
-    TelemetryFrame,
+    control_message::Msg, Ack, ControlMessage, Error, Register, Registered, Resume, TelemetryFrame,
 };
 use contrail_protocol::{ErrorCode, FrameCodec};
 
