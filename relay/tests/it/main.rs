@@ -7,7 +7,6 @@ mod faults_support;
 mod sink_support;
 
 mod acks;
-mod acks_pace;
 mod all_outputs;
 mod backpressure;
 mod drain;

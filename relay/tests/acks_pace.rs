@@ -1,10 +1,14 @@
 //! Ack pacing: an agent whose frames come further apart than `limits.ack_delay_ms` is acked
 //! without waiting for the delay (`contrail_acks_sent_total{trigger="pace"}`). A test binary of
-//! its own: the counter is process-wide, and no other relay may count paced acks meanwhile.
+//! its own (not a module of `tests/it`): the counter is process-wide, and no other relay may count
+//! paced acks meanwhile.
+
+#[path = "it/common/mod.rs"]
+mod common;
 
 use std::time::Duration;
 
-use crate::common::*;
+use common::*;
 
 /// `contrail_acks_sent_total{trigger="pace"}`.
 fn paced_acks() -> f64 {
