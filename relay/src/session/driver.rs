@@ -247,8 +247,16 @@ async fn handshake(
     let refuse = |end: End, send: Option<quinn::SendStream>| {
         Err(Some(Refusal::new(end, Some(conn.clone()), send)))
     };
+    // Waits (at most `error_linger_ms`) for the agent's control stream, to say why on it.
+    let control_stream = || async {
+        match tokio::time::timeout(core.config.limits.error_linger(), conn.accept_bi()).await {
+            Ok(Ok((send, _recv))) => Some(send),
+            _ => None,
+        }
+    };
     if core.is_draining() {
-        return refuse(End::new(ErrorCode::Draining, "relay is draining"), None);
+        let send = control_stream().await;
+        return refuse(End::new(ErrorCode::Draining, "relay is draining"), send);
     }
     let not_registered = || End::new(ErrorCode::NotRegistered, "telemetry before Register");
     let (send, mut recv) = tokio::select! {
@@ -262,11 +270,7 @@ async fn handshake(
             }
             // Telemetry came first. The agent may have opened its control stream too (streams
             // are seen in the order their data arrives): take it, briefly, to say why.
-            let linger = core.config.limits.error_linger();
-            let send = match tokio::time::timeout(linger, conn.accept_bi()).await {
-                Ok(Ok((send, _recv))) => Some(send),
-                _ => None,
-            };
+            let send = control_stream().await;
             return refuse(not_registered(), send);
         }
     };
