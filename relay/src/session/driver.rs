@@ -125,6 +125,9 @@ pub(crate) async fn run(
 ) {
     let codec = FrameCodec::new(core.config.limits.max_frame_bytes);
     let started = Instant::now();
+    // Counted in `max_pending_handshakes` until registered or closed (a refused connection
+    // lingering to deliver its Error too), however this task ends.
+    let pending = PendingHandshake(&core);
     // Boxed: the handshake's state (TLS accept, Register, supersede) is needed only until the
     // session is set up, and inline it would size this task for the session's whole life.
     let setup = tokio::time::timeout(
@@ -132,9 +135,11 @@ pub(crate) async fn run(
         Box::pin(handshake(&core, incoming, &shared, &me, &codec)),
     )
     .await;
-    core.handshake_done();
     let (conn, mut send, mut recv, mut inbuf, reg, stats) = match setup {
-        Ok(Ok(s)) => s,
+        Ok(Ok(s)) => {
+            drop(pending);
+            s
+        }
         Ok(Err(None)) => return,
         Ok(Err(Some(mut refusal))) => {
             // Outside the handshake timeout: the wait for the Error to be delivered has its own
@@ -206,6 +211,15 @@ pub(crate) async fn run(
         }
     }
     shared.close(end.code, &end.reason);
+}
+
+/// Releases a `max_pending_handshakes` slot when dropped.
+struct PendingHandshake<'a>(&'a RelayCore);
+
+impl Drop for PendingHandshake<'_> {
+    fn drop(&mut self) {
+        self.0.handshake_done();
+    }
 }
 
 type Setup = (
