@@ -393,3 +393,48 @@ async fn registrations_over_the_limit_say_so() {
     .await;
     assert!(msg.contains("registrations of agent drone-flap"), "{msg}");
 }
+
+/// A peer that does not acknowledge the Error cannot hold the session open: the relay closes
+/// after `limits.error_linger_ms` and counts `contrail_limit_hits_total{limit="error_linger"}`.
+/// Here the link delays every datagram by 400 ms each way, so the agent's ACK of the Error
+/// cannot come back within the 200 ms linger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_nobody_acknowledges_ends_the_session_after_the_linger() {
+    use contrail_testsupport::{Impairment, ImpairmentProxy};
+    metrics(); // the recorder exists before the relay counts
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.limits.error_linger_ms = 200;
+    config.limits.idle_timeout_ms = 30_000;
+    let (spec, _rx) = channel_sink("chan", true, 1024);
+    let relay = start_with(config, dir, vec![spec], contrail_relay::Hooks::default()).await;
+    let proxy = ImpairmentProxy::start(relay.relay.local_addr(), Impairment::none()).await;
+    let (ep, cfg) = relay.raw_client(contrail_protocol::ALPN_AGENT);
+    let conn = raw::connect(&ep, cfg, proxy.handle().local_addr()).await;
+    let (_send, mut recv) = send_register(&conn, "drone-far", "").await;
+    let mut inbuf = BytesMut::new();
+    assert!(matches!(
+        next_message(&mut recv, &mut inbuf).await,
+        Some(Msg::Registered(_))
+    ));
+    assert_eq!(relay.relay.core().session_count(), 1);
+    let lingered = || metric_sum("contrail_limit_hits_total", "limit=\"error_linger\"");
+    let before = lingered();
+    let mut slow = Impairment::none();
+    slow.delay = Duration::from_millis(400);
+    proxy.handle().set_impairment(slow);
+    let _uni = send_telemetry(&conn, &raw::frames(9, 1, b"x")).await;
+    contrail_testsupport::poll_until_async(
+        Duration::from_secs(10),
+        "the relay gave up waiting for the ACK of its Error and closed",
+        || async { relay.relay.core().session_count() == 0 && lingered() > before },
+    )
+    .await;
+    // The Error still reaches the agent, ahead of the close.
+    let err = read_error(&mut recv, &mut inbuf).await.expect("Error");
+    assert_eq!(err.code, ErrorCode::ProtocolViolation as i32);
+    assert_eq!(
+        raw::close_code(&conn).await,
+        Some(ErrorCode::ProtocolViolation)
+    );
+}
