@@ -42,17 +42,10 @@ async fn send_control(send: &mut quinn::SendStream, codec: &FrameCodec, msg: Msg
     send.write_all(&buf).await.is_ok()
 }
 
-/// A session refused during set-up: why, and its control stream when one is open.
+/// A session refused during set-up: why, and its connection.
 pub(crate) struct Refusal {
     end: End,
-    conn: Option<quinn::Connection>,
-    send: Option<quinn::SendStream>,
-}
-
-impl Refusal {
-    fn new(end: End, conn: Option<quinn::Connection>, send: Option<quinn::SendStream>) -> Self {
-        Refusal { end, conn, send }
-    }
+    conn: quinn::Connection,
 }
 
 /// Ends a session with `end`: when a control stream is open, sends `Error{code, message}` on
@@ -130,9 +123,19 @@ pub(crate) async fn run(
     let pending = PendingHandshake(&core);
     // Boxed: the handshake's state (TLS accept, Register, supersede) is needed only until the
     // session is set up, and inline it would size this task for the session's whole life.
+    // The control stream's send side once the agent opened it: refusals and a handshake
+    // timeout say why on it.
+    let mut control: Option<quinn::SendStream> = None;
     let setup = tokio::time::timeout(
         core.config.limits.handshake_timeout(),
-        Box::pin(handshake(&core, incoming, &shared, &me, &codec)),
+        Box::pin(handshake(
+            &core,
+            incoming,
+            &shared,
+            &me,
+            &codec,
+            &mut control,
+        )),
     )
     .await;
     let (conn, mut send, mut recv, mut inbuf, reg, stats) = match setup {
@@ -141,7 +144,7 @@ pub(crate) async fn run(
             s
         }
         Ok(Err(None)) => return,
-        Ok(Err(Some(mut refusal))) => {
+        Ok(Err(Some(refusal))) => {
             // Outside the handshake timeout: the wait for the Error to be delivered has its own
             // bound (`limits.error_linger_ms`).
             core.count_rejection(refusal.end.code);
@@ -149,8 +152,8 @@ pub(crate) async fn run(
             close_with_error(
                 &core,
                 &shared,
-                refusal.conn.as_ref(),
-                refusal.send.as_mut(),
+                Some(&refusal.conn),
+                control.as_mut(),
                 &codec,
                 &refusal.end,
             )
@@ -162,7 +165,17 @@ pub(crate) async fn run(
                 .increment(1);
             tracing::debug!(elapsed = ?started.elapsed(), "handshake/register timed out");
             core.count_rejection(ErrorCode::Timeout);
-            shared.close(ErrorCode::Timeout, "handshake timeout");
+            let end = End::new(ErrorCode::Timeout, "handshake/Register timeout");
+            let conn = shared.conn();
+            close_with_error(
+                &core,
+                &shared,
+                conn.as_ref(),
+                control.as_mut(),
+                &codec,
+                &end,
+            )
+            .await;
             return;
         }
     };
@@ -237,6 +250,7 @@ async fn handshake(
     shared: &Arc<SessionShared>,
     me: &ActorRef<SessionMsg>,
     codec: &FrameCodec,
+    control: &mut Option<quinn::SendStream>,
 ) -> Result<Setup, Option<Refusal>> {
     let conn = match incoming.accept() {
         Ok(connecting) => match connecting.await {
@@ -258,8 +272,11 @@ async fn handshake(
         return Err(None);
     }
     shared.set_conn(conn.clone());
-    let refuse = |end: End, send: Option<quinn::SendStream>| {
-        Err(Some(Refusal::new(end, Some(conn.clone()), send)))
+    let refuse = |end: End| {
+        Err(Some(Refusal {
+            end,
+            conn: conn.clone(),
+        }))
     };
     // Waits (at most `error_linger_ms`) for the agent's control stream, to say why on it.
     let control_stream = || async {
@@ -269,13 +286,16 @@ async fn handshake(
         }
     };
     if core.is_draining() {
-        let send = control_stream().await;
-        return refuse(End::new(ErrorCode::Draining, "relay is draining"), send);
+        *control = control_stream().await;
+        return refuse(End::new(ErrorCode::Draining, "relay is draining"));
     }
     let not_registered = || End::new(ErrorCode::NotRegistered, "telemetry before Register");
-    let (send, mut recv) = tokio::select! {
+    let mut recv = tokio::select! {
         bi = conn.accept_bi() => match bi {
-            Ok(s) => s,
+            Ok((send, recv)) => {
+                *control = Some(send);
+                recv
+            }
             Err(_) => return Err(None),
         },
         uni = conn.accept_uni() => {
@@ -284,8 +304,8 @@ async fn handshake(
             }
             // Telemetry came first. The agent may have opened its control stream too (streams
             // are seen in the order their data arrives): take it, briefly, to say why.
-            let send = control_stream().await;
-            return refuse(not_registered(), send);
+            *control = control_stream().await;
+            return refuse(not_registered());
         }
     };
     let mut inbuf = BytesMut::new();
@@ -293,7 +313,7 @@ async fn handshake(
     let first = tokio::select! {
         m = read_control(&mut recv, &mut inbuf, codec) => m,
         uni = conn.accept_uni() => match uni {
-            Ok(_) => return refuse(not_registered(), Some(send)),
+            Ok(_) => return refuse(not_registered()),
             Err(_) => return Err(None),
         },
     };
@@ -302,42 +322,35 @@ async fn handshake(
             msg: Some(Msg::Register(r)),
         })) => r,
         Ok(Some(_)) => {
-            return refuse(
-                End::new(
-                    ErrorCode::NotRegistered,
-                    "first control message must be Register",
-                ),
-                Some(send),
-            );
+            return refuse(End::new(
+                ErrorCode::NotRegistered,
+                "first control message must be Register",
+            ));
         }
         Ok(None) => return Err(None),
-        Err(end) => return refuse(end, Some(send)),
+        Err(end) => return refuse(end),
     };
     let agent_id = match AgentId::new(register.agent_id.clone()) {
         Ok(a) => a,
         Err(e) => {
-            return refuse(
-                End::new(ErrorCode::ProtocolViolation, format!("agent_id: {e}")),
-                Some(send),
-            );
+            return refuse(End::new(
+                ErrorCode::ProtocolViolation,
+                format!("agent_id: {e}"),
+            ));
         }
     };
     if let Err(end) = core.admit(&agent_id, &register.auth_token, &conn) {
-        return refuse(end, Some(send));
+        return refuse(end);
     }
     if core.is_draining() {
-        return refuse(
-            End::new(ErrorCode::Draining, "relay is draining"),
-            Some(send),
-        );
+        return refuse(End::new(ErrorCode::Draining, "relay is draining"));
     }
     if !core.try_reserve_session() {
-        return refuse(
-            End::new(ErrorCode::TooManySessions, "relay is at max_sessions"),
-            Some(send),
-        );
+        return refuse(End::new(
+            ErrorCode::TooManySessions,
+            "relay is at max_sessions",
+        ));
     }
-    let mut send = send;
     let session_id = SessionId::from_random_bytes(rand::random());
     // From here the session counts against max_sessions; the registration (set below) makes
     // the actor's state drop release it.
@@ -350,13 +363,10 @@ async fn handshake(
             core.release_session();
             tracing::error!(agent = %agent_id, error = %e, "session claim failed; refusing the registration");
             metrics::counter!("contrail_claim_failures_total").increment(1);
-            return refuse(
-                End::new(
-                    ErrorCode::Internal,
-                    "the relay could not register this session; retry",
-                ),
-                Some(send),
-            );
+            return refuse(End::new(
+                ErrorCode::Internal,
+                "the relay could not register this session; retry",
+            ));
         }
     };
     if let Some((old_actor, old_shared)) = old {
@@ -383,6 +393,9 @@ async fn handshake(
         resume_from_seq: cursor.completed(),
         max_frame_bytes: limits.max_frame_bytes as u32,
         fleet: Vec::new(),
+    };
+    let Some(mut send) = control.take() else {
+        return Err(None);
     };
     if !send_control(&mut send, codec, Msg::Registered(registered)).await {
         return Err(None);

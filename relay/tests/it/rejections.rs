@@ -438,3 +438,22 @@ async fn an_error_nobody_acknowledges_ends_the_session_after_the_linger() {
         Some(ErrorCode::ProtocolViolation)
     );
 }
+
+/// A control stream opened but no Register within `handshake_timeout_ms`: the agent reads
+/// `Error{TIMEOUT}` before the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_register_that_never_comes_is_explained_as_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.limits.handshake_timeout_ms = 300;
+    let (spec, _rx) = channel_sink("chan", true, 1024);
+    let relay = start_with(config, dir, vec![spec], contrail_relay::Hooks::default()).await;
+    let (ep, cfg) = relay.raw_client(contrail_protocol::ALPN_AGENT);
+    let conn = raw::connect(&ep, cfg, relay.relay.local_addr()).await;
+    let (mut send, mut recv) = conn.open_bi().await.expect("bi");
+    send.write_all(&[0, 0]).await.expect("partial Register");
+    let mut inbuf = BytesMut::new();
+    let err = read_error(&mut recv, &mut inbuf).await.expect("Error");
+    assert_eq!(err.code, ErrorCode::Timeout as i32, "{err:?}");
+    assert_eq!(raw::close_code(&conn).await, Some(ErrorCode::Timeout));
+}
