@@ -20,6 +20,7 @@ mod faults_spool;
 mod fleet;
 mod ingest;
 mod live;
+mod rejections;
 mod security;
 mod sink_jetstream;
 mod sink_outage;
