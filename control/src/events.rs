@@ -9,10 +9,11 @@
 use std::sync::Arc;
 
 use crate::fleet::{Fleet, SessionInfo};
+use crate::metric_names as m;
 use crate::routing::RoutingQueue;
 
 /// Metric counting routing changes dropped because the routing queue was full.
-pub const ROUTING_EVENTS_DROPPED: &str = "contrail_routing_events_dropped_total";
+pub const ROUTING_EVENTS_DROPPED: &str = m::ROUTING_EVENTS_DROPPED;
 
 /// Cloneable, non-blocking sender of session events.
 #[derive(Debug, Clone)]

@@ -5,6 +5,7 @@
 //! `_sum`/`_count` are monotonic and quantiles cover the whole run. The relay records whole batches
 //! with [`LatencyRecorder::record_many`], which takes one lock per call.
 
+use crate::metric_names as m;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -112,30 +113,12 @@ impl LatencyRecorder {
     /// Renders all summaries in Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        render_one(
-            &mut out,
-            "contrail_frame_age_seconds",
-            None,
-            &self.frame_age,
-            true,
-        );
-        render_one(
-            &mut out,
-            "contrail_ack_latency_seconds",
-            None,
-            &self.ack,
-            true,
-        );
+        render_one(&mut out, m::FRAME_AGE, None, &self.frame_age, true);
+        render_one(&mut out, m::ACK_LATENCY, None, &self.ack, true);
         let sinks = self.sinks.read();
         let mut first = true;
         for (name, s) in sinks.iter() {
-            render_one(
-                &mut out,
-                "contrail_sink_write_latency_seconds",
-                Some(name),
-                s,
-                first,
-            );
+            render_one(&mut out, m::SINK_WRITE_LATENCY, Some(name), s, first);
             first = false;
         }
         out

@@ -13,6 +13,7 @@ pub mod health;
 pub mod http;
 pub mod latency;
 pub mod lifecycle;
+pub mod metric_names;
 pub mod root;
 pub mod routing;
 pub mod watchers;

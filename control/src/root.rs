@@ -11,6 +11,7 @@ use ractor::{
 
 use crate::http::{HttpArgs, HttpMsg, HttpServer};
 use crate::lifecycle::Lifecycle;
+use crate::metric_names as m;
 use crate::routing::publisher::{PublisherArgs, PublisherMsg, RemoveReport, RoutingPublisher};
 use crate::watchers::{AccountantArgs, LifecycleActor, LifecycleArgs, TickMsg, UsageAccountant};
 
@@ -149,8 +150,7 @@ impl RootState {
         }
         *self.restarts.entry(kind).or_default() += 1;
         tracing::warn!(child = ?kind, reason = %why, "control child exited; restarting");
-        metrics::counter!("contrail_control_restarts_total", "child" => kind_label(kind))
-            .increment(1);
+        metrics::counter!(m::CONTROL_RESTARTS, "child" => kind_label(kind)).increment(1);
         if child.started.elapsed() < RESTART_BACKOFF {
             // Dropping the JoinHandle of a finished task is fine; the delayed respawn is owned by
             // the root's mailbox and ignored once stopping.

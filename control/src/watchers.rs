@@ -17,6 +17,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use crate::fleet::Fleet;
 use crate::health::Health;
 use crate::lifecycle::{readiness, Lifecycle, LifecycleState};
+use crate::metric_names as m;
 
 /// Messages of both periodic actors.
 #[derive(Debug)]
@@ -63,9 +64,9 @@ pub struct LifecycleActor;
 
 fn export_lifecycle(a: &LifecycleArgs) {
     let r = readiness(&a.lifecycle, &a.health);
-    metrics::gauge!("contrail_ready").set(if r.ready { 1.0 } else { 0.0 });
+    metrics::gauge!(m::READY).set(if r.ready { 1.0 } else { 0.0 });
     let draining = r.state == LifecycleState::Draining;
-    metrics::gauge!("contrail_draining").set(if draining { 1.0 } else { 0.0 });
+    metrics::gauge!(m::DRAINING).set(if draining { 1.0 } else { 0.0 });
 }
 
 impl Actor for LifecycleActor {
@@ -145,7 +146,7 @@ impl Actor for UsageAccountant {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             TickMsg::Tick => {
-                metrics::gauge!("contrail_sessions_active").set(args.fleet.len() as f64);
+                metrics::gauge!(m::SESSIONS_ACTIVE).set(args.fleet.len() as f64);
                 if let Some(h) = &args.metrics {
                     h.run_upkeep();
                 }

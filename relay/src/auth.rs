@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use contrail_control::metric_names as m;
 use contrail_protocol::{AgentId, ErrorCode};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -168,7 +169,7 @@ impl Authenticator {
     ) -> Result<(), ErrorCode> {
         let fail = |reason: &'static str| {
             tracing::debug!(agent = %agent, reason, "authentication failed");
-            metrics::counter!("contrail_auth_failures_total", "reason" => reason).increment(1);
+            metrics::counter!(m::AUTH_FAILURES, "reason" => reason).increment(1);
             Err(ErrorCode::Unauthenticated)
         };
         if self.mtls {

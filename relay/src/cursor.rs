@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use contrail_control::metric_names as m;
 use contrail_protocol::AgentId;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -146,7 +147,7 @@ impl Table {
 
 fn count_evicted(n: usize) {
     if n > 0 {
-        metrics::counter!("contrail_resume_evicted_total").increment(n as u64);
+        metrics::counter!(m::RESUME_EVICTED).increment(n as u64);
     }
 }
 

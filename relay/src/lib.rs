@@ -6,16 +6,19 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod core;
 pub mod cursor;
 pub mod fanout;
 pub mod latency;
 pub mod quota;
+pub mod root;
 pub mod server;
 pub mod session;
 pub mod sink;
 pub mod tls;
 
+pub use crate::core::{Hooks, RelayCore};
 pub use config::Config;
-pub use server::{
-    ClaimError, DrainReport, Hooks, RelayBuilder, RelayCore, RelayError, RunningRelay,
-};
+pub use root::RelayChild;
+pub use server::{DrainReport, RelayBuilder, RelayError, RunningRelay};
+pub use session::supervisor::ClaimError;

@@ -1,32 +1,28 @@
 //! The relay: QUIC endpoint, accept loop, session supervisor, sink actors, control plane, and
 //! the graceful drain that stops them in order.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use contrail_control::{Control, ControlConfig, ControlEvents, Lifecycle, LifecycleState};
-use contrail_protocol::{AgentId, ErrorCode};
-use metrics::Counter;
-use ractor::{Actor, ActorRef};
+use contrail_control::metric_names as m;
+use contrail_control::{Control, ControlConfig, LifecycleState};
+use contrail_protocol::ErrorCode;
+use ractor::ActorRef;
 use rustls_pki_types::CertificateDer;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::cursor::ResumeTable;
+use crate::core::{Hooks, RelayCore};
 use crate::fanout::FanOut;
 use crate::latency::Latency;
-use crate::session::supervisor::{SessionSupervisor, SupervisorMsg};
-use crate::session::{self, Registration, SessionEntry};
-use crate::sink::actor::{SinkActor, SinkArgs, SinkMsg};
+use crate::root::{RelayChild, RelayRoot, RootArgs, RootMsg};
+use crate::session::context::Ingest;
 use crate::sink::live::SubscriberRegistry;
 use crate::sink::{registry, SinkHandle, SinkSpec};
 use crate::tls;
-
-/// Longest a registration waits for the session supervisor's answer.
-const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -50,235 +46,9 @@ pub enum RelayError {
     /// An actor failed to spawn.
     #[error("actor: {0}")]
     Actor(#[from] ractor::SpawnErr),
-}
-
-/// Why the session registry could not answer a claim.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClaimError {
-    /// The supervisor did not answer within the claim timeout.
-    #[error("the session supervisor did not answer within {0:?}")]
-    Timeout(Duration),
-    /// The supervisor dropped the claim or is gone.
-    #[error("the session supervisor failed: {0}")]
-    Supervisor(String),
-}
-
-/// A per-batch hook (see [`Hooks::on_batch`]).
-pub type BatchHook = Arc<dyn Fn(&AgentId) + Send + Sync>;
-
-/// A claim hook (see [`Hooks::fail_claim`]).
-pub type ClaimHook = Arc<dyn Fn(&AgentId) -> bool + Send + Sync>;
-
-/// Test and embedding hooks (never reachable from the network or the config file).
-#[derive(Clone, Default)]
-pub struct Hooks {
-    /// Called by the reader for every batch before it is checked; a panic here simulates a bug
-    /// in one session.
-    pub on_batch: Option<BatchHook>,
-    /// Asked by the session supervisor for every claim; `true` makes it drop that claim
-    /// unanswered, as a failed supervisor would (tests of the refusal that follows).
-    pub fail_claim: Option<ClaimHook>,
-}
-
-/// What every session shares.
-pub struct RelayCore {
-    /// Configuration.
-    pub config: Config,
-    /// This relay's id.
-    pub relay_id: String,
-    /// Sinks.
-    pub fanout: FanOut,
-    /// Resume cursors.
-    pub resume: ResumeTable,
-    /// Session up/down events to control.
-    pub events: ControlEvents,
-    /// Latency histograms.
-    pub latency: Latency,
-    /// Lifecycle latch.
-    pub lifecycle: Lifecycle,
-    /// Hooks.
-    pub hooks: Hooks,
-    /// Live subscribers, when a `live` sink is configured.
-    pub live: Option<Arc<SubscriberRegistry>>,
-    supervisor: ActorRef<SupervisorMsg>,
-    auth: crate::auth::Authenticator,
-    /// Successful registrations per agent id (reconnect storms).
-    reconnects: crate::quota::Damper<AgentId>,
-    /// Failed authentications per source address.
-    auth_failures: crate::quota::Damper<std::net::IpAddr>,
-    sessions: AtomicUsize,
-    pending: AtomicUsize,
-    session_errors: std::sync::atomic::AtomicU64,
-    pub(crate) frames_received: Counter,
-    pub(crate) bytes_received: Counter,
-    pub(crate) frames_duplicate: Counter,
-    pub(crate) frames_discarded: Counter,
-    pub(crate) acks_sent: AckCounters,
-    pub(crate) credits_exhausted: Counter,
-    sessions_opened: Counter,
-}
-
-/// `contrail_acks_sent_total{trigger}`: why each ack went out.
-pub(crate) struct AckCounters {
-    /// A quarter of the agent's credit window was waiting (`max_inflight / 4`).
-    pub(crate) window: Counter,
-    /// The coalescing delay (`limits.ack_delay_ms`) ran out (or is 0).
-    pub(crate) delay: Counter,
-    /// The agent's batches come further apart than the delay: acked without waiting.
-    pub(crate) pace: Counter,
-    /// The relay is draining: everything is acked at once.
-    pub(crate) drain: Counter,
-}
-
-impl AckCounters {
-    fn new() -> Self {
-        let c = |t: &'static str| metrics::counter!("contrail_acks_sent_total", "trigger" => t);
-        AckCounters {
-            window: c("window"),
-            delay: c("delay"),
-            pace: c("pace"),
-            drain: c("drain"),
-        }
-    }
-}
-
-impl RelayCore {
-    pub(crate) fn is_draining(&self) -> bool {
-        matches!(
-            self.lifecycle.state(),
-            LifecycleState::Draining | LifecycleState::Stopped
-        )
-    }
-
-    /// Takes a session slot; false when the relay is at `max_sessions`.
-    pub(crate) fn try_reserve_session(&self) -> bool {
-        let max = self.config.limits.max_sessions;
-        if self.sessions.fetch_add(1, Ordering::AcqRel) >= max {
-            self.sessions.fetch_sub(1, Ordering::AcqRel);
-            metrics::counter!("contrail_limit_hits_total", "limit" => "max_sessions").increment(1);
-            return false;
-        }
-        self.sessions_opened.increment(1);
-        true
-    }
-
-    pub(crate) fn session_ended(&self, r: &Registration, now: Instant) {
-        self.sessions.fetch_sub(1, Ordering::AcqRel);
-        self.events
-            .session_down(r.agent_id.as_str(), &r.session_id.to_hex());
-        self.resume.detach(&r.agent_id, &r.cursor, now);
-    }
-
-    pub(crate) fn handshake_done(&self) {
-        self.pending.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    pub(crate) fn count_rejection(&self, code: ErrorCode) {
-        metrics::counter!("contrail_sessions_rejected_total", "code" => code.label()).increment(1);
-    }
-
-    /// Admits a registration, or says why not: a source address with too many failed
-    /// authentications in the last minute is refused before its credentials are checked; then
-    /// token/JWT/mTLS (a failure counts against the source address, never against the agent id
-    /// it named); then reconnect-storm damping of the authenticated agent id.
-    pub(crate) fn admit(
-        &self,
-        agent: &AgentId,
-        token: &str,
-        conn: &quinn::Connection,
-    ) -> Result<(), crate::session::driver::End> {
-        use crate::session::driver::End;
-        let now = Instant::now();
-        let source = conn.remote_address().ip().to_canonical();
-        if self.auth_failures.over(&source, now) {
-            metrics::counter!("contrail_limit_hits_total", "limit" => "auth_failures_per_minute")
-                .increment(1);
-            return Err(End::new(
-                ErrorCode::QuotaExceeded,
-                format!(
-                    "too many failed authentications from {source} in the last minute (limit {}); retry later",
-                    self.auth_failures.limit()
-                ),
-            ));
-        }
-        let chain = conn
-            .peer_identity()
-            .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok());
-        if let Err(code) = self
-            .auth
-            .check(agent, token, chain.as_deref().map(Vec::as_slice))
-        {
-            self.auth_failures.allow(&source, now);
-            return Err(End::new(code, "authentication failed"));
-        }
-        if !self.reconnects.allow(agent, now) {
-            metrics::counter!("contrail_limit_hits_total", "limit" => "registrations_per_minute")
-                .increment(1);
-            return Err(End::new(
-                ErrorCode::QuotaExceeded,
-                format!(
-                    "more than {} registrations of agent {agent} in the last minute (reconnect storm); retry later",
-                    self.reconnects.limit()
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// The agent authentication mode in force.
-    pub fn auth_mode(&self) -> crate::auth::AuthMode {
-        self.auth.mode()
-    }
-
-    /// Registers `entry` as `agent`'s session; returns the session it replaces, if any.
-    pub(crate) async fn claim(
-        &self,
-        agent: &AgentId,
-        entry: SessionEntry,
-    ) -> Result<Option<SessionEntry>, ClaimError> {
-        let agent = agent.clone();
-        let timeout = CLAIM_TIMEOUT;
-        match self
-            .supervisor
-            .call(
-                |reply| SupervisorMsg::Claim {
-                    agent,
-                    entry,
-                    reply,
-                },
-                Some(timeout),
-            )
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(old)) => Ok(old),
-            Ok(ractor::rpc::CallResult::Timeout) => Err(ClaimError::Timeout(timeout)),
-            Ok(ractor::rpc::CallResult::SenderError) => Err(ClaimError::Supervisor(
-                "the claim was dropped unanswered".into(),
-            )),
-            Err(e) => Err(ClaimError::Supervisor(e.to_string())),
-        }
-    }
-
-    /// Gives back a slot taken by [`Self::try_reserve_session`] for a session that did not
-    /// register after all.
-    pub(crate) fn release_session(&self) {
-        self.sessions.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    pub(crate) fn count_session_error(&self) {
-        self.session_errors.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Sessions that ended with an error code (not clean closes or supersedes).
-    pub fn session_errors(&self) -> u64 {
-        self.session_errors.load(Ordering::Relaxed)
-    }
-
-    /// Registered sessions right now.
-    pub fn session_count(&self) -> usize {
-        self.sessions.load(Ordering::Acquire)
-    }
+    /// The relay root did not hand over the session supervisor.
+    #[error("the relay root did not start")]
+    Root,
 }
 
 /// Builds and starts a relay.
@@ -359,65 +129,49 @@ impl RelayBuilder {
         if specs.is_empty() {
             specs = registry::default_specs();
         }
-        let mut handles = Vec::new();
-        let mut sink_actors = Vec::new();
+        let mut sinks = Vec::new();
         for spec in specs {
             let flag = control
                 .health()
                 .register(&format!("sink:{}", spec.common.name), spec.common.required);
             let handle = Arc::new(SinkHandle::new(spec.common, latency.clone(), Some(flag)));
-            let (actor, join) = Actor::spawn(
-                None,
-                SinkActor,
-                SinkArgs {
-                    handle: handle.clone(),
-                    factory: spec.factory,
-                },
-            )
-            .await?;
-            handles.push(handle);
-            sink_actors.push((actor, join));
+            sinks.push((handle, spec.factory));
         }
-
-        let (supervisor, supervisor_join) =
-            Actor::spawn(None, SessionSupervisor, self.hooks.fail_claim.clone()).await?;
-        let limits = &config.limits;
-        let core = Arc::new(RelayCore {
-            relay_id,
-            fanout: FanOut::new(handles),
-            resume: ResumeTable::new(
-                limits.resume_max_agents,
-                Duration::from_secs(limits.resume_ttl_secs),
-            ),
-            events: control.events(),
-            latency,
-            lifecycle: control.lifecycle().clone(),
-            hooks: self.hooks,
-            live,
-            supervisor: supervisor.clone(),
-            auth: crate::auth::Authenticator::new(&config.auth, config.auth_mode()?)?,
-            reconnects: crate::quota::Damper::new(
-                config.quotas.registrations_per_minute,
-                config.quotas.max_tracked_agents,
-            ),
-            auth_failures: crate::quota::Damper::new(
-                config.quotas.auth_failures_per_minute,
-                config.quotas.max_tracked_sources,
-            ),
-            sessions: AtomicUsize::new(0),
-            pending: AtomicUsize::new(0),
-            session_errors: std::sync::atomic::AtomicU64::new(0),
-            frames_received: metrics::counter!("contrail_frames_received_total"),
-            bytes_received: metrics::counter!("contrail_bytes_received_total"),
-            frames_duplicate: metrics::counter!("contrail_frames_duplicate_total"),
-            frames_discarded: metrics::counter!("contrail_frames_discarded_total"),
-            acks_sent: AckCounters::new(),
-            credits_exhausted: metrics::counter!("contrail_credits_exhausted_total"),
-            sessions_opened: metrics::counter!("contrail_sessions_opened_total"),
+        let handles: Vec<Arc<SinkHandle>> = sinks.iter().map(|(h, _)| h.clone()).collect();
+        let auth = crate::auth::Authenticator::new(&config.auth, config.auth_mode()?)?;
+        let core = Arc::new(RelayCore::new(
             config,
+            relay_id,
+            auth,
+            control.events(),
+            latency,
+            control.lifecycle().clone(),
+            self.hooks.clone(),
+        ));
+        let (root, root_join) = ractor::Actor::spawn(
+            None,
+            RelayRoot,
+            RootArgs {
+                sinks,
+                fail_claim: self.hooks.fail_claim,
+                lifecycle: control.lifecycle().clone(),
+            },
+        )
+        .await?;
+        let supervisor = match root.call(RootMsg::Supervisor, None).await {
+            Ok(ractor::rpc::CallResult::Success(slot)) => slot,
+            _ => {
+                root.stop(None);
+                return Err(RelayError::Root);
+            }
+        };
+        let ingest = Arc::new(Ingest {
+            core: core.clone(),
+            fanout: FanOut::new(handles),
+            supervisor,
         });
 
-        let alpns: &[&[u8]] = if core.live.is_some() {
+        let alpns: &[&[u8]] = if live.is_some() {
             &[
                 contrail_protocol::ALPN_AGENT,
                 contrail_protocol::ALPN_SUBSCRIBER,
@@ -444,19 +198,16 @@ impl RelayBuilder {
             Arc::new(quinn::TokioRuntime),
         )?;
         let local_addr = endpoint.local_addr()?;
-        let accept = tokio::spawn(accept_loop(
-            core.clone(),
-            endpoint.clone(),
-            supervisor.clone(),
-        ));
+        let accept = tokio::spawn(accept_loop(ingest.clone(), endpoint.clone(), live.clone()));
         core.lifecycle.mark_ready();
         Ok(RunningRelay {
             core,
+            ingest,
+            live,
             endpoint,
             control: Some(control),
-            supervisor,
-            supervisor_join: Some(supervisor_join),
-            sink_actors,
+            root,
+            root_join: Some(root_join),
             accept: Some(accept),
             local_addr,
             dev_cert_path: identity.dev_cert_path,
@@ -479,15 +230,20 @@ fn tune_udp_socket(udp: &std::net::UdpSocket, bytes: usize) {
     }
 }
 
+/// Accepts connections and routes each by its ALPN once the TLS handshake has told it: agents
+/// (`contrail/1`) get a session actor, live subscribers (`contrail-sub/1`) go to the live
+/// sink's registry. Both count in `max_pending_handshakes` until set up, and both must be set
+/// up within `limits.handshake_timeout_ms` of the connection attempt.
 async fn accept_loop(
-    core: Arc<RelayCore>,
+    ingest: Arc<Ingest>,
     endpoint: quinn::Endpoint,
-    supervisor: ActorRef<SupervisorMsg>,
+    live: Option<Arc<SubscriberRegistry>>,
 ) {
-    let max_pending = core.config.limits.max_pending_handshakes;
-    // Session actors start concurrently: awaiting each actor's start here would serialize
-    // connection setup (measured: ~1k connects/s with the relay mostly idle). The set owns
-    // the starts in flight (at most `max_pending_handshakes`) and aborts them if the loop stops.
+    let core = ingest.core.clone();
+    // Connections are set up concurrently: awaiting each handshake or actor start here would
+    // serialize connection setup (measured: ~1k connects/s with the relay mostly idle). The set
+    // owns the starts in flight (at most `max_pending_handshakes`) and aborts them if the loop
+    // stops.
     let mut starting = tokio::task::JoinSet::new();
     loop {
         let incoming = tokio::select! {
@@ -497,21 +253,111 @@ async fn accept_loop(
             },
             Some(_) = starting.join_next(), if !starting.is_empty() => continue,
         };
-        if core.pending.fetch_add(1, Ordering::AcqRel) >= max_pending {
-            core.pending.fetch_sub(1, Ordering::AcqRel);
-            metrics::counter!("contrail_limit_hits_total", "limit" => "max_pending_handshakes")
-                .increment(1);
+        if !core.try_begin_handshake() {
             incoming.refuse();
             continue;
         }
-        let core = core.clone();
-        let parent = supervisor.get_cell();
-        starting.spawn(async move {
-            if let Err(e) = session::spawn(core.clone(), incoming, parent).await {
-                core.pending.fetch_sub(1, Ordering::AcqRel);
+        let deadline = tokio::time::Instant::now() + core.config.limits.handshake_timeout();
+        starting.spawn(route(ingest.clone(), live.clone(), incoming, deadline));
+    }
+}
+
+/// What the TLS handshake said a connection is.
+enum Peer {
+    Agent(quinn::Connecting),
+    Subscriber(quinn::Connecting),
+}
+
+/// Starts the TLS handshake of `incoming` and waits (until `deadline`) for its ALPN.
+async fn alpn(
+    core: &RelayCore,
+    incoming: quinn::Incoming,
+    deadline: tokio::time::Instant,
+) -> Option<Peer> {
+    let mut connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "incoming connection failed");
+            return None;
+        }
+    };
+    match tokio::time::timeout_at(deadline, connecting.handshake_data()).await {
+        Ok(Ok(data)) => {
+            let subscriber = data
+                .downcast::<quinn::crypto::rustls::HandshakeData>()
+                .ok()
+                .and_then(|d| d.protocol)
+                .is_some_and(|p| p == contrail_protocol::ALPN_SUBSCRIBER);
+            Some(if subscriber {
+                Peer::Subscriber(connecting)
+            } else {
+                Peer::Agent(connecting)
+            })
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "handshake failed");
+            metrics::counter!(m::HANDSHAKE_FAILURES).increment(1);
+            None
+        }
+        Err(_) => {
+            handshake_timed_out(core);
+            None
+        }
+    }
+}
+
+fn handshake_timed_out(core: &RelayCore) {
+    metrics::counter!(m::LIMIT_HITS, "limit" => "handshake_timeout").increment(1);
+    core.count_rejection(ErrorCode::Timeout);
+}
+
+/// Routes one connection attempt by ALPN; gives its `max_pending_handshakes` slot back when
+/// the connection is set up (an agent's session actor does so once registered).
+async fn route(
+    ingest: Arc<Ingest>,
+    live: Option<Arc<SubscriberRegistry>>,
+    incoming: quinn::Incoming,
+    deadline: tokio::time::Instant,
+) {
+    let core = &ingest.core;
+    match alpn(core, incoming, deadline).await {
+        Some(Peer::Agent(connecting)) => {
+            if let Err(e) = crate::session::actor::spawn(ingest.clone(), connecting, deadline).await
+            {
+                core.handshake_done();
                 tracing::error!(error = %e, "could not spawn a session actor");
             }
-        });
+        }
+        Some(Peer::Subscriber(connecting)) => {
+            let conn = tokio::time::timeout_at(deadline, connecting).await;
+            core.handshake_done();
+            match conn {
+                Ok(Ok(conn)) => hand_over(core, live.as_ref(), conn),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "handshake failed");
+                    metrics::counter!(m::HANDSHAKE_FAILURES).increment(1);
+                }
+                Err(_) => handshake_timed_out(core),
+            }
+        }
+        None => core.handshake_done(),
+    }
+}
+
+/// Hands a subscriber connection to the live sink's registry. Refused with `DRAINING` while
+/// the relay drains, and with `PROTOCOL_VIOLATION` when no live sink is configured.
+fn hand_over(core: &RelayCore, live: Option<&Arc<SubscriberRegistry>>, conn: quinn::Connection) {
+    let refuse = |code: ErrorCode, reason: &str| {
+        core.count_rejection(code);
+        conn.close(
+            quinn::VarInt::from_u32(code.close_code()),
+            reason.as_bytes(),
+        );
+    };
+    match live {
+        _ if core.is_draining() => refuse(ErrorCode::Draining, "relay is draining"),
+        Some(live) => live.accept(conn),
+        None => refuse(ErrorCode::ProtocolViolation, "no live sink on this relay"),
     }
 }
 
@@ -529,11 +375,12 @@ pub struct DrainReport {
 /// A started relay.
 pub struct RunningRelay {
     core: Arc<RelayCore>,
+    ingest: Arc<Ingest>,
+    live: Option<Arc<SubscriberRegistry>>,
     endpoint: quinn::Endpoint,
     control: Option<Control>,
-    supervisor: ActorRef<SupervisorMsg>,
-    supervisor_join: Option<JoinHandle<()>>,
-    sink_actors: Vec<(ActorRef<SinkMsg>, JoinHandle<()>)>,
+    root: ActorRef<RootMsg>,
+    root_join: Option<JoinHandle<()>>,
     accept: Option<JoinHandle<()>>,
     local_addr: SocketAddr,
     dev_cert_path: Option<PathBuf>,
@@ -573,12 +420,26 @@ impl RunningRelay {
 
     /// The sinks.
     pub fn sinks(&self) -> &[Arc<SinkHandle>] {
-        self.core.fanout.sinks()
+        self.ingest.fanout.sinks()
     }
 
     /// Live subscribers, when a `live` sink is configured.
     pub fn subscribers(&self) -> Option<&Arc<SubscriberRegistry>> {
-        self.core.live.as_ref()
+        self.live.as_ref()
+    }
+
+    /// How often the relay root restarted each of its children after a failure.
+    pub async fn restarts(&self) -> HashMap<RelayChild, u32> {
+        match self.root.call(RootMsg::Restarts, None).await {
+            Ok(ractor::rpc::CallResult::Success(r)) => r,
+            _ => HashMap::new(),
+        }
+    }
+
+    /// Makes a child of the relay root fail (supervision tests).
+    #[doc(hidden)]
+    pub fn crash_child(&self, child: RelayChild) {
+        let _ = self.root.cast(RootMsg::Crash(child));
     }
 
     /// Resolves when a drain was requested (signal handler or admin API).
@@ -620,15 +481,16 @@ impl RunningRelay {
             let _ = a.await;
         }
         // Stop session actors: their readers finish the batch in hand, then end.
-        let _ = self
-            .supervisor
-            .stop_and_wait(None, Some(Duration::from_secs(5)))
-            .await;
-        if let Some(j) = self.supervisor_join.take() {
-            let _ = tokio::time::timeout_at(deadline, j).await;
-        }
+        let _ = tokio::time::timeout_at(
+            deadline,
+            self.ingest
+                .supervisor
+                .get()
+                .stop_and_wait(None, Some(Duration::from_secs(5))),
+        )
+        .await;
         let mut sinks_not_flushed = Vec::new();
-        for sink in self.core.fanout.sinks() {
+        for sink in self.ingest.fanout.sinks() {
             match tokio::time::timeout_at(deadline, sink.flush()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -641,11 +503,13 @@ impl RunningRelay {
                 }
             }
         }
-        for (actor, join) in self.sink_actors.drain(..) {
-            actor.stop(None);
-            let _ = join.await;
+        // The root stops what is left of its tree in order (sessions, then each sink actor:
+        // its queue closes and its worker stops), then itself.
+        self.root.stop(None);
+        if let Some(j) = self.root_join.take() {
+            let _ = j.await;
         }
-        if let Some(live) = &self.core.live {
+        if let Some(live) = &self.live {
             live.shutdown(Duration::from_secs(1)).await;
         }
         if let Some(control) = self.control.take() {
@@ -673,12 +537,10 @@ impl Drop for RunningRelay {
             quinn::VarInt::from_u32(ErrorCode::Internal.close_code()),
             b"relay stopped",
         );
-        self.supervisor.stop(None);
-        if let Some(live) = &self.core.live {
+        self.ingest.supervisor.get().stop(None);
+        if let Some(live) = &self.live {
             live.abort_all();
         }
-        for (actor, _) in &self.sink_actors {
-            actor.stop(None);
-        }
+        self.root.stop(None);
     }
 }

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use contrail_control::metric_names as m;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{Limits, TlsConfig};
@@ -211,8 +212,8 @@ pub fn server_config(
         tls.ticketer = Arc::new(CountingTicketer {
             inner: rustls::crypto::ring::Ticketer::new()
                 .map_err(|e| TlsError::Config(format!("session tickets: {e}")))?,
-            resumed: metrics::counter!("contrail_tls_tickets_total", "result" => "resumed"),
-            refused: metrics::counter!("contrail_tls_tickets_total", "result" => "refused"),
+            resumed: metrics::counter!(m::TLS_TICKETS, "result" => "resumed"),
+            refused: metrics::counter!(m::TLS_TICKETS, "result" => "refused"),
         });
     }
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)

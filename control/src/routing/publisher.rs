@@ -20,6 +20,7 @@ use super::{routing_key, routing_value, RoutingConfig, RoutingQueue};
 use crate::error::RoutingError;
 use crate::fleet::{Fleet, SessionInfo};
 use crate::health::HealthFlag;
+use crate::metric_names as m;
 
 /// Everything the publisher needs; shared with the rest of the tree.
 #[derive(Debug, Clone)]
@@ -80,7 +81,7 @@ impl Drop for PublisherState {
 }
 
 fn record_applied(a: Applied) {
-    metrics::counter!("contrail_redis_commands_total").increment(a.commands as u64);
+    metrics::counter!(m::REDIS_COMMANDS).increment(a.commands as u64);
 }
 
 impl PublisherState {
@@ -91,8 +92,8 @@ impl PublisherState {
         } else {
             tracing::debug!(error = %e, "redis routing connect failed; retrying in {delay:?}");
         }
-        metrics::counter!("contrail_redis_publish_errors_total").increment(1);
-        metrics::gauge!("contrail_redis_connected").set(0.0);
+        metrics::counter!(m::REDIS_PUBLISH_ERRORS).increment(1);
+        metrics::gauge!(m::REDIS_CONNECTED).set(0.0);
         self.args.health.set_healthy(false);
     }
 
@@ -100,7 +101,7 @@ impl PublisherState {
         let store = Store::connect(&self.args.config).await?;
         self.store = Some(store);
         self.schedule.on_connected();
-        metrics::gauge!("contrail_redis_connected").set(1.0);
+        metrics::gauge!(m::REDIS_CONNECTED).set(1.0);
         self.args.health.set_healthy(true);
         tracing::info!("redis routing connected");
         Ok(())
@@ -218,7 +219,7 @@ impl PublisherState {
                 }
                 Err(e) => {
                     report.error = Some(e.to_string());
-                    metrics::counter!("contrail_redis_publish_errors_total").increment(1);
+                    metrics::counter!(m::REDIS_PUBLISH_ERRORS).increment(1);
                     break;
                 }
             }
@@ -347,7 +348,7 @@ impl Actor for RoutingPublisher {
             t.abort();
         }
         state.args.health.set_healthy(false);
-        metrics::gauge!("contrail_redis_connected").set(0.0);
+        metrics::gauge!(m::REDIS_CONNECTED).set(0.0);
         Ok(())
     }
 }

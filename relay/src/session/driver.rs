@@ -4,32 +4,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use contrail_control::metric_names as m;
 use contrail_control::{LifecycleState, SessionInfo, SessionStats};
 use contrail_protocol::client::gate::WakeGate;
 use contrail_protocol::proto::{control_message::Msg, ControlMessage, Registered};
 use contrail_protocol::{AgentId, ErrorCode, FrameCodec, SessionId};
 use ractor::ActorRef;
 
+use super::context::{Ingest, ReaderSignal, SessionCtx};
 use super::reader::{self, ReadEnd};
-use super::{Registration, SessionMsg, SessionShared};
-use crate::server::RelayCore;
+use super::shared::{Registration, SessionMsg, SessionShared};
+use crate::core::{End, RelayCore};
 use crate::sink::BatchOrigin;
-
-/// Why a session ended, with the close code it gets.
-#[derive(Debug)]
-pub(crate) struct End {
-    pub code: ErrorCode,
-    pub reason: String,
-}
-
-impl End {
-    pub(crate) fn new(code: ErrorCode, reason: impl Into<String>) -> Self {
-        End {
-            code,
-            reason: reason.into(),
-        }
-    }
-}
 
 async fn send_control(send: &mut quinn::SendStream, codec: &FrameCodec, msg: Msg) -> bool {
     let mut buf = BytesMut::new();
@@ -82,7 +68,7 @@ pub(crate) async fn close_with_error(
             .await
             .is_err()
         {
-            metrics::counter!("contrail_limit_hits_total", "limit" => "error_linger").increment(1);
+            metrics::counter!(m::LIMIT_HITS, "limit" => "error_linger").increment(1);
             tracing::debug!(code = %end.code, "agent did not acknowledge the Error message in time");
         }
     }
@@ -111,11 +97,13 @@ async fn read_control(
 /// Runs one session from connection attempt to end. Returns when the session is over; the
 /// actor then stops and its state drop does the cleanup.
 pub(crate) async fn run(
-    core: Arc<RelayCore>,
-    incoming: quinn::Incoming,
+    ingest: Arc<Ingest>,
+    connecting: quinn::Connecting,
+    deadline: tokio::time::Instant,
     shared: Arc<SessionShared>,
     me: ActorRef<SessionMsg>,
 ) {
+    let core = ingest.core.clone();
     let codec = FrameCodec::new(core.config.limits.max_frame_bytes);
     let started = Instant::now();
     // Counted in `max_pending_handshakes` until registered or closed (a refused connection
@@ -126,19 +114,19 @@ pub(crate) async fn run(
     // The control stream's send side once the agent opened it: refusals and a handshake
     // timeout say why on it.
     let mut control: Option<quinn::SendStream> = None;
-    let setup = tokio::time::timeout(
-        core.config.limits.handshake_timeout(),
+    let setup = tokio::time::timeout_at(
+        deadline,
         Box::pin(handshake(
-            &core,
-            incoming,
+            &ingest,
+            connecting,
             &shared,
             &me,
-            &codec,
+            codec,
             &mut control,
         )),
     )
     .await;
-    let (conn, mut send, mut recv, mut inbuf, reg, stats) = match setup {
+    let (ctx, mut stream) = match setup {
         Ok(Ok(s)) => {
             drop(pending);
             s
@@ -161,8 +149,7 @@ pub(crate) async fn run(
             return;
         }
         Err(_) => {
-            metrics::counter!("contrail_limit_hits_total", "limit" => "handshake_timeout")
-                .increment(1);
+            metrics::counter!(m::LIMIT_HITS, "limit" => "handshake_timeout").increment(1);
             tracing::debug!(elapsed = ?started.elapsed(), "handshake/register timed out");
             core.count_rejection(ErrorCode::Timeout);
             let end = End::new(ErrorCode::Timeout, "handshake/Register timeout");
@@ -180,26 +167,11 @@ pub(crate) async fn run(
         }
     };
 
-    let origin = Arc::new(BatchOrigin {
-        agent_id: reg.agent_id.clone(),
-        session_id: reg.session_id,
-        session_hex: reg.session_id.to_hex(),
-    });
-    let signal = reader::ReaderSignal::default();
     let end = {
         // Pinned in place and polled by reference: `select!` on the futures by value would move
         // them into its own state, and this task would hold both copies for the session's life.
-        let mut telemetry = std::pin::pin!(reader::run(
-            &core,
-            &conn,
-            &origin,
-            &reg.cursor,
-            &stats,
-            &signal
-        ));
-        let mut control = std::pin::pin!(control_loop(
-            &core, &mut send, &mut recv, &mut inbuf, &codec, &reg, &stats, &signal,
-        ));
+        let mut telemetry = std::pin::pin!(reader::run(&ctx));
+        let mut control = std::pin::pin!(control_loop(&ctx, &mut stream));
         tokio::select! {
             r = &mut telemetry => match r {
                 ReadEnd::Closed(e) => e,
@@ -208,18 +180,26 @@ pub(crate) async fn run(
             e = &mut control => e,
         }
     };
+    let agent = &ctx.reg.agent_id;
     if end.code == ErrorCode::Normal {
-        tracing::debug!(agent = %reg.agent_id, reason = %end.reason, "session closed");
+        tracing::debug!(%agent, reason = %end.reason, "session closed");
     } else {
-        tracing::warn!(agent = %reg.agent_id, code = %end.code, reason = %end.reason, "session ended with error");
+        tracing::warn!(%agent, code = %end.code, reason = %end.reason, "session ended with error");
         if end.code != ErrorCode::Superseded {
             core.count_session_error();
-            metrics::counter!("contrail_protocol_errors_total", "code" => end.code.label())
-                .increment(1);
+            metrics::counter!(m::PROTOCOL_ERRORS, "code" => end.code.label()).increment(1);
         }
         if end.code != ErrorCode::Superseded {
             // Say why before closing (a superseded session was closed by its successor).
-            close_with_error(&core, &shared, Some(&conn), Some(&mut send), &codec, &end).await;
+            close_with_error(
+                &core,
+                &shared,
+                Some(&ctx.conn),
+                Some(&mut stream.send),
+                &ctx.codec,
+                &end,
+            )
+            .await;
             return;
         }
     }
@@ -235,42 +215,32 @@ impl Drop for PendingHandshake<'_> {
     }
 }
 
-type Setup = (
-    quinn::Connection,
-    quinn::SendStream,
-    quinn::RecvStream,
-    BytesMut,
-    Registration,
-    Arc<SessionStats>,
-);
+/// The agent's control stream, once registered.
+struct ControlStream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    /// Bytes read from `recv` and not yet decoded.
+    inbuf: BytesMut,
+}
 
 async fn handshake(
-    core: &Arc<RelayCore>,
-    incoming: quinn::Incoming,
+    ingest: &Arc<Ingest>,
+    connecting: quinn::Connecting,
     shared: &Arc<SessionShared>,
     me: &ActorRef<SessionMsg>,
-    codec: &FrameCodec,
+    codec: FrameCodec,
     control: &mut Option<quinn::SendStream>,
-) -> Result<Setup, Option<Refusal>> {
-    let conn = match incoming.accept() {
-        Ok(connecting) => match connecting.await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, "handshake failed");
-                metrics::counter!("contrail_handshake_failures_total").increment(1);
-                return Err(None);
-            }
-        },
+) -> Result<(SessionCtx, ControlStream), Option<Refusal>> {
+    let core = &ingest.core;
+    let codec = &codec;
+    let conn = match connecting.await {
+        Ok(c) => c,
         Err(e) => {
-            tracing::debug!(error = %e, "incoming connection failed");
+            tracing::debug!(error = %e, "handshake failed");
+            metrics::counter!(m::HANDSHAKE_FAILURES).increment(1);
             return Err(None);
         }
     };
-    if crate::sink::live::is_subscriber(&conn) {
-        // A live subscriber, not an agent: the live sink's registry takes the connection.
-        crate::sink::live::hand_over(core, conn);
-        return Err(None);
-    }
     shared.set_conn(conn.clone());
     let refuse = |end: End| {
         Err(Some(Refusal {
@@ -355,14 +325,14 @@ async fn handshake(
     // From here the session counts against max_sessions; the registration (set below) makes
     // the actor's state drop release it.
     let claim = register.resume.as_ref().map(|r| r.last_acked_seq);
-    let old = match core.claim(&agent_id, (me.clone(), shared.clone())).await {
+    let old = match ingest.claim(&agent_id, (me.clone(), shared.clone())).await {
         Ok(old) => old,
         Err(e) => {
             // Without the registry's answer a previous session of this agent may still be
             // live: registering now could leave two. Refuse (INTERNAL is retryable).
             core.release_session();
             tracing::error!(agent = %agent_id, error = %e, "session claim failed; refusing the registration");
-            metrics::counter!("contrail_claim_failures_total").increment(1);
+            metrics::counter!(m::CLAIM_FAILURES).increment(1);
             return refuse(End::new(
                 ErrorCode::Internal,
                 "the relay could not register this session; retry",
@@ -371,7 +341,7 @@ async fn handshake(
     };
     if let Some((old_actor, old_shared)) = old {
         tracing::info!(agent = %agent_id, "superseding the previous session");
-        metrics::counter!("contrail_sessions_superseded_total").increment(1);
+        metrics::counter!(m::SESSIONS_SUPERSEDED).increment(1);
         old_shared.close(ErrorCode::Superseded, "superseded by a newer session");
         let _ = old_actor
             .stop_and_wait(Some("superseded".into()), Some(Duration::from_secs(5)))
@@ -413,22 +383,35 @@ async fn handshake(
         stats: stats.clone(),
     }));
     tracing::debug!(agent = %agent_id, session = %session_id, resume_from = cursor.completed(), "session registered");
-    Ok((conn, send, recv, inbuf, reg, stats))
+    let origin = Arc::new(BatchOrigin {
+        agent_id: reg.agent_id.clone(),
+        session_id: reg.session_id,
+        session_hex: reg.session_id.to_hex(),
+    });
+    let ctx = SessionCtx {
+        ingest: ingest.clone(),
+        conn,
+        reg,
+        origin,
+        stats,
+        signal: ReaderSignal::default(),
+        codec: *codec,
+    };
+    Ok((ctx, ControlStream { send, recv, inbuf }))
 }
 
 /// Reads pings, writes acks (coalesced: one per wake-up, covering every batch completed since),
 /// and tells the agent to leave when the relay drains.
-#[allow(clippy::too_many_arguments)]
-async fn control_loop(
-    core: &RelayCore,
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
-    inbuf: &mut BytesMut,
-    codec: &FrameCodec,
-    reg: &Registration,
-    stats: &SessionStats,
-    signal: &reader::ReaderSignal,
-) -> End {
+async fn control_loop(ctx: &SessionCtx, stream: &mut ControlStream) -> End {
+    let SessionCtx {
+        reg,
+        stats,
+        signal,
+        codec,
+        ..
+    } = ctx;
+    let core = ctx.core();
+    let ControlStream { send, recv, inbuf } = stream;
     use std::sync::atomic::Ordering::Relaxed;
     let mut lifecycle = core.lifecycle.subscribe();
     let mut acked = reg.cursor.completed();

@@ -10,51 +10,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use contrail_control::SessionStats;
+use contrail_control::metric_names as m;
 use contrail_protocol::{ErrorCode, FrameCodec, FrameMeta};
 use futures::FutureExt;
 
-use super::driver::End;
-use crate::cursor::AgentCursor;
-use crate::server::RelayCore;
-use crate::sink::{BatchOrigin, SinkBatch};
+use super::context::SessionCtx;
+use crate::core::End;
+use crate::sink::SinkBatch;
 
 pub(crate) enum ReadEnd {
     Closed(End),
     Violation(End),
-}
-
-/// Reader → control loop signals: "send `Nack RETRY_WITH_BACKOFF` for this seq", and the
-/// agent's pace (for ack coalescing).
-#[derive(Debug, Default)]
-pub(crate) struct ReaderSignal {
-    seq: std::sync::atomic::AtomicU64,
-    pub(crate) notify: tokio::sync::Notify,
-    /// The agent's smoothed interval between telemetry batches, µs (0 until two were seen).
-    batch_interval_us: std::sync::atomic::AtomicU64,
-}
-
-impl ReaderSignal {
-    /// The agent's smoothed interval between telemetry batches, if known.
-    pub(crate) fn batch_interval(&self) -> Option<Duration> {
-        match self.batch_interval_us.load(Relaxed) {
-            0 => None,
-            us => Some(Duration::from_micros(us)),
-        }
-    }
-
-    fn raise(&self, seq: u64) {
-        self.seq.store(seq, std::sync::atomic::Ordering::Release);
-        self.notify.notify_one();
-    }
-
-    /// The pending nack, if any (taking it).
-    pub(crate) fn take(&self) -> Option<u64> {
-        match self.seq.swap(0, std::sync::atomic::Ordering::AcqRel) {
-            0 => None,
-            s => Some(s),
-        }
-    }
 }
 
 /// Per-session reader state that survives across batches.
@@ -129,14 +95,9 @@ impl AckDelayAdapter {
 /// Chunks taken per wake-up (more wait for the next batch).
 const READ_CHUNKS: usize = 32;
 
-pub(crate) async fn run(
-    core: &RelayCore,
-    conn: &quinn::Connection,
-    origin: &Arc<BatchOrigin>,
-    cursor: &Arc<AgentCursor>,
-    stats: &SessionStats,
-    signal: &ReaderSignal,
-) -> ReadEnd {
+pub(crate) async fn run(ctx: &SessionCtx) -> ReadEnd {
+    let core = ctx.core();
+    let conn = &ctx.conn;
     let limits = &core.config.limits;
     let mut state = ReadState {
         quota: crate::quota::SessionQuota::new(&core.config.quotas, Instant::now()),
@@ -213,15 +174,12 @@ pub(crate) async fn run(
                 Ok(None) => continue,
                 Err(e) => {
                     if e.code() == ErrorCode::FrameTooLarge {
-                        metrics::counter!("contrail_limit_hits_total", "limit" => "max_frame_bytes")
-                            .increment(1);
+                        metrics::counter!(m::LIMIT_HITS, "limit" => "max_frame_bytes").increment(1);
                     }
                     return ReadEnd::Violation(End::new(e.code(), e.to_string()));
                 }
             };
-            if let Err(end) =
-                process(core, conn, origin, cursor, stats, signal, &mut state, batch).await
-            {
+            if let Err(end) = process(ctx, &mut state, batch).await {
                 return ReadEnd::Violation(end);
             }
         }
@@ -240,17 +198,22 @@ fn closed(e: quinn::ConnectionError) -> End {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn process(
-    core: &RelayCore,
-    conn: &quinn::Connection,
-    origin: &Arc<BatchOrigin>,
-    cursor: &Arc<AgentCursor>,
-    stats: &SessionStats,
-    signal: &ReaderSignal,
+    ctx: &SessionCtx,
     state: &mut ReadState,
     mut batch: contrail_protocol::TelemetryBatch,
 ) -> Result<(), End> {
+    let SessionCtx {
+        ingest,
+        conn,
+        reg,
+        origin,
+        stats,
+        signal,
+        ..
+    } = ctx;
+    let core = &*ingest.core;
+    let cursor = &reg.cursor;
     if let Some(hook) = &core.hooks.on_batch {
         hook(&origin.agent_id);
     }
@@ -291,10 +254,8 @@ async fn process(
             crate::quota::Verdict::Accept => {}
             crate::quota::Verdict::Nack => {
                 let first = batch.first_seq();
-                metrics::counter!("contrail_limit_hits_total", "limit" => "agent_rate")
-                    .increment(1);
-                metrics::counter!("contrail_nacks_sent_total", "status" => "retry_with_backoff")
-                    .increment(1);
+                metrics::counter!(m::LIMIT_HITS, "limit" => "agent_rate").increment(1);
+                metrics::counter!(m::NACKS_SENT, "status" => "retry_with_backoff").increment(1);
                 core.frames_discarded.increment(batch.len() as u64);
                 state.rewind = Some(first);
                 signal.raise(first);
@@ -358,9 +319,7 @@ async fn process(
     if let Some(delay) = state.ack_delay.on_batch(now) {
         conn.set_requested_max_ack_delay(delay);
     }
-    signal
-        .batch_interval_us
-        .store(state.ack_delay.interval_us, Relaxed);
+    signal.set_batch_interval_us(state.ack_delay.interval_us);
     core.latency
         .frame_ages(now_ns, batch.metas().iter().map(|m| m.sent_at_unix_ns));
     let sb = Arc::new(SinkBatch::new(
@@ -368,10 +327,10 @@ async fn process(
         batch,
         now,
         now_ns,
-        core.fanout.required(),
+        ingest.fanout.required(),
         cursor.clone(),
     ));
-    core.fanout.dispatch(&sb).await;
+    ingest.fanout.dispatch(&sb).await;
     cursor.set_forwarded(last);
     stats
         .inflight

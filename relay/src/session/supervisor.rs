@@ -6,12 +6,48 @@
 //! start/stop, so it is bounded by `max_sessions` plus `max_pending_handshakes`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use contrail_control::metric_names as m;
+use parking_lot::RwLock;
 
 use contrail_protocol::{AgentId, ErrorCode};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use super::SessionEntry;
-use crate::server::ClaimHook;
+use super::shared::SessionEntry;
+use crate::core::ClaimHook;
+
+/// Why the session registry could not answer a claim.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClaimError {
+    /// The supervisor did not answer within the claim timeout.
+    #[error("the session supervisor did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The supervisor dropped the claim or is gone.
+    #[error("the session supervisor failed: {0}")]
+    Supervisor(String),
+}
+
+/// The session supervisor in service now: the relay root replaces it when it restarts a
+/// failed one. Sessions read it once at spawn and once at claim.
+#[derive(Clone)]
+pub struct SupervisorSlot(Arc<RwLock<ActorRef<SupervisorMsg>>>);
+
+impl SupervisorSlot {
+    pub(crate) fn new(r: ActorRef<SupervisorMsg>) -> Self {
+        SupervisorSlot(Arc::new(RwLock::new(r)))
+    }
+
+    pub(crate) fn get(&self) -> ActorRef<SupervisorMsg> {
+        self.0.read().clone()
+    }
+
+    pub(crate) fn set(&self, r: ActorRef<SupervisorMsg>) {
+        *self.0.write() = r;
+    }
+}
 
 /// Messages of the supervisor.
 pub enum SupervisorMsg {
@@ -24,6 +60,9 @@ pub enum SupervisorMsg {
         /// The replaced session.
         reply: RpcReplyPort<Option<SessionEntry>>,
     },
+    /// Fail (supervision tests).
+    #[doc(hidden)]
+    Crash,
 }
 
 /// Registry state.
@@ -88,6 +127,7 @@ impl Actor for SessionSupervisor {
                 }
                 let _ = reply.send(old);
             }
+            SupervisorMsg::Crash => return Err("crash requested (test)".into()),
         }
         Ok(())
     }
@@ -106,7 +146,7 @@ impl Actor for SessionSupervisor {
                 // A session actor itself failed: close that session with INTERNAL. Its state
                 // drop already cleaned up; other sessions are untouched.
                 tracing::error!(error = %err, "session actor failed");
-                metrics::counter!("contrail_session_panics_total").increment(1);
+                metrics::counter!(m::SESSION_PANICS).increment(1);
                 if let Some((_, shared)) = state.forget(cell.get_id()) {
                     shared.close(ErrorCode::Internal, "internal error");
                 }

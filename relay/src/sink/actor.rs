@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use contrail_control::metric_names as m;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::{AbortHandle, JoinHandle};
 
@@ -20,6 +21,9 @@ pub enum SinkMsg {
         /// Whether it panicked.
         panicked: bool,
     },
+    /// Fail (supervision tests).
+    #[doc(hidden)]
+    Crash,
 }
 
 /// Arguments of a sink actor.
@@ -103,12 +107,13 @@ impl Actor for SinkActor {
         match msg {
             SinkMsg::WorkerExited { panicked } => {
                 state.restarts += 1;
-                metrics::counter!("contrail_sink_restarts_total", "sink" => state.handle.common.name.clone())
+                metrics::counter!(m::SINK_RESTARTS, "sink" => state.handle.common.name.clone())
                     .increment(1);
                 tracing::error!(sink = %state.handle.common.name, panicked, restarts = state.restarts, "sink worker died; restarting it");
                 state.stop_worker();
                 spawn_worker(state, &myself);
             }
+            SinkMsg::Crash => return Err("crash requested (test)".into()),
         }
         Ok(())
     }

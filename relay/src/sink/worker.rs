@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use contrail_control::metric_names as m;
 use metrics::{Counter, Gauge};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
@@ -54,7 +55,7 @@ impl SinkHandle {
     ) -> Self {
         let name = common.name.clone();
         let (flush_tx, flush_rx) = mpsc::channel(4);
-        let m_healthy = metrics::gauge!("contrail_sink_healthy", "sink" => name.clone());
+        let m_healthy = metrics::gauge!(m::SINK_HEALTHY, "sink" => name.clone());
         m_healthy.set(0.0);
         SinkHandle {
             queue: BatchQueue::new(common.queue_batches),
@@ -63,11 +64,11 @@ impl SinkHandle {
             frames_dropped: AtomicU64::new(0),
             flush_tx,
             flush_rx: Mutex::new(flush_rx),
-            m_accepted: metrics::counter!("contrail_sink_accepted_total", "sink" => name.clone()),
-            m_dropped_full: metrics::counter!("contrail_sink_dropped_total", "sink" => name.clone(), "reason" => "queue_full"),
-            m_dropped_error: metrics::counter!("contrail_sink_dropped_total", "sink" => name.clone(), "reason" => "write_failed"),
-            m_errors: metrics::counter!("contrail_sink_errors_total", "sink" => name.clone()),
-            m_depth: metrics::gauge!("contrail_sink_queue_depth", "sink" => name),
+            m_accepted: metrics::counter!(m::SINK_ACCEPTED, "sink" => name.clone()),
+            m_dropped_full: metrics::counter!(m::SINK_DROPPED, "sink" => name.clone(), "reason" => "queue_full"),
+            m_dropped_error: metrics::counter!(m::SINK_DROPPED, "sink" => name.clone(), "reason" => "write_failed"),
+            m_errors: metrics::counter!(m::SINK_ERRORS, "sink" => name.clone()),
+            m_depth: metrics::gauge!(m::SINK_QUEUE_DEPTH, "sink" => name),
             m_healthy,
             latency,
             health,

@@ -123,7 +123,7 @@ async fn violation_is_explained(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn violations_after_registered_deliver_the_error_before_the_close() {
     let (relay, _rx) = start_with_channel(1024).await;
-    let max = relay.relay.core().config.limits.max_frame_bytes as u32;
+    let max = relay.relay.core().limits().max_frame_bytes as u32;
     let mut delays = Vec::new();
     for i in 0..5 {
         // A gap: the first frame must be seq 1.
@@ -237,7 +237,7 @@ async fn refused_registers_deliver_the_error_before_the_close() {
     assert!(msg.contains("max_sessions"), "{msg}");
     drop(agent);
     // Draining: Register is refused with DRAINING.
-    relay.relay.core().lifecycle.begin_drain("test");
+    relay.relay.core().lifecycle().begin_drain("test");
     refused_register(&ep, cfg, addr, "drone-1", "good-token", ErrorCode::Draining).await;
 }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use contrail_control::metric_names as m;
 use contrail_protocol::codec::encode_stored_frame;
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -130,7 +131,7 @@ impl FileSink {
             .open(&self.settings.path)
             .await?;
         self.size = 0;
-        metrics::counter!("contrail_file_rotations_total").increment(1);
+        metrics::counter!(m::FILE_ROTATIONS).increment(1);
         Ok(())
     }
 

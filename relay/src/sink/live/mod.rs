@@ -165,29 +165,3 @@ impl Sink for LiveSink {
         .boxed()
     }
 }
-
-/// Whether `conn` negotiated the live subscriber ALPN (`contrail-sub/1`).
-pub fn is_subscriber(conn: &quinn::Connection) -> bool {
-    conn.handshake_data()
-        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-        .and_then(|d| d.protocol)
-        .is_some_and(|p| p == contrail_protocol::ALPN_SUBSCRIBER)
-}
-
-/// Hands a subscriber connection to the live sink's registry (the accept path calls this right
-/// after the QUIC handshake). Refused with `DRAINING` while the relay drains.
-pub(crate) fn hand_over(core: &crate::server::RelayCore, conn: quinn::Connection) {
-    use contrail_protocol::ErrorCode;
-    let refuse = |code: ErrorCode, reason: &str| {
-        core.count_rejection(code);
-        conn.close(
-            quinn::VarInt::from_u32(code.close_code()),
-            reason.as_bytes(),
-        );
-    };
-    match &core.live {
-        _ if core.is_draining() => refuse(ErrorCode::Draining, "relay is draining"),
-        Some(live) => live.accept(conn),
-        None => refuse(ErrorCode::ProtocolViolation, "no live sink on this relay"),
-    }
-}

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use contrail_control::metric_names as m;
 use contrail_protocol::ErrorCode;
 use metrics::{Counter, Gauge};
 use parking_lot::{Mutex, RwLock};
@@ -99,7 +100,7 @@ impl Drop for SlotGuard {
 impl SubscriberRegistry {
     /// An empty registry.
     pub fn new(settings: LiveSettings) -> Arc<Self> {
-        let m_active = metrics::gauge!("contrail_subscribers_active");
+        let m_active = metrics::gauge!(m::SUBSCRIBERS_ACTIVE);
         m_active.set(0.0);
         Arc::new(SubscriberRegistry {
             settings,
@@ -109,8 +110,8 @@ impl SubscriberRegistry {
             shutdown: watch::Sender::new(false),
             next_id: AtomicU64::new(1),
             m_active,
-            m_dropped: metrics::counter!("contrail_subscriber_dropped_total"),
-            m_rejected: metrics::counter!("contrail_subscribers_rejected_total"),
+            m_dropped: metrics::counter!(m::SUBSCRIBER_DROPPED),
+            m_rejected: metrics::counter!(m::SUBSCRIBERS_REJECTED),
         })
     }
 
@@ -153,8 +154,7 @@ impl SubscriberRegistry {
         if self.slots.fetch_add(1, Ordering::AcqRel) >= self.settings.max_subscribers {
             self.slots.fetch_sub(1, Ordering::AcqRel);
             self.m_rejected.increment(1);
-            metrics::counter!("contrail_limit_hits_total", "limit" => "max_subscribers")
-                .increment(1);
+            metrics::counter!(m::LIMIT_HITS, "limit" => "max_subscribers").increment(1);
             conn.close(
                 quinn::VarInt::from_u32(ErrorCode::TooManySessions.close_code()),
                 b"relay is at max_subscribers",
