@@ -9,6 +9,8 @@ pub mod config;
 pub mod core;
 pub mod cursor;
 pub mod fanout;
+#[cfg(test)]
+mod import_graph;
 pub mod latency;
 pub mod quota;
 pub mod root;

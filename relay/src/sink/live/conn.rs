@@ -14,8 +14,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
 use super::queue::{Entry, SubscriberPolicy, SubscriberQueue};
-use super::registry::SlotGuard;
-use super::LiveSettings;
+use super::settings::LiveSettings;
 use crate::sink::Filter;
 
 /// Frames taken from the queue per write (one coalesced buffer).
@@ -113,16 +112,28 @@ fn admit(
     ))
 }
 
+/// What a subscriber's task needs from the registry that owns it. The registry implements it
+/// on its slot guard, so this file does not import the registry (which spawns [`serve`]).
+pub(crate) trait Slot: Send + 'static {
+    /// The live sink's settings.
+    fn settings(&self) -> &LiveSettings;
+    /// Counts a refused subscriber.
+    fn rejected(&self);
+    /// `contrail_subscriber_dropped_total`.
+    fn dropped_counter(&self) -> metrics::Counter;
+    /// Registers `queue`: from now on the live sink fans batches out to it.
+    fn register(&mut self, queue: Arc<SubscriberQueue>);
+}
+
 /// Serves one subscriber connection until it ends. Owned by the registry's task set; `guard`
 /// releases the slot and unregisters the subscriber when this returns or is aborted.
-pub(crate) async fn serve(
-    mut guard: SlotGuard,
+pub(crate) async fn serve<S: Slot>(
+    mut guard: S,
     conn: quinn::Connection,
     id: String,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let registry = guard.registry();
-    let settings = registry.settings.clone();
+    let settings = guard.settings().clone();
     let codec = FrameCodec::new(settings.max_frame_bytes);
     let setup = tokio::time::timeout(settings.handshake_timeout, async {
         let (send, mut recv) = conn.accept_bi().await.ok()?;
@@ -134,7 +145,7 @@ pub(crate) async fn serve(
         Ok(Some(s)) => s,
         Ok(None) => return,
         Err(_) => {
-            registry.rejected();
+            guard.rejected();
             conn.close(
                 quinn::VarInt::from_u32(ErrorCode::Timeout.close_code()),
                 b"no Subscribe in time",
@@ -142,11 +153,11 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let queue = match sub.and_then(|s| admit(&settings, &s, &id, registry.m_dropped.clone())) {
+    let queue = match sub.and_then(|s| admit(&settings, &s, &id, guard.dropped_counter())) {
         Ok(q) => Arc::new(q),
         Err(r) => {
             if r.code != ErrorCode::Normal {
-                registry.rejected();
+                guard.rejected();
                 tracing::info!(subscriber = %id, code = %r.code, reason = %r.message, "subscriber refused");
                 let error = Msg::Error(contrail_protocol::proto::Error {
                     code: r.code as i32,

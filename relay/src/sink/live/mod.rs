@@ -19,6 +19,7 @@
 mod conn;
 pub mod queue;
 pub mod registry;
+pub mod settings;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,45 +29,16 @@ use futures::FutureExt;
 
 pub use queue::{SubscriberPolicy, SubscriberQueue};
 pub use registry::{SubscriberInfo, SubscriberRegistry};
+pub use settings::{
+    LiveSettings, DEFAULT_MAX_SUBSCRIBERS, DEFAULT_SUBSCRIBER_QUEUE_FRAMES,
+    MAX_SUBSCRIBER_QUEUE_FRAMES,
+};
 
 use super::{Filter, Sink, SinkBatch, SinkError, SinkFactory};
 use crate::config::{Config, ConfigError, SinkConfig};
 
-/// Default `max_subscribers`.
-pub const DEFAULT_MAX_SUBSCRIBERS: usize = 64;
-/// Default `subscriber_queue_frames`.
-pub const DEFAULT_SUBSCRIBER_QUEUE_FRAMES: usize = 65_536;
-/// Largest accepted `subscriber_queue_frames`.
-pub const MAX_SUBSCRIBER_QUEUE_FRAMES: usize = 1 << 24;
 /// How long `flush` waits for subscriber queues to empty.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
-
-/// Settings of the live sink and its subscribers.
-#[derive(Debug, Clone)]
-pub struct LiveSettings {
-    /// Subscriber connections served at once (more are refused with `TOO_MANY_SESSIONS`).
-    pub max_subscribers: usize,
-    /// Largest queue a subscriber may ask for, in frames; also what it gets when it asks for 0.
-    pub max_queue_frames: usize,
-    /// Token `Subscribe.auth_token` must match; `None`: no authentication.
-    pub token: Option<String>,
-    /// Time allowed from connection to Subscribe.
-    pub handshake_timeout: Duration,
-    /// Largest control message accepted.
-    pub max_frame_bytes: usize,
-}
-
-impl Default for LiveSettings {
-    fn default() -> Self {
-        LiveSettings {
-            max_subscribers: DEFAULT_MAX_SUBSCRIBERS,
-            max_queue_frames: DEFAULT_SUBSCRIBER_QUEUE_FRAMES,
-            token: None,
-            handshake_timeout: Duration::from_secs(5),
-            max_frame_bytes: 64 * 1024,
-        }
-    }
-}
 
 /// Settings of the configured live sink: its keys, the token (`subscriber_token`, else
 /// `http.admin_token`), the relay's handshake timeout.

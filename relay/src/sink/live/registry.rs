@@ -13,8 +13,9 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::conn::Slot;
 use super::queue::SubscriberQueue;
-use super::LiveSettings;
+use super::settings::LiveSettings;
 
 /// One subscriber as the registry reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,14 +62,20 @@ pub(crate) struct SlotGuard {
     queue: Option<Arc<SubscriberQueue>>,
 }
 
-impl SlotGuard {
-    /// The registry this slot belongs to.
-    pub(crate) fn registry(&self) -> Arc<SubscriberRegistry> {
-        self.registry.clone()
+impl Slot for SlotGuard {
+    fn settings(&self) -> &LiveSettings {
+        &self.registry.settings
     }
 
-    /// Registers `queue`: from now on the live sink fans batches out to it.
-    pub(crate) fn register(&mut self, queue: Arc<SubscriberQueue>) {
+    fn rejected(&self) {
+        self.registry.rejected();
+    }
+
+    fn dropped_counter(&self) -> Counter {
+        self.registry.m_dropped.clone()
+    }
+
+    fn register(&mut self, queue: Arc<SubscriberQueue>) {
         let reg = &self.registry;
         let mut subs = reg.subscribers.write();
         let mut next: Vec<_> = subs.iter().cloned().collect();
