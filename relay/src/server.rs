@@ -279,8 +279,11 @@ impl RelayBuilder {
         let live = config
             .sinks
             .iter()
-            .find(|s| s.kind == crate::config::SinkType::Live)
-            .map(|s| SubscriberRegistry::new(crate::sink::live::settings(s, &config)));
+            .find_map(|s| match &s.kind {
+                crate::config::SinkKind::Live(l) => Some(l),
+                _ => None,
+            })
+            .map(|l| SubscriberRegistry::new(crate::sink::live::settings(l, &config)));
         let mut specs: Vec<SinkSpec> = config
             .sinks
             .iter()

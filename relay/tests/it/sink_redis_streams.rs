@@ -115,7 +115,7 @@ async fn benchmark_sustained_frames_per_second() {
         "name = \"redis2\"\ntype = \"redis_streams\"\nurl = \"{}\"\nkey = \"replay:{{agent_id}}\"",
         redis.url()
     ));
-    let factory = redis_streams::factory(redis_streams::settings(&entry).expect("settings"));
+    let factory = redis_streams::factory(crate::sink_support::redis_settings(&entry));
     let alone = bench::sink_only(factory, &batches).await;
     println!(
         "redis_streams: {} agents x {} frames of {} B: end to end {e2e:.0} frames/s; sink alone {alone:.0} frames/s",
