@@ -111,6 +111,9 @@ pub struct RunArgs {
     /// Redis address (enables routing publication).
     #[arg(long, env = "REDIS_ADDR")]
     pub redis_addr: Option<String>,
+    /// PEM CA file verifying a `rediss://` Redis (default: system roots).
+    #[arg(long, env = "REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<PathBuf>,
     /// Redis password.
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
@@ -161,6 +164,9 @@ impl RunArgs {
         }
         if self.redis_addr.is_some() {
             c.redis.addr = self.redis_addr.clone();
+        }
+        if self.redis_tls_ca_file.is_some() {
+            c.redis.tls_ca_file = self.redis_tls_ca_file.clone();
         }
         if self.redis_password.is_some() {
             c.redis.password = self.redis_password.clone();

@@ -37,6 +37,7 @@ pub const ENV_VARS: &[&str] = &[
     "RELAY_ID",
     "REDIS_ADDR",
     "REDIS_PASSWORD",
+    "REDIS_TLS_CA_FILE",
     "REDIS_DB",
     "CONTRAIL_REDIS_TTL_SECS",
 ];
@@ -305,8 +306,10 @@ impl Default for DrainConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `host:port` (or a `redis://` URL).
+    /// `host:port`, a `redis://` URL, or a `rediss://` URL for TLS.
     pub addr: Option<String>,
+    /// PEM CA file verifying a `rediss://` server (default: the system's roots).
+    pub tls_ca_file: Option<PathBuf>,
     /// Password.
     pub password: Option<String>,
     /// Database index.
@@ -319,6 +322,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             addr: None,
+            tls_ca_file: None,
             password: None,
             db: None,
             ttl_secs: 45,
@@ -582,6 +586,23 @@ impl Config {
         }
         if self.redis.ttl_secs < 2 {
             return Err(invalid("redis.ttl_secs", "must be at least 2"));
+        }
+        if let Some(addr) = &self.redis.addr {
+            let routing = contrail_control::RoutingConfig {
+                addr: Some(addr.clone()),
+                ..contrail_control::RoutingConfig::default()
+            };
+            contrail_control::routing::store_connection_info(&routing)
+                .map_err(|e| invalid("redis.addr", e.to_string()))?;
+            if self.redis.tls_ca_file.is_some() && !addr.starts_with("rediss://") {
+                return Err(invalid(
+                    "redis.tls_ca_file",
+                    "only used with a rediss:// address",
+                ));
+            }
+        }
+        if self.redis.db.is_some_and(|db| db < 0) {
+            return Err(invalid("redis.db", "must not be negative"));
         }
         if self
             .sinks

@@ -266,6 +266,7 @@ impl RelayBuilder {
                 addr: config.redis.addr.clone(),
                 password: config.redis.password.clone(),
                 db: config.redis.db,
+                tls_ca_file: config.redis.tls_ca_file.clone(),
                 ttl: Duration::from_secs(config.redis.ttl_secs),
                 relay_id: relay_id.clone(),
                 ..contrail_control::RoutingConfig::default()
