@@ -578,6 +578,29 @@ impl Config {
         if self.quotas.retry_after_ms == 0 {
             return Err(invalid("quotas.retry_after_ms", "must be positive"));
         }
+        // A burst of 0 means one second's worth; a non-zero burst below the rate would be
+        // raised to the rate silently, so it is refused.
+        let q = &self.quotas;
+        if q.burst_frames != 0 && q.burst_frames < q.frames_per_sec {
+            return Err(invalid(
+                "quotas.burst_frames",
+                format!(
+                    "{} is below frames_per_sec ({}): a burst holds at least one second's worth \
+                     (0 means exactly that)",
+                    q.burst_frames, q.frames_per_sec
+                ),
+            ));
+        }
+        if q.burst_bytes != 0 && q.burst_bytes < q.bytes_per_sec {
+            return Err(invalid(
+                "quotas.burst_bytes",
+                format!(
+                    "{} is below bytes_per_sec ({}): a burst holds at least one second's worth \
+                     (0 means exactly that)",
+                    q.burst_bytes, q.bytes_per_sec
+                ),
+            ));
+        }
         if (self.tls.cert.is_some()) != (self.tls.key.is_some()) {
             return Err(invalid("tls", "cert and key go together"));
         }
@@ -743,6 +766,19 @@ mod tests {
         }
         let e = bad.validate().expect_err("empty path");
         assert!(e.to_string().contains("sinks.archive.path"), "{e}");
+    }
+
+    #[test]
+    fn a_burst_below_the_rate_is_refused_and_zero_means_one_second() {
+        let parse = |text: &str| Config::from_toml(text).expect("parses").validate();
+        let e = parse("[quotas]\nframes_per_sec = 100\nburst_frames = 50").expect_err("below");
+        assert!(e.to_string().contains("quotas.burst_frames"), "{e}");
+        assert!(e.to_string().contains("below frames_per_sec"), "{e}");
+        let e = parse("[quotas]\nbytes_per_sec = 1000\nburst_bytes = 10").expect_err("below");
+        assert!(e.to_string().contains("quotas.burst_bytes"), "{e}");
+        parse("[quotas]\nframes_per_sec = 100").expect("0: one second's worth");
+        parse("[quotas]\nframes_per_sec = 100\nburst_frames = 100").expect("equal");
+        parse("[quotas]\nframes_per_sec = 100\nburst_frames = 500").expect("above");
     }
 
     fn sink_error(entry: &str) -> String {
