@@ -369,7 +369,7 @@ impl RelayBuilder {
         let endpoint_config = contrail_protocol::client::config::endpoint_config(
             core.config.limits.max_udp_payload_bytes,
         )
-        .map_err(|e| RelayError::Tls(tls::TlsError::Config(e)))?;
+        .map_err(|e| RelayError::Tls(tls::TlsError::Config(e.to_string())))?;
         let endpoint = quinn::Endpoint::new(
             endpoint_config,
             Some(server),
