@@ -290,3 +290,55 @@ async fn publishes_with_a_password_into_the_configured_db() {
     );
     control.shutdown().await.expect("shutdown");
 }
+
+/// Log lines written while a test runs (a `MakeWriter` for `tracing_subscriber::fmt`).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn unreachable_redis_at_start_is_logged_once_at_warn() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // Thread-local: this current-thread runtime runs the whole control tree on this thread.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let control = start_with_redis(Some(&redis), TTL).await;
+    poll_until_async(DEADLINE, "several failed connects", async || {
+        let text = logs.text();
+        (text.matches("redis routing connect failed").count() >= 2).then_some(())
+    })
+    .await;
+    let text = logs.text();
+    let warns: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("redis routing unreachable"))
+        .collect();
+    assert_eq!(
+        warns.len(),
+        1,
+        "one WARN at start, retries at debug:\n{text}"
+    );
+    control.shutdown().await.expect("shutdown");
+}
