@@ -17,17 +17,6 @@ const LAYERS: &[&[&str]] = &[
     &["core"],
 ];
 
-/// Edges that close a cycle today and are being removed (issue 19, "one source for
-/// configuration": each sink gets a typed config in `sink/<kind>/config.rs` that does not
-/// import `config.rs`). Until then `config.rs` calls each sink's `validate`, which takes
-/// `config.rs` types. The cycle check ignores exactly these edges, and fails once one of them
-/// is gone so that it is taken off this list.
-const PENDING: &[(&str, &str)] = &[
-    ("config.rs", "sink/live/mod.rs"),
-    ("config.rs", "sink/redis_streams/config.rs"),
-    ("config.rs", "sink/nats_jetstream/config.rs"),
-];
-
 type Module = Vec<String>;
 
 struct Crate {
@@ -401,17 +390,8 @@ fn layer(file: &str) -> Option<usize> {
 
 #[test]
 fn no_file_imports_a_file_that_imports_it() {
-    let mut g = load().edges();
+    let g = load().edges();
     assert!(g.len() > 20, "parsed too few files: {g:?}");
-    for (from, to) in PENDING {
-        assert!(
-            g.get(*from).is_some_and(|e| e.contains(*to)),
-            "{from} -> {to} is gone: take it off PENDING"
-        );
-        if let Some(e) = g.get_mut(*from) {
-            e.remove(*to);
-        }
-    }
     let found = cycles(&g);
     assert!(
         found.is_empty(),

@@ -2,12 +2,7 @@
 
 use std::time::Duration;
 
-/// Default `max_subscribers`.
-pub const DEFAULT_MAX_SUBSCRIBERS: usize = 64;
-/// Default `subscriber_queue_frames`.
-pub const DEFAULT_SUBSCRIBER_QUEUE_FRAMES: usize = 65_536;
-/// Largest accepted `subscriber_queue_frames`.
-pub const MAX_SUBSCRIBER_QUEUE_FRAMES: usize = 1 << 24;
+use super::config::{DEFAULT_MAX_SUBSCRIBERS, DEFAULT_SUBSCRIBER_QUEUE_FRAMES};
 
 /// Settings of the live sink and its subscribers.
 #[derive(Debug, Clone)]
