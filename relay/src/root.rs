@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use contrail_control::metric_names as m;
 use contrail_control::Lifecycle;
@@ -17,6 +17,9 @@ use crate::sink::{SinkFactory, SinkHandle};
 
 /// Bound on each child's stop during the ordered shutdown.
 const STOP_WAIT: Duration = Duration::from_secs(5);
+/// A child that fails again within this time of starting is restarted after this delay (no
+/// hot restart loop).
+const RESTART_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A child of the root, by name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -40,8 +43,10 @@ impl std::fmt::Display for RelayChild {
 pub enum RootMsg {
     /// The slot holding the session supervisor in service.
     Supervisor(RpcReplyPort<SupervisorSlot>),
-    /// How often each child was restarted after a failure.
+    /// How often each child was restarted after a failure (counted once the new one runs).
     Restarts(RpcReplyPort<HashMap<RelayChild, u32>>),
+    /// Spawn a child again (delayed restart).
+    Respawn(RelayChild),
     /// Make a child fail (supervision tests).
     #[doc(hidden)]
     Crash(RelayChild),
@@ -67,6 +72,8 @@ pub struct RootState {
     supervisor: SupervisorSlot,
     sink_actors: HashMap<String, ActorRef<SinkMsg>>,
     by_id: HashMap<ActorId, RelayChild>,
+    /// When each child was last started.
+    started: HashMap<RelayChild, Instant>,
     restarts: HashMap<RelayChild, u32>,
 }
 
@@ -77,8 +84,28 @@ impl RootState {
     async fn respawn_sessions(&mut self, me: &ActorRef<RootMsg>) -> Result<(), ActorProcessingErr> {
         let r = spawn_sessions(self.fail_claim.clone(), me).await?;
         self.by_id.insert(r.get_id(), RelayChild::Sessions);
+        self.started.insert(RelayChild::Sessions, Instant::now());
         self.supervisor.set(r);
         Ok(())
+    }
+
+    async fn respawn(&mut self, child: RelayChild, me: &ActorRef<RootMsg>) {
+        let res = match &child {
+            // Its session actors died with it (ractor kills a failed actor's children); each
+            // one's state drop closed its connection with INTERNAL and accounted for it. A new,
+            // empty registry matches: no session is live.
+            RelayChild::Sessions => self.respawn_sessions(me).await,
+            // The queue and its batches live in the handle: the new actor's worker carries on
+            // from where the old one stopped, as after a worker restart.
+            RelayChild::Sink(name) => self.spawn_sink(name, me).await,
+        };
+        match res {
+            Ok(()) => *self.restarts.entry(child).or_default() += 1,
+            Err(e) => {
+                tracing::error!(%child, error = %e, "could not restart a relay child; retrying");
+                me.send_after(RESTART_BACKOFF, move || RootMsg::Respawn(child));
+            }
+        }
     }
 
     async fn spawn_sink(
@@ -101,6 +128,8 @@ impl RootState {
         .await?;
         self.by_id
             .insert(r.get_id(), RelayChild::Sink(name.to_string()));
+        self.started
+            .insert(RelayChild::Sink(name.to_string()), Instant::now());
         self.sink_actors.insert(name.to_string(), r);
         Ok(())
     }
@@ -143,6 +172,7 @@ impl Actor for RelayRoot {
             supervisor: SupervisorSlot::new(sessions.clone()),
             sink_actors: HashMap::new(),
             by_id: HashMap::from([(sessions.get_id(), RelayChild::Sessions)]),
+            started: HashMap::from([(RelayChild::Sessions, Instant::now())]),
             restarts: HashMap::new(),
         };
         for name in state.sink_order.clone() {
@@ -153,7 +183,7 @@ impl Actor for RelayRoot {
 
     async fn handle(
         &self,
-        _myself: ActorRef<RootMsg>,
+        myself: ActorRef<RootMsg>,
         msg: RootMsg,
         state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
@@ -164,6 +194,7 @@ impl Actor for RelayRoot {
             RootMsg::Restarts(reply) => {
                 let _ = reply.send(state.restarts.clone());
             }
+            RootMsg::Respawn(child) => state.respawn(child, &myself).await,
             RootMsg::Crash(RelayChild::Sessions) => {
                 let _ = state.supervisor.get().cast(SupervisorMsg::Crash);
             }
@@ -193,18 +224,17 @@ impl Actor for RelayRoot {
                     RelayChild::Sink(_) => "sink",
                 };
                 metrics::counter!(m::RELAY_CHILD_FAILURES, "child" => label).increment(1);
-                *state.restarts.entry(child.clone()).or_default() += 1;
-                match child {
-                    // Its session actors died with it (ractor kills a failed actor's
-                    // children); each one's state drop closed its connection with INTERNAL and
-                    // accounted for it. A new, empty registry matches: no session is live.
-                    RelayChild::Sessions => state.respawn_sessions(&myself).await?,
-                    // The queue and its batches live in the handle: the new actor's worker
-                    // carries on from where the old one stopped, as after a worker restart.
-                    RelayChild::Sink(name) => {
-                        state.sink_actors.remove(&name);
-                        state.spawn_sink(&name, &myself).await?;
-                    }
+                if let RelayChild::Sink(name) = &child {
+                    state.sink_actors.remove(name);
+                }
+                let hot = state
+                    .started
+                    .get(&child)
+                    .is_some_and(|t| t.elapsed() < RESTART_BACKOFF);
+                if hot {
+                    myself.send_after(RESTART_BACKOFF, move || RootMsg::Respawn(child));
+                } else {
+                    state.respawn(child, &myself).await;
                 }
             }
             SupervisionEvent::ActorTerminated(cell, _, _) => {
