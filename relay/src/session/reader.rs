@@ -1,9 +1,9 @@
 //! The telemetry reader: the relay's hot path.
 //!
 //! Reads whatever the telemetry stream has into one buffer, decodes every complete frame into
-//! one batch (zero-copy slices of that buffer), checks sequence and credits, records stats and
-//! frame ages once per batch, and hands the batch to the fan-out. Nothing here allocates per
-//! frame or takes a lock per frame.
+//! one batch (zero-copy slices of that buffer), checks sequence, credits and quota
+//! ([`credit::check_batch`]), records stats and frame ages once per batch, and hands the batch
+//! to the fan-out. Nothing here allocates per frame or takes a lock per frame.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -344,7 +344,7 @@ async fn process(
     cursor.set_forwarded(last);
     stats
         .inflight
-        .store(last.saturating_sub(cursor.completed()), Relaxed);
+        .store(last.saturating_sub(cursor.acked()), Relaxed);
     Ok(())
 }
 
