@@ -87,24 +87,25 @@ impl AgentCursor {
     /// once). Other completions only move the cursor: the writer picks them up when its delay
     /// ends, without a wake-up per batch.
     pub fn complete_range(&self, first: u64, last: u64) {
-        // In order (the common case): one load, one fetch_max; `completed` only grows, so a
-        // range that joins it once joins it for good.
-        let cur = self.completed.load(Ordering::SeqCst);
-        if last <= cur {
-            return;
+        if last < first {
+            return; // not a range (an empty batch is 0..=0)
         }
-        let (before, after) = if first <= cur.saturating_add(1) {
-            let before = self.completed.fetch_max(last, Ordering::SeqCst);
-            let mut after = before.max(last);
-            // A range parked meanwhile may join now. (`has_parked` is set before a parking
-            // thread reads `completed`: either it sees this advance, or this sees its flag.)
-            if self.has_parked.load(Ordering::SeqCst) {
-                after = after.max(self.take_parked(None));
+        // In order (the common case): one compare-and-swap from the seq before the range.
+        let (before, after) = match self.completed.compare_exchange(
+            first.saturating_sub(1),
+            last,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
+            Ok(before) => (before, self.join_parked(last)),
+            Err(cur) if last <= cur => return,
+            // Overlapping the ack point (a resume claim, a repeated range): `completed` only
+            // grows, so a range that joins it once joins it for good.
+            Err(cur) if first <= cur.saturating_add(1) => {
+                let before = self.completed.fetch_max(last, Ordering::SeqCst);
+                (before, self.join_parked(before.max(last)))
             }
-            (before, after)
-        } else {
-            let after = self.take_parked(Some((first, last)));
-            (cur, after)
+            Err(cur) => (cur, self.take_parked(Some((first, last)))),
         };
         if before < after {
             let acked = self.acked.load(Ordering::Acquire);
@@ -112,6 +113,17 @@ impl AgentCursor {
             if before <= acked || after.saturating_sub(acked) >= wake_after {
                 self.notify.notify_one();
             }
+        }
+    }
+
+    /// After `completed` moved to `now`: takes in parked ranges that may join now. (A parking
+    /// thread sets `has_parked` before it reads `completed`: either it sees this advance, or
+    /// this sees its flag.)
+    fn join_parked(&self, now: u64) -> u64 {
+        if self.has_parked.load(Ordering::SeqCst) {
+            now.max(self.take_parked(None))
+        } else {
+            now
         }
     }
 
