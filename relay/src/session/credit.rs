@@ -187,17 +187,16 @@ pub fn check_batch(
     }
     // One pass over the batch: every frame follows the one before (duplicates included: a
     // resend is the same consecutive run again).
-    let mut prev = first;
-    for m in &metas[1..] {
-        if m.seq != prev.wrapping_add(1) {
+    for (i, m) in metas.iter().enumerate().skip(1) {
+        // (`m.seq < first`: a run wrapping past u64::MAX is not consecutive.)
+        if m.seq != first.wrapping_add(i as u64) || m.seq < first {
             return Err(End::NotConsecutive {
-                after: prev,
+                after: metas[i - 1].seq,
                 got: m.seq,
             });
         }
-        prev = m.seq;
     }
-    let last = prev;
+    let last = metas[metas.len() - 1].seq;
     if first > window.forwarded.saturating_add(1) {
         return Err(End::Gap {
             expected: window.forwarded.saturating_add(1),
@@ -324,6 +323,14 @@ mod tests {
         assert_eq!(
             run(&[1, 2, 4], w(0, 0, 8)).0,
             Err(End::NotConsecutive { after: 2, got: 4 })
+        );
+        assert_eq!(
+            run(&[u64::MAX, 0], w(u64::MAX - 1, u64::MAX - 1, 8)).0,
+            Err(End::NotConsecutive {
+                after: u64::MAX,
+                got: 0
+            }),
+            "no wrapping past u64::MAX"
         );
         assert_eq!(
             run(&[1, 2, 2], w(0, 0, 8)).0,
