@@ -5,6 +5,7 @@
 //! routing, resume cursor, session count) runs when the actor's state is dropped, so it happens
 //! however the session ends, and never touches other sessions.
 
+pub mod credit;
 pub mod driver;
 mod reader;
 pub mod supervisor;
