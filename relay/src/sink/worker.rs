@@ -30,8 +30,8 @@ pub struct SinkHandle {
     healthy: AtomicBool,
     frames_written: AtomicU64,
     frames_dropped: AtomicU64,
-    flush_tx: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
-    flush_rx: Mutex<mpsc::Receiver<oneshot::Sender<Result<(), String>>>>,
+    flush_tx: mpsc::Sender<oneshot::Sender<Result<(), SinkError>>>,
+    flush_rx: Mutex<mpsc::Receiver<oneshot::Sender<Result<(), SinkError>>>>,
     /// Batches popped and not yet written: locked by the running worker for its whole life,
     /// so when it dies they are still here for the next one.
     held: Mutex<Vec<Arc<SinkBatch>>>,
@@ -138,14 +138,28 @@ impl SinkHandle {
     }
 
     /// Asks the worker to write everything queued and flush the sink; waits for it.
-    pub async fn flush(&self) -> Result<(), String> {
+    pub async fn flush(&self) -> Result<(), FlushError> {
         let (tx, rx) = oneshot::channel();
         self.flush_tx
             .send(tx)
             .await
-            .map_err(|_| "sink worker gone".to_string())?;
-        rx.await.map_err(|_| "sink worker gone".to_string())?
+            .map_err(|_| FlushError::WorkerGone)?;
+        rx.await
+            .map_err(|_| FlushError::WorkerGone)?
+            .map_err(FlushError::Sink)
     }
+}
+
+/// Why [`SinkHandle::flush`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FlushError {
+    /// The sink's worker task is gone (the relay is shutting down).
+    #[error("sink worker gone")]
+    WorkerGone,
+    /// The sink's own flush failed.
+    #[error(transparent)]
+    Sink(SinkError),
 }
 
 async fn build_with_retry(handle: &SinkHandle, factory: &SinkFactory) -> Box<dyn Sink> {
@@ -194,7 +208,7 @@ pub async fn run(handle: Arc<SinkHandle>, factory: SinkFactory, restart_delay: D
                 while handle.queue.pop_many(items, max) > 0 {
                     write_items(&handle, &factory, &mut sink, items, &mut done).await;
                 }
-                let res = sink.flush().await.map_err(|e| e.to_string());
+                let res = sink.flush().await;
                 let _ = reply.send(res);
             }
             _ = handle.queue.wait_non_empty() => {

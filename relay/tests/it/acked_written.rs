@@ -310,14 +310,24 @@ async fn the_window_counts_from_the_last_ack_sent_not_from_what_sinks_stored() {
             "close reason {reason:?} lacks {part:?}"
         );
     }
-    // If the Error message made it onto the control stream before the close, it says the same.
+    // The Error message arrived on the control stream before the close and says the same.
     let _ = tokio::time::timeout(Duration::from_secs(1), agent.reader).await;
-    for m in agent.messages.lock().iter() {
-        if let Some(Msg::Error(e)) = &m.msg {
-            assert_eq!(e.code, ErrorCode::ProtocolViolation as i32);
-            assert_eq!(e.message, reason);
-        }
-    }
+    let errors: Vec<_> = agent
+        .messages
+        .lock()
+        .iter()
+        .filter_map(|m| match &m.msg {
+            Some(Msg::Error(e)) => Some(e.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "one Error message before the close: {errors:?}"
+    );
+    assert_eq!(errors[0].code, ErrorCode::ProtocolViolation as i32);
+    assert_eq!(errors[0].message, reason);
     // What was accepted is written once the sink moves on; frame 17 never is.
     gate.add_permits(1_000);
     poll_until_async(Duration::from_secs(5), "1..=16 written", async || {
