@@ -81,7 +81,9 @@ pub const SINK_ERRORS: &str = "contrail_sink_errors_total";
 pub const SINK_HEALTHY: &str = "contrail_sink_healthy";
 /// `{sink}`: sink worker restarts (a worker died).
 pub const SINK_RESTARTS: &str = "contrail_sink_restarts_total";
-/// `{sink}`: file rotations.
+/// `{sink}`: batches a restarted worker wrote again (its predecessor held them when it died).
+pub const SINK_REDELIVERED: &str = "contrail_sink_redelivered_batches_total";
+/// File sink rotations.
 pub const FILE_ROTATIONS: &str = "contrail_file_rotations_total";
 /// Gauge: live subscribers connected.
 pub const SUBSCRIBERS_ACTIVE: &str = "contrail_subscribers_active";
@@ -128,6 +130,7 @@ pub const ALL: &[&str] = &[
     SINK_ERRORS,
     SINK_HEALTHY,
     SINK_RESTARTS,
+    SINK_REDELIVERED,
     FILE_ROTATIONS,
     SUBSCRIBERS_ACTIVE,
     SUBSCRIBER_DROPPED,

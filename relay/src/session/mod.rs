@@ -8,6 +8,7 @@
 
 pub mod actor;
 pub mod context;
+pub mod credit;
 pub mod driver;
 mod reader;
 pub mod shared;
