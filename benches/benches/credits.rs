@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use contrail_benches::telemetry_batch;
 use contrail_relay::cursor::AgentCursor;
-use contrail_relay::session::credit::{check_batch, Accepted, CreditState, Window};
+use contrail_relay::testing::credit::{check_batch, Accepted, CreditState, Window};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 

@@ -63,11 +63,6 @@ impl SessionShared {
             );
         }
     }
-
-    /// Whether a close was issued.
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
 }
 
 /// Messages of a session actor.
