@@ -3,7 +3,8 @@
 //! Files, each importing only those listed before it: [`shared`] (what the actor, its driver
 //! and the registry share about one session), [`supervisor`] (the registry: one live session
 //! per agent id), [`context`] (what every session shares, and one registered session's
-//! context), `reader` (the telemetry hot path), [`driver`] (handshake, Register, control
+//! context), [`credit`] (the pure sequence/credit/quota check), `reader` (the telemetry hot
+//! path), [`driver`] (handshake, Register, control
 //! loop), [`actor`] (the session actor that owns the driver task).
 
 pub mod actor;
