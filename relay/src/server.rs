@@ -162,12 +162,11 @@ impl RelayBuilder {
             },
         )
         .await?;
+        // Until the relay is running, an error below stops the tree again.
+        let root_guard = StopOnDrop(Some(root.clone()));
         let supervisor = match root.call(RootMsg::Supervisor, None).await {
             Ok(ractor::rpc::CallResult::Success(slot)) => slot,
-            _ => {
-                root.stop(None);
-                return Err(RelayError::Root);
-            }
+            _ => return Err(RelayError::Root),
         };
         let ingest = Arc::new(Ingest {
             core: core.clone(),
@@ -204,6 +203,7 @@ impl RelayBuilder {
         let local_addr = endpoint.local_addr()?;
         let accept = tokio::spawn(accept_loop(ingest.clone(), endpoint.clone(), live.clone()));
         core.lifecycle.mark_ready();
+        root_guard.disarm();
         Ok(RunningRelay {
             core,
             ingest,
@@ -217,6 +217,23 @@ impl RelayBuilder {
             dev_cert_path: identity.dev_cert_path,
             certificate: identity.chain[0].clone(),
         })
+    }
+}
+
+/// Stops the relay root when dropped (a start that fails half-way), unless disarmed.
+struct StopOnDrop(Option<ActorRef<RootMsg>>);
+
+impl StopOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(root) = self.0.take() {
+            root.stop(None);
+        }
     }
 }
 
