@@ -93,8 +93,8 @@ pub struct ScenarioFile {
     pub agents: Option<usize>,
     /// `max`, `idle`, or Hz per agent.
     pub rate: Option<RateValue>,
-    /// Payload bytes per frame.
-    pub payload: Option<usize>,
+    /// Payload bytes per frame, or `"mavlink-mix"`.
+    pub payload: Option<PayloadValue>,
     /// Warm-up after every agent is connected (not measured).
     pub warmup: Option<String>,
     /// Measured duration.
@@ -107,6 +107,56 @@ pub struct ScenarioFile {
     pub interval: Option<String>,
     /// Allowed errors / frames sent.
     pub max_error_rate: Option<f64>,
+}
+
+/// What each frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// This many filler bytes.
+    Bytes(usize),
+    /// Real MAVLink packets in a vehicle's message mix (see `mavmix`).
+    MavlinkMix,
+}
+
+impl std::str::FromStr for Payload {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Payload> {
+        match s {
+            "mavlink-mix" => Ok(Payload::MavlinkMix),
+            n => n
+                .parse()
+                .map(Payload::Bytes)
+                .map_err(|_| anyhow::anyhow!("payload `{s}`: a number of bytes or `mavlink-mix`")),
+        }
+    }
+}
+
+impl std::fmt::Display for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Payload::Bytes(n) => write!(f, "{n} B"),
+            Payload::MavlinkMix => f.write_str("mavlink-mix"),
+        }
+    }
+}
+
+/// `payload = 256` or `payload = "mavlink-mix"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PayloadValue {
+    /// Bytes.
+    Num(usize),
+    /// `mavlink-mix` (or a number as text).
+    Text(String),
+}
+
+impl PayloadValue {
+    fn to_payload(&self) -> anyhow::Result<Payload> {
+        match self {
+            PayloadValue::Num(n) => Ok(Payload::Bytes(*n)),
+            PayloadValue::Text(t) => t.parse(),
+        }
+    }
 }
 
 /// `rate = "max"` or `rate = 20`.
@@ -162,8 +212,10 @@ pub struct Plan {
     pub agents: usize,
     /// Rate per agent.
     pub rate: Rate,
-    /// Payload bytes.
+    /// Payload bytes (for `mavlink-mix`: the mix's mean packet size, rounded).
     pub payload: usize,
+    /// Whether frames carry the MAVLink vehicle mix instead of filler bytes.
+    pub mavlink_mix: bool,
     /// Unmeasured warm-up after all agents connected.
     pub warmup: Duration,
     /// Measured window.
@@ -186,7 +238,7 @@ pub struct Overrides {
     /// `--rate`.
     pub rate: Option<Rate>,
     /// `--payload`.
-    pub payload: Option<usize>,
+    pub payload: Option<Payload>,
     /// `--warmup`.
     pub warmup: Option<Duration>,
     /// `--duration`.
@@ -218,11 +270,22 @@ impl Plan {
             (None, Some(r)) => r.to_rate()?,
             (None, None) => Rate::Max,
         };
+        let payload = match (o.payload, &f.payload) {
+            (Some(p), _) => p,
+            (None, Some(p)) => p.to_payload()?,
+            (None, None) => Payload::Bytes(256),
+        };
         let plan = Plan {
             name: f.name.clone().unwrap_or_else(|| "adhoc".into()),
             agents: o.agents.or(f.agents).unwrap_or(1),
             rate,
-            payload: o.payload.or(f.payload).unwrap_or(256),
+            payload: match payload {
+                Payload::Bytes(n) => n,
+                Payload::MavlinkMix => {
+                    crate::mavmix::MavlinkMix::vehicle(1).mean_bytes().round() as usize
+                }
+            },
+            mavlink_mix: payload == Payload::MavlinkMix,
             warmup: dur(o.warmup, &f.warmup, Duration::from_secs(1))?,
             duration: dur(o.duration, &f.duration, Duration::from_secs(10))?,
             ramp_up: dur(o.ramp_up, &f.ramp_up, Duration::ZERO)?,

@@ -98,6 +98,8 @@ pub struct Config {
     pub quotas: crate::quota::QuotaConfig,
     /// Sinks; empty means one `stdout` sink.
     pub sinks: Vec<SinkConfig>,
+    /// MAVLink: the optional lab/SITL UDP endpoint (`mavlink.udp_listen`, off by default).
+    pub mavlink: crate::mavlink::MavlinkConfig,
 }
 
 impl Default for Config {
@@ -113,6 +115,7 @@ impl Default for Config {
             auth: crate::auth::AuthConfig::default(),
             quotas: crate::quota::QuotaConfig::default(),
             sinks: Vec::new(),
+            mavlink: crate::mavlink::MavlinkConfig::default(),
         }
     }
 }
@@ -202,6 +205,10 @@ pub struct Limits {
     /// 1452 suits Ethernet and the internet; jumbo-frame LANs and loopback can use up to 65527
     /// (fewer packets per frame at high rates; agents and subscribers must allow it too).
     pub max_udp_payload_bytes: u16,
+    /// Longest string of a drone identity field (`Register.identity`, identity updates) kept
+    /// for `/v1/drones/{id}`, bytes; longer ones are cut (counted as
+    /// `contrail_limit_hits_total{limit="identity_field_bytes"}`).
+    pub max_identity_field_bytes: usize,
 }
 
 impl Default for Limits {
@@ -223,6 +230,7 @@ impl Default for Limits {
             quic_max_ack_delay_ms: 125,
             quic_max_ack_delay_cap_ms: 1_500,
             max_udp_payload_bytes: 1452,
+            max_identity_field_bytes: 128,
         }
     }
 }
@@ -368,6 +376,13 @@ pub struct SinkConfig {
     /// Never agents matching these globs.
     #[serde(default)]
     pub exclude_agents: Vec<String>,
+    /// Only MAVLink frames (content type `application/x-mavlink`) of these message names
+    /// (`["ATTITUDE", "HEARTBEAT"]`; empty: all frames).
+    #[serde(default)]
+    pub include_mavlink: Vec<String>,
+    /// Never MAVLink frames of these message names.
+    #[serde(default)]
+    pub exclude_mavlink: Vec<String>,
     /// file: path of the active file.
     #[serde(default)]
     pub path: Option<PathBuf>,
@@ -532,6 +547,13 @@ impl Config {
         if self.http.admin_token.as_deref().is_some_and(str::is_empty) {
             return Err(invalid("http.admin_token", "must not be empty"));
         }
+        if l.max_identity_field_bytes == 0 || l.max_identity_field_bytes > 4096 {
+            return Err(invalid(
+                "limits.max_identity_field_bytes",
+                "must be 1..=4096",
+            ));
+        }
+        self.mavlink.validate()?;
         if self.redis.ttl_secs < 2 {
             return Err(invalid("redis.ttl_secs", "must be at least 2"));
         }
@@ -578,7 +600,9 @@ impl Config {
                 &s.exclude_agents,
                 None,
             )
-            .map_err(|e| invalid(&field("include_agents"), e.to_string()))?;
+            .map_err(|e| invalid(&field("include_agents"), e.to_string()))?
+            .with_mavlink_names(&s.include_mavlink, &s.exclude_mavlink)
+            .map_err(|e| invalid(&field("include_mavlink"), e.to_string()))?;
         }
         Ok(())
     }

@@ -47,6 +47,9 @@ pub enum RelayError {
     /// An actor failed to spawn.
     #[error("actor: {0}")]
     Actor(String),
+    /// The MAVLink UDP endpoint could not start.
+    #[error(transparent)]
+    MavlinkUdp(#[from] crate::mavlink::udp::UdpError),
 }
 
 /// A per-batch hook (see [`Hooks::on_batch`]).
@@ -378,8 +381,13 @@ impl RelayBuilder {
             endpoint.clone(),
             supervisor.clone(),
         ));
+        let mavlink_udp = match core.config.mavlink.udp_listen {
+            Some(addr) => Some(crate::mavlink::udp::spawn(core.clone(), addr)?),
+            None => None,
+        };
         core.lifecycle.mark_ready();
         Ok(RunningRelay {
+            mavlink_udp,
             core,
             endpoint,
             control: Some(control),
@@ -464,6 +472,7 @@ pub struct RunningRelay {
     supervisor_join: Option<JoinHandle<()>>,
     sink_actors: Vec<(ActorRef<SinkMsg>, JoinHandle<()>)>,
     accept: Option<JoinHandle<()>>,
+    mavlink_udp: Option<crate::mavlink::udp::UdpHandle>,
     local_addr: SocketAddr,
     dev_cert_path: Option<PathBuf>,
     certificate: CertificateDer<'static>,
@@ -478,6 +487,13 @@ impl RunningRelay {
     /// The HTTP address.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.control.as_ref().map(Control::http_addr)
+    }
+
+    /// The address of the MAVLink UDP endpoint, when `mavlink.udp_listen` is set.
+    pub fn mavlink_udp_addr(&self) -> Option<SocketAddr> {
+        self.mavlink_udp
+            .as_ref()
+            .map(crate::mavlink::udp::UdpHandle::local_addr)
     }
 
     /// Path of the development certificate, when one is in use.
@@ -547,6 +563,9 @@ impl RunningRelay {
         if let Some(a) = self.accept.take() {
             a.abort();
             let _ = a.await;
+        }
+        if let Some(u) = self.mavlink_udp.take() {
+            u.stop().await;
         }
         // Stop session actors: their readers finish the batch in hand, then end.
         let _ = self

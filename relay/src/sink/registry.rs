@@ -24,6 +24,11 @@ pub fn build_with(
     .map_err(|e| ConfigError::Invalid {
         field: format!("sinks.{}.include_agents", cfg.name),
         reason: e.to_string(),
+    })?
+    .with_mavlink_names(&cfg.include_mavlink, &cfg.exclude_mavlink)
+    .map_err(|e| ConfigError::Invalid {
+        field: format!("sinks.{}.include_mavlink", cfg.name),
+        reason: e.to_string(),
     })?;
     let mut common = SinkCommon::new(cfg.name.clone(), cfg.required);
     common.when_full = cfg.when_full;
