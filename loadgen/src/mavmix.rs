@@ -42,10 +42,12 @@ impl MavlinkMix {
     pub fn vehicle(system_id: u8) -> Self {
         // (time within the second in µs, name, nth message of its kind)
         let mut plan: Vec<(u32, &str, u32)> = Vec::new();
-        for (name, hz) in RATES {
+        for (i, (name, hz)) in RATES.iter().enumerate() {
             let period = 1_000_000 / hz;
-            // Offset kinds a little so that messages of equal rate do not share a timestamp.
-            let offset = (plan.len() as u32 * 997) % period;
+            // Each stream starts at its own phase (golden-ratio steps), as an autopilot's
+            // schedulers do, so streams of equal rate do not fire together.
+            let phase = (i as f64 * 0.618_034).fract();
+            let offset = (f64::from(period) * phase) as u32;
             for k in 0..*hz {
                 plan.push((k * period + offset, name, k));
             }
@@ -262,11 +264,13 @@ mod tests {
     fn attitude_is_spread_through_the_second_and_frames_cycle_by_seq() {
         let mix = MavlinkMix::vehicle(1);
         let kinds: Vec<u32> = (1..=100).map(|s| mix.frame(s, 0).kind).collect();
-        // No more than two ATTITUDE messages in a row: the 50 Hz stream is interleaved.
+        // The 50 Hz stream is interleaved with the others: never more than three ATTITUDE
+        // messages in a row, nor more than three other messages between two of them.
         assert!(
-            kinds.windows(3).all(|w| !w.iter().all(|k| *k == 30)),
+            kinds.windows(4).all(|w| !w.iter().all(|k| *k == 30)),
             "{kinds:?}"
         );
+        assert!(kinds.windows(4).all(|w| w.contains(&30)), "{kinds:?}");
         assert_eq!(mix.frame(1, 0).payload, mix.frame(101, 0).payload);
         assert_eq!(mix.frame(5, 0).content_type, CONTENT_TYPE);
     }

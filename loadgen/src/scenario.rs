@@ -363,6 +363,37 @@ mod tests {
     }
 
     #[test]
+    fn the_mavlink_mix_payload_comes_from_flags_or_scenario_files() {
+        assert_eq!(
+            "mavlink-mix".parse::<Payload>().expect("mix"),
+            Payload::MavlinkMix
+        );
+        assert_eq!("64".parse::<Payload>().expect("bytes"), Payload::Bytes(64));
+        assert!("mavlink".parse::<Payload>().is_err());
+        let o = Overrides {
+            payload: Some(Payload::MavlinkMix),
+            ..Overrides::default()
+        };
+        let p = Plan::build(None, &o).expect("plan");
+        assert!(p.mavlink_mix);
+        assert!(
+            (30..60).contains(&p.payload),
+            "mean packet size {}",
+            p.payload
+        );
+        let f: ScenarioFile =
+            toml::from_str("agents = 10\nrate = 100\npayload = \"mavlink-mix\"").expect("toml");
+        assert!(
+            Plan::build(Some(&f), &Overrides::default())
+                .expect("plan")
+                .mavlink_mix
+        );
+        let f: ScenarioFile = toml::from_str("payload = 128").expect("toml");
+        let p = Plan::build(Some(&f), &Overrides::default()).expect("plan");
+        assert_eq!((p.payload, p.mavlink_mix), (128, false));
+    }
+
+    #[test]
     fn durations_and_rates_parse() {
         assert_eq!(
             parse_duration("500ms").expect("ms"),
