@@ -15,6 +15,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("soak", include_str!("../scenarios/soak.toml")),
     ("cpu100", include_str!("../scenarios/cpu100.toml")),
     ("cpu10k", include_str!("../scenarios/cpu10k.toml")),
+    (
+        "mavlink-fleet",
+        include_str!("../scenarios/mavlink-fleet.toml"),
+    ),
 ];
 
 /// How fast each agent sends.

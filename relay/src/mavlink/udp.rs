@@ -106,6 +106,7 @@ struct Metrics {
     lost: Counter,
     dropped: [Counter; DecodeError::LABELS.len()],
     dropped_max_systems: Counter,
+    dropped_draining: Counter,
     systems: Gauge,
 }
 
@@ -118,6 +119,7 @@ impl Metrics {
                 metrics::counter!("contrail_mavlink_udp_dropped_total", "reason" => reason)
             }),
             dropped_max_systems: metrics::counter!("contrail_limit_hits_total", "limit" => "mavlink_max_systems"),
+            dropped_draining: metrics::counter!("contrail_mavlink_udp_dropped_total", "reason" => "draining"),
             systems: metrics::gauge!("contrail_mavlink_udp_systems"),
         }
     }
@@ -241,6 +243,11 @@ impl Endpoint {
     fn packet(&mut self, bytes: &[u8], h: packet::Header, from: SocketAddr, now: Instant) {
         self.m.packets.increment(1);
         if !self.systems.contains_key(&h.system_id) {
+            if self.core.is_draining() {
+                // Like agents: no new sessions once the relay drains.
+                self.m.dropped_draining.increment(1);
+                return;
+            }
             if self.systems.len() >= self.core.config.mavlink.max_systems {
                 self.m.dropped_max_systems.increment(1);
                 return;
