@@ -48,7 +48,7 @@ enum TargetArg {
 #[derive(Debug, Parser)]
 #[command(name = "contrail-loadgen", version, about)]
 struct Cli {
-    /// Built-in scenario (max, fleet, conns, soak, cpu100, cpu10k) or a TOML file.
+    /// Built-in scenario (max, fleet, conns, soak, cpu100, cpu10k, mavlink-fleet) or a TOML file.
     #[arg(long)]
     scenario: Option<String>,
     /// Relay (or broker) address, `host:port`; repeat for fail-over (agents rotate through them).
