@@ -2,7 +2,7 @@
 //! computer, as real MAVLink 2 packets (encoded with the `mavlink` crate, `common` dialect).
 //!
 //! One second of traffic is built once: every message of [`RATES`] at its rate, interleaved by
-//! send time (100 messages, mean ≈ 44 bytes). Frames carry `kind` = message id, the packet as
+//! send time (100 messages, mean ≈ 39 bytes). Frames carry `kind` = message id, the packet as
 //! payload and content type `application/x-mavlink`, as `contrail-agent` sends them. A run
 //! replays the second over and over (frame `seq` picks the slot), so `--rate 100` is the
 //! vehicle's own pace and `--rate max` the same mix as fast as credits allow.
