@@ -85,7 +85,7 @@ pub fn write_object(out: &mut Vec<u8>, d: &Decoded) {
 }
 
 /// Appends the message's fields as one JSON object (enums by name, bitmasks as their flags,
-/// `char[]` fields as byte arrays, non-finite floats as `null`).
+/// `char[]` fields as strings up to the first NUL, non-finite floats as `null`).
 pub fn write_fields(out: &mut Vec<u8>, d: &Decoded) {
     use mavlink::Message as _;
     let start = out.len();
