@@ -27,6 +27,49 @@ pub struct SessionStats {
     pub last_heartbeat_unix_ms: AtomicU64,
     /// Flight id of the most recent frame, if any.
     pub flight_id: Mutex<Option<String>>,
+    /// The vehicle's identity (from `Register`, replaced by identity updates); `None` for
+    /// sessions that have none (e.g. the MAVLink UDP endpoint's).
+    pub identity: Mutex<Option<Arc<DroneIdentity>>>,
+}
+
+impl SessionStats {
+    /// Replaces the session's identity.
+    pub fn set_identity(&self, identity: DroneIdentity) {
+        *self.identity.lock() = Some(Arc::new(identity));
+    }
+}
+
+/// What a fleet operator knows about the vehicle behind a session: `Register.identity` and the
+/// agent's later `DroneIdentity` updates, plus `Register.agent_version`. The relay caps every
+/// string (see [`cap_field`]) before it lands here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DroneIdentity {
+    /// MAV_TYPE name, e.g. `MAV_TYPE_QUADROTOR` (empty: unknown).
+    pub vehicle_type: String,
+    /// MAV_AUTOPILOT name, e.g. `MAV_AUTOPILOT_PX4`.
+    pub autopilot: String,
+    /// Flight software version, e.g. `1.14.3`.
+    pub firmware_version: String,
+    /// MAVLink system id (0: unknown).
+    pub mavlink_system_id: u32,
+    /// Hardware UID (hex) or board id.
+    pub hardware_uid: String,
+    /// Serial number.
+    pub serial_number: String,
+    /// Agent software version from `Register`.
+    pub agent_version: String,
+}
+
+/// `s` cut to at most `max` bytes on a character boundary; the flag tells whether it was cut.
+pub fn cap_field(s: &str, max: usize) -> (String, bool) {
+    if s.len() <= max {
+        return (s.to_owned(), false);
+    }
+    let mut end = max;
+    while end > 0 && !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    (s[..end].to_owned(), true)
 }
 
 /// A live session as the relay registered it.
@@ -65,6 +108,8 @@ pub struct SessionSnapshot {
     pub inflight: u64,
     /// Remote address.
     pub remote_addr: SocketAddr,
+    /// The vehicle's identity, when the agent sent one.
+    pub identity: Option<DroneIdentity>,
 }
 
 impl SessionInfo {
@@ -81,6 +126,7 @@ impl SessionInfo {
             bytes: self.stats.bytes.load(Ordering::Relaxed),
             inflight: self.stats.inflight.load(Ordering::Relaxed),
             remote_addr: self.remote_addr,
+            identity: self.stats.identity.lock().as_deref().cloned(),
         }
     }
 }
@@ -331,6 +377,24 @@ mod tests {
         assert_eq!(f.usage_len(), 3);
         assert!(f.usage("a0").is_none() && f.usage("a1").is_none());
         assert!(f.usage("a3").is_some() && f.usage("live").is_some());
+    }
+
+    #[test]
+    fn identity_fields_are_capped_on_char_boundaries_and_show_in_snapshots() {
+        assert_eq!(cap_field("px4", 8), ("px4".to_string(), false));
+        assert_eq!(cap_field("abcdef", 4), ("abcd".to_string(), true));
+        // 'é' is two bytes: a cut inside it backs off to the boundary before.
+        assert_eq!(cap_field("aé", 2), ("a".to_string(), true));
+        let s = info("a", "s");
+        assert_eq!(s.snapshot().identity, None);
+        s.stats.set_identity(DroneIdentity {
+            autopilot: "MAV_AUTOPILOT_PX4".into(),
+            ..DroneIdentity::default()
+        });
+        assert_eq!(
+            s.snapshot().identity.map(|i| i.autopilot),
+            Some("MAV_AUTOPILOT_PX4".into())
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ use ractor::{Actor, ActorRef};
 
 pub use error::{ControlError, RoutingError};
 pub use events::ControlEvents;
-pub use fleet::{Fleet, SessionInfo, SessionStats};
+pub use fleet::{DroneIdentity, Fleet, SessionInfo, SessionStats};
 pub use health::{Health, HealthFlag};
 pub use latency::{Hist, LatencyRecorder};
 pub use lifecycle::{Lifecycle, LifecycleState};

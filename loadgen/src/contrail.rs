@@ -238,7 +238,10 @@ async fn send_max(
                 let a = *acks.borrow_and_update();
                 on_ack(ctx, idx, log, &mut last_acked, a);
             }
-            r = agent.send_many(MAX_BATCH, |_| frame) => {
+            r = agent.send_many(MAX_BATCH, |seq| match &ctx.mix {
+                Some(mix) => mix.frame(seq, 0),
+                None => frame,
+            }) => {
                 let (last, n) = r?;
                 let n = n as u64;
                 log.sent(last + 1 - n, last, ctx.now_ns());
@@ -281,11 +284,14 @@ async fn send_fixed(
                     ctx.send_lag_hist.record_n(idx, ctx.now_ns().saturating_sub(due), 1);
                 }
                 let intended_unix = ctx.epoch_unix_ns + due;
-                let send = agent.send_many(1, |_| OutFrame {
-                    kind: 1,
-                    payload,
-                    device_time: intended_unix,
-                    ..OutFrame::default()
+                let send = agent.send_many(1, |seq| match &ctx.mix {
+                    Some(mix) => mix.frame(seq, intended_unix),
+                    None => OutFrame {
+                        kind: 1,
+                        payload,
+                        device_time: intended_unix,
+                        ..OutFrame::default()
+                    },
                 });
                 let mut send = std::pin::pin!(send);
                 // With credits (the usual case) the frame is queued at once; without, keep

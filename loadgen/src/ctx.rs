@@ -16,6 +16,8 @@ const SHARDS: usize = 32;
 pub struct RunCtx {
     /// The plan.
     pub plan: Plan,
+    /// The MAVLink vehicle mix, when the plan's payload is `mavlink-mix`.
+    pub mix: Option<crate::mavmix::MavlinkMix>,
     /// Monotonic epoch; times are ns since it.
     pub epoch: Instant,
     /// The same moment on the wall clock, Unix ns (frames carry wall-clock stamps).
@@ -66,6 +68,9 @@ impl RunCtx {
     pub fn new(plan: Plan, id_prefix: String) -> Self {
         let epoch = Instant::now();
         RunCtx {
+            mix: plan
+                .mavlink_mix
+                .then(|| crate::mavmix::MavlinkMix::vehicle(1)),
             plan,
             epoch,
             epoch_unix_ns: unix_ns(),

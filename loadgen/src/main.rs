@@ -15,6 +15,7 @@ mod contrail;
 mod ctx;
 mod deliveries;
 mod hist;
+mod mavmix;
 mod procfs;
 mod report;
 mod run;
@@ -56,7 +57,7 @@ enum MqttClientArg {
 #[derive(Debug, Parser)]
 #[command(name = "contrail-loadgen", version, about)]
 struct Cli {
-    /// Built-in scenario (max, fleet, conns, soak, cpu100, cpu10k) or a TOML file.
+    /// Built-in scenario (max, fleet, conns, soak, cpu100, cpu10k, mavlink-fleet) or a TOML file.
     #[arg(long)]
     scenario: Option<String>,
     /// Relay (or broker) address, `host:port`; repeat for fail-over (agents rotate through them).
@@ -94,9 +95,11 @@ struct Cli {
     /// Per-agent rate: Hz, `max` (as fast as credits allow) or `idle`.
     #[arg(long)]
     rate: Option<Rate>,
-    /// Payload bytes per frame.
+    /// Payload per frame: bytes, or `mavlink-mix` (real MAVLink 2 packets in a vehicle's
+    /// message mix: HEARTBEAT 1 Hz, ATTITUDE 50 Hz, GLOBAL_POSITION_INT 10 Hz, ...; 100
+    /// messages per second of the vehicle, so `--rate 100` is its own pace).
     #[arg(long)]
-    payload: Option<usize>,
+    payload: Option<scenario::Payload>,
     /// Measured duration (e.g. 10s, 2m).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<std::time::Duration>,
@@ -203,6 +206,9 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
         max_error_rate: cli.max_error_rate,
     };
     let plan = Plan::build(file.as_ref(), &overrides)?;
+    if plan.mavlink_mix && cli.target != TargetArg::Contrail {
+        anyhow::bail!("--payload mavlink-mix needs --target contrail");
+    }
     let relays = cli
         .relays
         .iter()

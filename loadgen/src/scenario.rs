@@ -15,6 +15,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("soak", include_str!("../scenarios/soak.toml")),
     ("cpu100", include_str!("../scenarios/cpu100.toml")),
     ("cpu10k", include_str!("../scenarios/cpu10k.toml")),
+    (
+        "mavlink-fleet",
+        include_str!("../scenarios/mavlink-fleet.toml"),
+    ),
 ];
 
 /// How fast each agent sends.
@@ -93,8 +97,8 @@ pub struct ScenarioFile {
     pub agents: Option<usize>,
     /// `max`, `idle`, or Hz per agent.
     pub rate: Option<RateValue>,
-    /// Payload bytes per frame.
-    pub payload: Option<usize>,
+    /// Payload bytes per frame, or `"mavlink-mix"`.
+    pub payload: Option<PayloadValue>,
     /// Warm-up after every agent is connected (not measured).
     pub warmup: Option<String>,
     /// Measured duration.
@@ -107,6 +111,56 @@ pub struct ScenarioFile {
     pub interval: Option<String>,
     /// Allowed errors / frames sent.
     pub max_error_rate: Option<f64>,
+}
+
+/// What each frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// This many filler bytes.
+    Bytes(usize),
+    /// Real MAVLink packets in a vehicle's message mix (see `mavmix`).
+    MavlinkMix,
+}
+
+impl std::str::FromStr for Payload {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Payload> {
+        match s {
+            "mavlink-mix" => Ok(Payload::MavlinkMix),
+            n => n
+                .parse()
+                .map(Payload::Bytes)
+                .map_err(|_| anyhow::anyhow!("payload `{s}`: a number of bytes or `mavlink-mix`")),
+        }
+    }
+}
+
+impl std::fmt::Display for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Payload::Bytes(n) => write!(f, "{n} B"),
+            Payload::MavlinkMix => f.write_str("mavlink-mix"),
+        }
+    }
+}
+
+/// `payload = 256` or `payload = "mavlink-mix"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PayloadValue {
+    /// Bytes.
+    Num(usize),
+    /// `mavlink-mix` (or a number as text).
+    Text(String),
+}
+
+impl PayloadValue {
+    fn to_payload(&self) -> anyhow::Result<Payload> {
+        match self {
+            PayloadValue::Num(n) => Ok(Payload::Bytes(*n)),
+            PayloadValue::Text(t) => t.parse(),
+        }
+    }
 }
 
 /// `rate = "max"` or `rate = 20`.
@@ -162,8 +216,10 @@ pub struct Plan {
     pub agents: usize,
     /// Rate per agent.
     pub rate: Rate,
-    /// Payload bytes.
+    /// Payload bytes (for `mavlink-mix`: the mix's mean packet size, rounded).
     pub payload: usize,
+    /// Whether frames carry the MAVLink vehicle mix instead of filler bytes.
+    pub mavlink_mix: bool,
     /// Unmeasured warm-up after all agents connected.
     pub warmup: Duration,
     /// Measured window.
@@ -186,7 +242,7 @@ pub struct Overrides {
     /// `--rate`.
     pub rate: Option<Rate>,
     /// `--payload`.
-    pub payload: Option<usize>,
+    pub payload: Option<Payload>,
     /// `--warmup`.
     pub warmup: Option<Duration>,
     /// `--duration`.
@@ -218,11 +274,22 @@ impl Plan {
             (None, Some(r)) => r.to_rate()?,
             (None, None) => Rate::Max,
         };
+        let payload = match (o.payload, &f.payload) {
+            (Some(p), _) => p,
+            (None, Some(p)) => p.to_payload()?,
+            (None, None) => Payload::Bytes(256),
+        };
         let plan = Plan {
             name: f.name.clone().unwrap_or_else(|| "adhoc".into()),
             agents: o.agents.or(f.agents).unwrap_or(1),
             rate,
-            payload: o.payload.or(f.payload).unwrap_or(256),
+            payload: match payload {
+                Payload::Bytes(n) => n,
+                Payload::MavlinkMix => {
+                    crate::mavmix::MavlinkMix::vehicle(1).mean_bytes().round() as usize
+                }
+            },
+            mavlink_mix: payload == Payload::MavlinkMix,
             warmup: dur(o.warmup, &f.warmup, Duration::from_secs(1))?,
             duration: dur(o.duration, &f.duration, Duration::from_secs(10))?,
             ramp_up: dur(o.ramp_up, &f.ramp_up, Duration::ZERO)?,
@@ -297,6 +364,37 @@ mod tests {
             (Duration::from_secs(30), Rate::Hz(5.0))
         );
         assert_eq!(p.interval, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_mavlink_mix_payload_comes_from_flags_or_scenario_files() {
+        assert_eq!(
+            "mavlink-mix".parse::<Payload>().expect("mix"),
+            Payload::MavlinkMix
+        );
+        assert_eq!("64".parse::<Payload>().expect("bytes"), Payload::Bytes(64));
+        assert!("mavlink".parse::<Payload>().is_err());
+        let o = Overrides {
+            payload: Some(Payload::MavlinkMix),
+            ..Overrides::default()
+        };
+        let p = Plan::build(None, &o).expect("plan");
+        assert!(p.mavlink_mix);
+        assert!(
+            (30..60).contains(&p.payload),
+            "mean packet size {}",
+            p.payload
+        );
+        let f: ScenarioFile =
+            toml::from_str("agents = 10\nrate = 100\npayload = \"mavlink-mix\"").expect("toml");
+        assert!(
+            Plan::build(Some(&f), &Overrides::default())
+                .expect("plan")
+                .mavlink_mix
+        );
+        let f: ScenarioFile = toml::from_str("payload = 128").expect("toml");
+        let p = Plan::build(Some(&f), &Overrides::default()).expect("plan");
+        assert_eq!((p.payload, p.mavlink_mix), (128, false));
     }
 
     #[test]

@@ -103,6 +103,8 @@ pub struct Config {
     pub quotas: crate::quota::QuotaConfig,
     /// Sinks; empty means one `stdout` sink.
     pub sinks: Vec<SinkConfig>,
+    /// MAVLink: the optional lab/SITL UDP endpoint (`mavlink.udp_listen`, off by default).
+    pub mavlink: crate::mavlink::MavlinkConfig,
 }
 
 impl Default for Config {
@@ -118,6 +120,7 @@ impl Default for Config {
             auth: crate::auth::AuthConfig::default(),
             quotas: crate::quota::QuotaConfig::default(),
             sinks: Vec::new(),
+            mavlink: crate::mavlink::MavlinkConfig::default(),
         }
     }
 }
@@ -211,6 +214,10 @@ pub struct Limits {
     /// finishing it, for the agent to acknowledge it (or close) before it closes the
     /// connection with the code anyway. Bounds what a peer that never reads can hold open.
     pub error_linger_ms: u64,
+    /// Longest string of a drone identity field (`Register.identity`, identity updates) kept
+    /// for `/v1/drones/{id}`, bytes; longer ones are cut (counted as
+    /// `contrail_limit_hits_total{limit="identity_field_bytes"}`).
+    pub max_identity_field_bytes: usize,
 }
 
 impl Default for Limits {
@@ -233,6 +240,7 @@ impl Default for Limits {
             quic_max_ack_delay_cap_ms: 1_500,
             max_udp_payload_bytes: 1452,
             error_linger_ms: 1_000,
+            max_identity_field_bytes: 128,
         }
     }
 }
@@ -403,6 +411,11 @@ pub struct SinkConfig {
     pub include_agents: Vec<String>,
     /// Never agents matching these globs.
     pub exclude_agents: Vec<String>,
+    /// Only MAVLink frames (content type `application/x-mavlink`) of these message names
+    /// (`["ATTITUDE", "HEARTBEAT"]`; empty: all frames).
+    pub include_mavlink: Vec<String>,
+    /// Never MAVLink frames of these message names.
+    pub exclude_mavlink: Vec<String>,
     /// The type and its own keys.
     pub kind: SinkKind,
 }
@@ -419,6 +432,8 @@ impl SinkConfig {
             exclude_kinds: Vec::new(),
             include_agents: Vec::new(),
             exclude_agents: Vec::new(),
+            include_mavlink: Vec::new(),
+            exclude_mavlink: Vec::new(),
             kind,
         }
     }
@@ -442,6 +457,10 @@ struct RawSink {
     include_agents: Vec<String>,
     #[serde(default)]
     exclude_agents: Vec<String>,
+    #[serde(default)]
+    include_mavlink: Vec<String>,
+    #[serde(default)]
+    exclude_mavlink: Vec<String>,
     #[serde(flatten)]
     rest: toml::Table,
 }
@@ -475,6 +494,8 @@ impl TryFrom<RawSink> for SinkConfig {
             exclude_kinds: raw.exclude_kinds,
             include_agents: raw.include_agents,
             exclude_agents: raw.exclude_agents,
+            include_mavlink: raw.include_mavlink,
+            exclude_mavlink: raw.exclude_mavlink,
             kind,
         })
     }
@@ -616,6 +637,15 @@ impl Config {
         if self.http.admin_token.as_deref().is_some_and(str::is_empty) {
             return Err(invalid("http.admin_token", "must not be empty"));
         }
+        if l.max_identity_field_bytes == 0 || l.max_identity_field_bytes > 4096 {
+            return Err(invalid(
+                "limits.max_identity_field_bytes",
+                "must be 1..=4096",
+            ));
+        }
+        self.mavlink
+            .validate()
+            .map_err(|e| invalid(&format!("mavlink.{}", e.key), e.reason))?;
         if self.redis.ttl_secs < 2 {
             return Err(invalid("redis.ttl_secs", "must be at least 2"));
         }
@@ -664,7 +694,9 @@ impl Config {
                 &s.exclude_agents,
                 None,
             )
-            .map_err(|e| invalid(&field("include_agents"), e.to_string()))?;
+            .map_err(|e| invalid(&field("include_agents"), e.to_string()))?
+            .with_mavlink_names(&s.include_mavlink, &s.exclude_mavlink)
+            .map_err(|e| invalid(&field("include_mavlink"), e.to_string()))?;
         }
         Ok(())
     }

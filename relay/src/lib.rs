@@ -9,11 +9,14 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+/// MAVLink decoding where JSON is written (sinks, `contrail-tail`) and the lab UDP endpoint.
+pub mod mavlink;
 pub mod quota;
 pub mod sink;
 
 // The relay's inside.
 mod core;
+mod identity;
 #[cfg(test)]
 mod import_graph;
 mod root;

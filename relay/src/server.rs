@@ -49,6 +49,9 @@ pub enum RelayError {
     /// The relay root did not hand over the session supervisor.
     #[error("the relay root did not start")]
     Root,
+    /// The MAVLink UDP endpoint could not start.
+    #[error(transparent)]
+    MavlinkUdp(#[from] crate::mavlink::udp::UdpError),
 }
 
 /// Builds and starts a relay.
@@ -202,9 +205,14 @@ impl RelayBuilder {
         )?;
         let local_addr = endpoint.local_addr()?;
         let accept = tokio::spawn(accept_loop(ingest.clone(), endpoint.clone(), live.clone()));
+        let mavlink_udp = match ingest.core.config.mavlink.udp_listen {
+            Some(addr) => Some(crate::mavlink::udp::spawn(ingest.clone(), addr)?),
+            None => None,
+        };
         core.lifecycle.mark_ready();
         root_guard.disarm();
         Ok(RunningRelay {
+            mavlink_udp,
             core,
             ingest,
             live,
@@ -403,6 +411,7 @@ pub struct RunningRelay {
     root: ActorRef<RootMsg>,
     root_join: Option<JoinHandle<()>>,
     accept: Option<JoinHandle<()>>,
+    mavlink_udp: Option<crate::mavlink::udp::UdpHandle>,
     local_addr: SocketAddr,
     dev_cert_path: Option<PathBuf>,
     certificate: CertificateDer<'static>,
@@ -417,6 +426,13 @@ impl RunningRelay {
     /// The HTTP address.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.control.as_ref().map(Control::http_addr)
+    }
+
+    /// The address of the MAVLink UDP endpoint, when `mavlink.udp_listen` is set.
+    pub fn mavlink_udp_addr(&self) -> Option<SocketAddr> {
+        self.mavlink_udp
+            .as_ref()
+            .map(crate::mavlink::udp::UdpHandle::local_addr)
     }
 
     /// Path of the development certificate, when one is in use.
@@ -500,6 +516,9 @@ impl RunningRelay {
         if let Some(a) = self.accept.take() {
             a.abort();
             let _ = a.await;
+        }
+        if let Some(u) = self.mavlink_udp.take() {
+            u.stop().await;
         }
         // Stop session actors: their readers finish the batch in hand, then end.
         let _ = tokio::time::timeout_at(

@@ -116,6 +116,8 @@ pub struct DroneStatus {
     bytes: u64,
     inflight: u64,
     remote_addr: SocketAddr,
+    /// The vehicle's identity (`Register.identity` and later updates; `null` when none).
+    identity: Option<crate::fleet::DroneIdentity>,
 }
 
 fn status(s: &SessionInfo, relay_id: &str) -> DroneStatus {
@@ -131,6 +133,7 @@ fn status(s: &SessionInfo, relay_id: &str) -> DroneStatus {
         bytes: snap.bytes,
         inflight: snap.inflight,
         remote_addr: snap.remote_addr,
+        identity: snap.identity,
     }
 }
 

@@ -3,7 +3,12 @@
 //!
 //! ```text
 //! contrail-tail --relay 127.0.0.1:4433 --agent 'drone-*' --kind 33 --format line
+//! contrail-tail --mavlink ATTITUDE --mavlink HEARTBEAT
 //! ```
+//!
+//! Frames of content type `application/x-mavlink` are shown decoded (NDJSON: a `"mavlink"`
+//! member with name, ids, sequence and fields; line: the name and ids); `--mavlink NAME`
+//! selects them by message name.
 
 use std::io::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -17,6 +22,8 @@ use contrail_protocol::client::subscriber::{
 };
 use contrail_protocol::client::Trust;
 use contrail_protocol::StoredView;
+use contrail_relay::mavlink::JsonDecoder;
+use contrail_relay::sink::Filter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
@@ -45,6 +52,11 @@ struct Args {
     /// Only this frame kind (repeatable).
     #[arg(long = "kind", value_name = "N")]
     kinds: Vec<u32>,
+    /// Only MAVLink frames of this message name (repeatable; `ATTITUDE`). The relay is asked
+    /// for the matching kinds (MAVLink frames carry the message id as their kind, unless
+    /// `--kind` is given) and each frame's packet header is checked here.
+    #[arg(long = "mavlink", value_name = "NAME")]
+    mavlink: Vec<String>,
     /// Only this flight id.
     #[arg(long = "flight", value_name = "ID")]
     flight: Option<String>,
@@ -73,11 +85,25 @@ fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{addr} resolves to nothing"))
 }
 
-fn render_line(out: &mut Vec<u8>, v: &StoredView<'_>) {
+fn render_line(out: &mut Vec<u8>, v: &StoredView<'_>, mavlink: &JsonDecoder) {
     let f = v.frame();
+    let decoded = mavlink.decode(f.content_type(), f.payload());
+    let mav = match &decoded {
+        Some(d) => {
+            use mavlink::Message as _;
+            format!(
+                " {} sys={} comp={} mavseq={}",
+                d.message.message_name(),
+                d.header.system_id,
+                d.header.component_id,
+                d.header.sequence
+            )
+        }
+        None => String::new(),
+    };
     let _ = writeln!(
         out,
-        "{} seq={} kind={} flight={} sent_at={} received_at={} {}B {}",
+        "{} seq={} kind={} flight={} sent_at={} received_at={} {}B {}{mav}",
         v.agent_id(),
         f.seq(),
         f.kind(),
@@ -97,11 +123,30 @@ fn render_line(out: &mut Vec<u8>, v: &StoredView<'_>) {
     );
 }
 
+/// The local MAVLink name filter and the kinds to ask the relay for.
+fn mavlink_filter(names: &[String], kinds: Vec<u32>) -> anyhow::Result<(Filter, Vec<u32>)> {
+    let filter = Filter::default()
+        .with_mavlink_names(names, &[])
+        .map_err(|e| anyhow::anyhow!("--mavlink {}: {}", e.pattern, e.reason))?;
+    if !kinds.is_empty() || names.is_empty() {
+        return Ok((filter, kinds));
+    }
+    let mut ids: Vec<u32> = names
+        .iter()
+        .filter_map(|n| contrail_relay::mavlink::packet::message_id(n))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok((filter, ids))
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
+    let (filter, kinds) = mavlink_filter(&args.mavlink, args.kinds)?;
+    let mavlink = JsonDecoder::new("tail");
     let mut cfg = SubscriberConfig::new(resolve(&args.relay)?, Trust::CaFile(args.ca.clone()));
     cfg.server_name = args.server_name;
     cfg.agent_patterns = args.agents;
-    cfg.kinds = args.kinds;
+    cfg.kinds = kinds;
     cfg.flight_id = args.flight.unwrap_or_default();
     cfg.auth_token = args.token.unwrap_or_default();
     cfg.policy = if args.block {
@@ -147,9 +192,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             if printed == limit {
                 break;
             }
+            let f = v.frame();
+            if !filter.admits_mavlink(f.content_type(), f.payload()) {
+                continue;
+            }
             match args.format {
-                Format::Ndjson => contrail_relay::sink::ndjson::render_stored(&mut out, &v),
-                Format::Line => render_line(&mut out, &v),
+                Format::Ndjson => {
+                    contrail_relay::sink::ndjson::render_stored(&mut out, &v, &mavlink)
+                }
+                Format::Line => render_line(&mut out, &v, &mavlink),
             }
             printed += 1;
         }

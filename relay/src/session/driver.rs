@@ -373,6 +373,11 @@ async fn handshake(
         return Err(None);
     }
     let stats = Arc::new(SessionStats::default());
+    stats.set_identity(crate::identity::from_wire(
+        &register.identity.unwrap_or_default(),
+        &register.agent_version,
+        limits.max_identity_field_bytes,
+    ));
     stats.last_heartbeat_unix_ms.store(
         crate::clock::unix_ms(),
         std::sync::atomic::Ordering::Relaxed,
@@ -518,6 +523,9 @@ async fn control_loop(ctx: &SessionCtx, stream: &mut ControlStream) -> End {
                     if !send_control(send, codec, pong).await {
                         return End::new(ErrorCode::Normal, "control stream closed");
                     }
+                }
+                Ok(Some(ControlMessage { msg: Some(Msg::Identity(id)) })) => {
+                    crate::identity::update(stats, &id, core.config.limits.max_identity_field_bytes);
                 }
                 Ok(Some(_)) => {
                     return End::new(ErrorCode::ProtocolViolation, "unexpected control message after Register")

@@ -1,4 +1,4 @@
-//! Include/exclude filters by frame kind and agent-id pattern.
+//! Include/exclude filters by frame kind, agent-id pattern, flight id and MAVLink message name.
 
 use std::sync::Arc;
 
@@ -15,6 +15,10 @@ pub struct Filter {
     include_agents: Option<AgentPatterns>,
     exclude_agents: Option<AgentPatterns>,
     flight_id: Option<String>,
+    /// MAVLink message ids admitted (empty: no name filter); sorted.
+    include_mavlink: Vec<u32>,
+    /// MAVLink message ids refused; sorted.
+    exclude_mavlink: Vec<u32>,
 }
 
 /// A glob pattern did not parse.
@@ -104,7 +108,40 @@ impl Filter {
             include_agents: agent_patterns(include_agents)?,
             exclude_agents: agent_patterns(exclude_agents)?,
             flight_id: flight_id.filter(|f| !f.is_empty()),
+            include_mavlink: Vec::new(),
+            exclude_mavlink: Vec::new(),
         })
+    }
+
+    /// Adds MAVLink message-name lists (`"ATTITUDE"`; names of the `common` and
+    /// `ardupilotmega` dialects). With an include list only MAVLink frames (content type
+    /// `application/x-mavlink`) of those names pass; an exclude list refuses MAVLink frames of
+    /// those names and lets everything else through. The name is read from the packet header's
+    /// message id (no decoding, no checksum).
+    pub fn with_mavlink_names(
+        mut self,
+        include: &[String],
+        exclude: &[String],
+    ) -> Result<Self, FilterError> {
+        let ids = |names: &[String]| -> Result<Vec<u32>, FilterError> {
+            let mut ids = names
+                .iter()
+                .map(|n| {
+                    crate::mavlink::packet::message_id(n).ok_or_else(|| FilterError {
+                        pattern: n.clone(),
+                        reason:
+                            "not a MAVLink message name of the common or ardupilotmega dialects"
+                                .into(),
+                    })
+                })
+                .collect::<Result<Vec<u32>, _>>()?;
+            ids.sort_unstable();
+            ids.dedup();
+            Ok(ids)
+        };
+        self.include_mavlink = ids(include)?;
+        self.exclude_mavlink = ids(exclude)?;
+        Ok(self)
     }
 
     /// Whether every frame passes (lets sinks skip per-frame checks).
@@ -114,6 +151,8 @@ impl Filter {
             && self.include_agents.is_none()
             && self.exclude_agents.is_none()
             && self.flight_id.is_none()
+            && self.include_mavlink.is_empty()
+            && self.exclude_mavlink.is_empty()
     }
 
     /// Agent check, once per batch.
@@ -145,9 +184,32 @@ impl Filter {
             .flat_map(move |(i, b)| {
                 b.frames
                     .iter()
-                    .filter(move |f| pass_all || self.admits_frame(f.kind(), f.flight_id()))
+                    .filter(move |f| {
+                        pass_all
+                            || (self.admits_frame(f.kind(), f.flight_id())
+                                && self.admits_mavlink(f.content_type(), f.payload()))
+                    })
                     .map(move |f| (i, &**b, f))
             })
+    }
+
+    /// Per-frame check of the MAVLink message-name lists (true when there are none).
+    #[inline]
+    pub fn admits_mavlink(&self, content_type: &str, payload: &[u8]) -> bool {
+        if self.include_mavlink.is_empty() && self.exclude_mavlink.is_empty() {
+            return true;
+        }
+        let id = (content_type == crate::mavlink::CONTENT_TYPE)
+            .then(|| crate::mavlink::packet::header(payload).ok())
+            .flatten()
+            .map(|h| h.message_id);
+        match id {
+            Some(id) => {
+                (self.include_mavlink.is_empty() || self.include_mavlink.binary_search(&id).is_ok())
+                    && self.exclude_mavlink.binary_search(&id).is_err()
+            }
+            None => self.include_mavlink.is_empty(),
+        }
     }
 
     /// Per-frame check of kind and flight id.
@@ -181,6 +243,30 @@ mod tests {
         assert!(!f.admits_frame(3, "f1"));
         assert!(!f.admits_frame(1, "f2"));
         assert!(Filter::default().is_pass_all());
+    }
+
+    #[test]
+    fn mavlink_names_select_by_the_packet_header() {
+        // A MAVLink 2 header of ATTITUDE (30) and one of HEARTBEAT (0); the checksum is not read.
+        let attitude = [0xFD, 0, 0, 0, 1, 1, 1, 30, 0, 0, 0, 0];
+        let heartbeat = [0xFD, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0];
+        let mav = crate::mavlink::CONTENT_TYPE;
+        let inc = Filter::default()
+            .with_mavlink_names(&["ATTITUDE".into()], &[])
+            .expect("names");
+        assert!(!inc.is_pass_all());
+        assert!(inc.admits_mavlink(mav, &attitude));
+        assert!(!inc.admits_mavlink(mav, &heartbeat));
+        assert!(!inc.admits_mavlink("application/octet-stream", &attitude));
+        assert!(!inc.admits_mavlink(mav, b"garbage"));
+        let exc = Filter::default()
+            .with_mavlink_names(&[], &["ATTITUDE".into()])
+            .expect("names");
+        assert!(!exc.admits_mavlink(mav, &attitude));
+        assert!(exc.admits_mavlink(mav, &heartbeat));
+        assert!(exc.admits_mavlink("application/octet-stream", &attitude));
+        let bad = Filter::default().with_mavlink_names(&["ATTITUD".into()], &[]);
+        assert!(bad.is_err_and(|e| e.pattern == "ATTITUD"));
     }
 
     #[test]

@@ -1,5 +1,9 @@
-//! NDJSON rendering of frames, shared by the stdout and file sinks. Appends to a reused buffer:
-//! no allocation per frame once the buffer has grown.
+//! NDJSON rendering of frames, shared by the stdout and file sinks and `contrail-tail`. Appends
+//! to a reused buffer: no allocation per frame once the buffer has grown.
+//!
+//! A frame of content type `application/x-mavlink` whose payload decodes also gets a
+//! `"mavlink"` member (name, ids, sequence, fields; see [`crate::mavlink::json`]); the raw
+//! packet stays in `payload_b64` either way.
 
 use std::io::Write as _;
 
@@ -7,27 +11,39 @@ use base64::Engine as _;
 use contrail_protocol::FrameView;
 
 use super::SinkBatch;
+use crate::mavlink::JsonDecoder;
 
 /// Appends one JSON object line for `frame` of `batch` to `out`.
-pub fn render_frame(out: &mut Vec<u8>, batch: &SinkBatch, frame: &FrameView<'_>) {
+pub fn render_frame(
+    out: &mut Vec<u8>,
+    batch: &SinkBatch,
+    frame: &FrameView<'_>,
+    mavlink: &JsonDecoder,
+) {
     render(
         out,
         batch.origin.agent_id.as_str(),
         &batch.origin.session_hex,
         batch.received_unix_ns,
         frame,
+        mavlink,
     );
 }
 
 /// Appends one JSON object line for a frame a live subscriber received (same fields as
 /// [`render_frame`]; `contrail-tail` prints these).
-pub fn render_stored(out: &mut Vec<u8>, stored: &contrail_protocol::StoredView<'_>) {
+pub fn render_stored(
+    out: &mut Vec<u8>,
+    stored: &contrail_protocol::StoredView<'_>,
+    mavlink: &JsonDecoder,
+) {
     render(
         out,
         stored.agent_id(),
         stored.session_id(),
         stored.received_at_unix_ns(),
         &stored.frame(),
+        mavlink,
     );
 }
 
@@ -37,6 +53,7 @@ fn render(
     session_hex: &str,
     received_unix_ns: u64,
     frame: &FrameView<'_>,
+    mavlink: &JsonDecoder,
 ) {
     // Agent ids are validated ([A-Za-z0-9._:-]) by the relay; a subscriber escapes anyway.
     out.extend_from_slice(b"{\"agent_id\":");
@@ -66,7 +83,9 @@ fn render(
         .encode_slice(payload, &mut out[start..])
         .unwrap_or(0);
     out.truncate(start + n);
-    out.extend_from_slice(b"\"}\n");
+    out.push(b'"');
+    mavlink.append_member(out, frame.content_type(), payload);
+    out.extend_from_slice(b"}\n");
 }
 
 /// Appends `s` as a JSON string literal.
@@ -90,10 +109,11 @@ pub fn render_batches(
     out: &mut Vec<u8>,
     batches: &[std::sync::Arc<SinkBatch>],
     filter: &super::Filter,
+    mavlink: &JsonDecoder,
 ) -> usize {
     let mut n = 0;
     for (_, b, f) in filter.admitted(batches) {
-        render_frame(out, b, &f);
+        render_frame(out, b, &f, mavlink);
         n += 1;
     }
     n

@@ -22,7 +22,9 @@ pub fn build_with(
         &cfg.exclude_agents,
         None,
     )
-    .map_err(|e| invalid(cfg, "include_agents", e.to_string()))?;
+    .map_err(|e| invalid(cfg, "include_agents", e.to_string()))?
+    .with_mavlink_names(&cfg.include_mavlink, &cfg.exclude_mavlink)
+    .map_err(|e| invalid(cfg, "include_mavlink", e.to_string()))?;
     let mut common = SinkCommon::new(cfg.name.clone(), cfg.required);
     common.when_full = cfg.when_full;
     common.queue_batches = cfg.queue_batches;

@@ -21,6 +21,7 @@ mod faults_spool;
 mod fleet;
 mod ingest;
 mod live;
+mod mavlink_relay;
 mod rejections;
 mod security;
 mod sink_jetstream;

@@ -29,6 +29,7 @@ pub struct FileSink {
     rotations: u64,
     buf: Vec<u8>,
     pbuf: BytesMut,
+    mavlink: crate::mavlink::JsonDecoder,
 }
 
 /// Factory for a file sink.
@@ -98,6 +99,7 @@ impl FileSink {
             rotations,
             buf: Vec::with_capacity(64 * 1024),
             pbuf: BytesMut::with_capacity(64 * 1024),
+            mavlink: crate::mavlink::JsonDecoder::new("file"),
         })
     }
 
@@ -122,7 +124,9 @@ impl FileSink {
     fn render(&mut self, batches: &[Arc<SinkBatch>], filter: &Filter) -> usize {
         self.buf.clear();
         match self.settings.format {
-            FileFormat::Ndjson => ndjson::render_batches(&mut self.buf, batches, filter),
+            FileFormat::Ndjson => {
+                ndjson::render_batches(&mut self.buf, batches, filter, &self.mavlink)
+            }
             FileFormat::Protobuf => {
                 self.pbuf.clear();
                 let mut n = 0;

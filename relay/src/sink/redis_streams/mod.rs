@@ -4,7 +4,10 @@
 //! that pipeline came back without error.
 //!
 //! Entry fields: `agent`, `seq`, `kind`, `flight`, `sent_at`, `device_time`, `received_at`
-//! (Unix ns), `content_type`, `payload` (raw bytes).
+//! (Unix ns), `content_type`, `payload` (raw bytes); for a frame of content type
+//! `application/x-mavlink` whose packet decodes, also `mavlink_name`, `mavlink_system_id`,
+//! `mavlink_component_id`, `mavlink_sequence` and `mavlink_fields` (JSON object). A packet that
+//! does not decode is written raw only, and counted.
 
 pub mod config;
 mod sink;

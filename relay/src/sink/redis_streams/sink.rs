@@ -60,6 +60,9 @@ pub struct RedisStreamsSink {
     conn: Option<MultiplexedConnection>,
     pipe: redis::Pipeline,
     key: String,
+    mavlink: crate::mavlink::JsonDecoder,
+    /// Reused buffer of a decoded MAVLink message's fields JSON.
+    json: Vec<u8>,
 }
 
 fn open_client(settings: &RedisStreamsSettings) -> Result<redis::Client, RedisStreamsError> {
@@ -117,6 +120,8 @@ impl RedisStreamsSink {
             conn: Some(conn),
             pipe: redis::pipe(),
             key: String::with_capacity(64),
+            mavlink: crate::mavlink::JsonDecoder::new("redis_streams"),
+            json: Vec::with_capacity(1024),
         })
     }
 
@@ -156,6 +161,22 @@ impl RedisStreamsSink {
                 .arg(f.content_type())
                 .arg("payload")
                 .arg(f.payload());
+            if let Some(d) = self.mavlink.decode(f.content_type(), f.payload()) {
+                use mavlink::Message as _;
+                self.json.clear();
+                crate::mavlink::json::write_fields(&mut self.json, &d);
+                let h = &d.header;
+                cmd.arg("mavlink_name")
+                    .arg(d.message.message_name())
+                    .arg("mavlink_system_id")
+                    .arg(h.system_id)
+                    .arg("mavlink_component_id")
+                    .arg(h.component_id)
+                    .arg("mavlink_sequence")
+                    .arg(h.sequence)
+                    .arg("mavlink_fields")
+                    .arg(&self.json[..]);
+            }
             n += 1;
         }
         n

@@ -16,6 +16,7 @@ use super::{ndjson, Filter, Sink, SinkBatch, SinkError, SinkFactory};
 pub struct StdoutSink {
     out: tokio::io::Stdout,
     buf: Vec<u8>,
+    mavlink: crate::mavlink::JsonDecoder,
 }
 
 /// Factory for the stdout sink.
@@ -25,6 +26,7 @@ pub fn factory() -> SinkFactory {
             Ok(Box::new(StdoutSink {
                 out: tokio::io::stdout(),
                 buf: Vec::with_capacity(64 * 1024),
+                mavlink: crate::mavlink::JsonDecoder::new("stdout"),
             }) as Box<dyn Sink>)
         }
         .boxed()
@@ -39,7 +41,7 @@ impl Sink for StdoutSink {
     ) -> BoxFuture<'a, Result<usize, SinkError>> {
         async move {
             self.buf.clear();
-            let n = ndjson::render_batches(&mut self.buf, batches, filter);
+            let n = ndjson::render_batches(&mut self.buf, batches, filter, &self.mavlink);
             self.out.write_all(&self.buf).await?;
             self.out.flush().await?;
             Ok(n)
