@@ -121,6 +121,9 @@ pub struct RunArgs {
     #[arg(long, env = "CONTRAIL_REDIS_TTL_SECS")]
     pub redis_ttl_secs: Option<u64>,
     /// Log filter (tracing EnvFilter syntax).
+    /// PostgreSQL URL of the command queue (unset: commands kept in memory, lost on restart).
+    #[arg(long, env = "CONTRAIL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     #[arg(long, env = "CONTRAIL_LOG", default_value = "info")]
     pub log: String,
 }
@@ -187,6 +190,9 @@ impl RunArgs {
         }
         if self.jwt_secret.is_some() {
             c.auth.jwt_secret = self.jwt_secret.clone();
+        }
+        if self.database_url.is_some() {
+            c.commands.database_url = self.database_url.clone();
         }
         c.validate()?;
         Ok(c)

@@ -98,6 +98,8 @@ pub struct Config {
     pub quotas: crate::quota::QuotaConfig,
     /// Sinks; empty means one `stdout` sink.
     pub sinks: Vec<SinkConfig>,
+    /// Command downlink (queue store, API tokens, limits).
+    pub commands: crate::downlink::CommandsSection,
 }
 
 impl Default for Config {
@@ -113,6 +115,7 @@ impl Default for Config {
             auth: crate::auth::AuthConfig::default(),
             quotas: crate::quota::QuotaConfig::default(),
             sinks: Vec::new(),
+            commands: crate::downlink::CommandsSection::default(),
         }
     }
 }
@@ -467,6 +470,9 @@ impl Config {
 
     /// Checks every value; pure, so tests call it directly.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.commands
+            .validate()
+            .map_err(|reason| invalid("commands", reason))?;
         let l = &self.limits;
         if l.max_sessions == 0 {
             return Err(invalid("limits.max_sessions", "must be at least 1"));

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod cursor;
+pub mod downlink;
 pub mod fanout;
 pub mod latency;
 pub mod quota;

@@ -80,6 +80,8 @@ pub struct RelayCore {
     pub hooks: Hooks,
     /// Live subscribers, when a `live` sink is configured.
     pub live: Option<Arc<SubscriberRegistry>>,
+    /// Command downlink: which local session holds which drone.
+    pub downlink: Option<Arc<crate::downlink::CommandRouter>>,
     supervisor: ActorRef<SupervisorMsg>,
     auth: crate::auth::Authenticator,
     damper: crate::quota::FlapDamper,
@@ -271,6 +273,7 @@ impl RelayBuilder {
                 ..contrail_control::RoutingConfig::default()
             },
             drain_deadline: Duration::from_millis(config.drain.deadline_ms),
+            commands: config.commands.to_control(),
             ..ControlConfig::default()
         };
         let control = Control::start(control_cfg, http, self.metrics).await?;
@@ -315,7 +318,11 @@ impl RelayBuilder {
             .await
             .map_err(|e| RelayError::Actor(e.to_string()))?;
         let limits = &config.limits;
+        let downlink = Arc::new(crate::downlink::CommandRouter::new(
+            control.commands().clone(),
+        ));
         let core = Arc::new(RelayCore {
+            downlink: Some(downlink.clone()),
             relay_id,
             fanout: FanOut::new(handles),
             resume: ResumeTable::new(
@@ -378,8 +385,10 @@ impl RelayBuilder {
             endpoint.clone(),
             supervisor.clone(),
         ));
+        let downlink_task = tokio::spawn(crate::downlink::dispatch(downlink));
         core.lifecycle.mark_ready();
         Ok(RunningRelay {
+            downlink_task: Some(downlink_task),
             core,
             endpoint,
             control: Some(control),
@@ -464,6 +473,7 @@ pub struct RunningRelay {
     supervisor_join: Option<JoinHandle<()>>,
     sink_actors: Vec<(ActorRef<SinkMsg>, JoinHandle<()>)>,
     accept: Option<JoinHandle<()>>,
+    downlink_task: Option<JoinHandle<()>>,
     local_addr: SocketAddr,
     dev_cert_path: Option<PathBuf>,
     certificate: CertificateDer<'static>,
@@ -577,6 +587,9 @@ impl RunningRelay {
         if let Some(live) = &self.core.live {
             live.shutdown(Duration::from_secs(1)).await;
         }
+        if let Some(t) = self.downlink_task.take() {
+            t.abort();
+        }
         if let Some(control) = self.control.take() {
             if let Err(e) = control.shutdown().await {
                 tracing::warn!(error = %e, "control shutdown");
@@ -597,6 +610,9 @@ impl Drop for RunningRelay {
     fn drop(&mut self) {
         if let Some(a) = self.accept.take() {
             a.abort();
+        }
+        if let Some(t) = self.downlink_task.take() {
+            t.abort();
         }
         self.endpoint.close(
             quinn::VarInt::from_u32(ErrorCode::Internal.close_code()),

@@ -124,6 +124,7 @@ pub(crate) async fn run(
         session_hex: reg.session_id.to_hex(),
     });
     let signal = reader::ReaderSignal::default();
+    let (mut link, side, mut uni_streams) = super::commands::channels();
     let end = {
         // Pinned in place and polled by reference: `select!` on the futures by value would move
         // them into its own state, and this task would hold both copies for the session's life.
@@ -133,17 +134,20 @@ pub(crate) async fn run(
             &origin,
             &reg.cursor,
             &stats,
-            &signal
+            &signal,
+            &mut uni_streams
         ));
         let mut control = std::pin::pin!(control_loop(
-            &core, &mut send, &mut recv, &mut inbuf, &codec, &reg, &stats, &signal,
+            &core, &mut send, &mut recv, &mut inbuf, &codec, &reg, &stats, &signal, &mut link,
         ));
+        let mut commands = std::pin::pin!(super::commands::run(&core, &conn, &reg, side));
         tokio::select! {
             r = &mut telemetry => match r {
                 ReadEnd::Closed(e) => e,
                 ReadEnd::Violation(e) => e,
             },
             e = &mut control => e,
+            e = &mut commands => e,
         }
     };
     if end.code == ErrorCode::Normal {
@@ -325,6 +329,7 @@ async fn handshake(
         agent_id: agent_id.clone(),
         session_id,
         cursor: cursor.clone(),
+        commands: register.capabilities.iter().any(|c| c == "commands"),
     };
     shared.set_registration(reg.clone());
     let limits = &core.config.limits;
@@ -368,6 +373,7 @@ async fn control_loop(
     reg: &Registration,
     stats: &SessionStats,
     signal: &reader::ReaderSignal,
+    link: &mut super::commands::Link,
 ) -> End {
     use std::sync::atomic::Ordering::Relaxed;
     let mut lifecycle = core.lifecycle.subscribe();
@@ -456,6 +462,11 @@ async fn control_loop(
                     }
                 }
             }
+            Some(msg) = link.to_agent.recv() => {
+                if !send_control(send, codec, msg).await {
+                    return End::new(ErrorCode::Normal, "control stream closed");
+                }
+            }
             changed = lifecycle.changed(), if !drained => {
                 if changed.is_err() {
                     drained = true;
@@ -472,6 +483,9 @@ async fn control_loop(
                         return End::new(ErrorCode::Normal, "control stream closed");
                     }
                 }
+                Ok(Some(ControlMessage {
+                    msg: Some(m @ (Msg::CommandAccepted(_) | Msg::CommandResult(_))),
+                })) if reg.commands => link.from_agent(m),
                 Ok(Some(_)) => {
                     return End::new(ErrorCode::ProtocolViolation, "unexpected control message after Register")
                 }

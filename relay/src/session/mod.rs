@@ -5,6 +5,7 @@
 //! routing, resume cursor, session count) runs when the actor's state is dropped, so it happens
 //! however the session ends, and never touches other sessions.
 
+mod commands;
 pub mod driver;
 mod reader;
 pub mod supervisor;
@@ -31,6 +32,8 @@ pub struct Registration {
     pub session_id: SessionId,
     /// Resume cursor.
     pub cursor: Arc<AgentCursor>,
+    /// The agent named the `commands` capability.
+    pub commands: bool,
 }
 
 /// State shared between a session actor, its driver task and the supervisor's registry.
