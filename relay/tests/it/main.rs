@@ -3,6 +3,7 @@
 //! per area.
 
 mod common;
+mod commands_support;
 mod faults_support;
 mod sink_support;
 
@@ -10,6 +11,7 @@ mod acks;
 mod acks_pace;
 mod all_outputs;
 mod backpressure;
+mod commands;
 mod drain;
 mod failures;
 mod faults_cut;
