@@ -8,7 +8,6 @@ pub mod model;
 pub mod postgres;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -71,7 +70,7 @@ pub enum CommandStore {
     /// PostgreSQL: durable, shared by every relay.
     Postgres(PgStore),
     /// This process only, lost on restart.
-    Memory(MemoryStore),
+    Memory(Box<MemoryStore>),
 }
 
 /// Label for a command type in metrics: known types by name, anything else `other` (types are
@@ -151,10 +150,10 @@ impl CommandService {
                 health
                     .register("commands:memory (lost on restart)", false)
                     .set_healthy(true);
-                CommandStore::Memory(MemoryStore::new(
+                CommandStore::Memory(Box::new(MemoryStore::new(
                     config.memory_capacity,
                     config.memory_max_drones,
-                ))
+                )))
             }
         };
         let svc = Arc::new(CommandService {
@@ -401,6 +400,3 @@ impl CommandService {
         Ok(res)
     }
 }
-
-/// How long to wait between two polls of the same drone when notices arrive in a burst.
-pub const POLL_COALESCE: Duration = Duration::from_millis(5);

@@ -145,7 +145,8 @@ trait LockExt<T> {
 
 impl<T> LockExt<T> for Mutex<T> {
     fn lock_(&self) -> MutexGuard<'_, T> {
-        self.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -222,11 +223,7 @@ impl CommandHandle {
             };
             self.offsets[idx] += piece.len() as u64;
             self.hub.retain(&chunk);
-            self.hub
-                .output
-                .send(chunk)
-                .await
-                .map_err(|_| ClientError::Closed)?;
+            self.hub.send_report(Msg::CommandOutput(chunk)).await?;
         }
         Ok(())
     }
@@ -310,10 +307,9 @@ impl Ledger {
         for line in text.lines() {
             let mut f = line.splitn(5, ' ');
             match (f.next(), f.next()) {
-                (Some("S"), Some(id)) => {
-                    if entries.insert(id.to_owned(), Entry::Started).is_none() {
-                        order.push_back(id.to_owned());
-                    }
+                (Some("S"), Some(id)) if !entries.contains_key(id) => {
+                    entries.insert(id.to_owned(), Entry::Started);
+                    order.push_back(id.to_owned());
                 }
                 (Some("D"), Some(id)) => {
                     let status = f
@@ -396,9 +392,7 @@ impl Ledger {
             f.sync_all()?;
         }
         std::fs::rename(&tmp, &self.path)?;
-        self.file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.path)?;
+        self.file = std::fs::OpenOptions::new().append(true).open(&self.path)?;
         self.lines = self.order.len();
         Ok(())
     }
@@ -426,12 +420,10 @@ pub(crate) struct Hub {
     /// Ids handed out by this process and not finished.
     running: Mutex<HashMap<String, watch::Sender<bool>>>,
     deliver: mpsc::Sender<IncomingCommand>,
-    /// CommandAccepted / CommandResult for the control stream.
+    /// CommandAccepted / CommandResult for the control stream and CommandOutput for the
+    /// command output stream, in one queue: a command's output is written before its result.
     reports: mpsc::Sender<Msg>,
     reports_rx: tokio::sync::Mutex<mpsc::Receiver<Msg>>,
-    /// Output chunks for the command output stream.
-    output: mpsc::Sender<CommandOutput>,
-    output_rx: tokio::sync::Mutex<mpsc::Receiver<CommandOutput>>,
     /// Output kept for resending on the next session.
     retained: Mutex<(VecDeque<CommandOutput>, usize)>,
     /// Commands from the relay, waiting for the session task.
@@ -450,7 +442,6 @@ impl Hub {
         })?;
         let (deliver, rx) = mpsc::channel(opts.queue.max(1));
         let (reports, reports_rx) = mpsc::channel(256);
-        let (output, output_rx) = mpsc::channel(64);
         let (inbox, inbox_rx) = mpsc::channel(256);
         let hub = Arc::new(Hub {
             opts,
@@ -459,8 +450,6 @@ impl Hub {
             deliver,
             reports,
             reports_rx: tokio::sync::Mutex::new(reports_rx),
-            output,
-            output_rx: tokio::sync::Mutex::new(output_rx),
             retained: Mutex::default(),
             inbox,
             inbox_rx: tokio::sync::Mutex::new(inbox_rx),
@@ -471,7 +460,7 @@ impl Hub {
     /// A `Command` or `CommandCancel` read from the control stream (never blocks the reader:
     /// when the inbox is full the message is dropped; the relay sends the command again on the
     /// next session).
-    pub(crate) fn from_relay(&self, m: Msg) {
+    pub(crate) fn on_relay_message(&self, m: Msg) {
         if self.inbox.try_send(m).is_err() {
             tracing::warn!("command inbox full; a command will be redelivered later");
         }
@@ -586,7 +575,6 @@ impl Hub {
         let mut out: Option<quinn::SendStream> = None;
         let mut inbox = self.inbox_rx.lock().await;
         let mut reports = self.reports_rx.lock().await;
-        let mut output = self.output_rx.lock().await;
         // Output kept from earlier sessions goes again: the relay stores each chunk once.
         let resend: Vec<CommandOutput> = self.retained.lock_().0.iter().cloned().collect();
         for chunk in resend {
@@ -601,24 +589,25 @@ impl Hub {
                     Msg::CommandCancel(c) => self.on_cancel(&c.id),
                     _ => {}
                 },
-                Some(r) = reports.recv() => {
-                    let mut buf = BytesMut::new();
-                    if codec.encode(&ControlMessage { msg: Some(r) }, &mut buf).is_err() {
-                        continue;
+                Some(m) = reports.recv() => match m {
+                    Msg::CommandOutput(chunk) => {
+                        if !write_output(conn, &mut out, &codec, chunk).await {
+                            return;
+                        }
                     }
-                    if ctl_tx.lock().await.write_all(&buf).await.is_err() {
-                        return;
+                    r => {
+                        let mut buf = BytesMut::new();
+                        if codec.encode(&ControlMessage { msg: Some(r) }, &mut buf).is_err() {
+                            continue;
+                        }
+                        if ctl_tx.lock().await.write_all(&buf).await.is_err() {
+                            return;
+                        }
                     }
-                }
-                Some(chunk) = output.recv() => {
-                    if !write_output(conn, &mut out, &codec, chunk).await {
-                        return;
-                    }
-                }
+                },
             }
         }
     }
-
 }
 
 async fn write_output(

@@ -336,7 +336,7 @@ async fn session(
                     }
                     m @ (Msg::Command(_) | Msg::CommandCancel(_)) => {
                         if let Some(hub) = commands {
-                            hub.from_relay(m);
+                            hub.on_relay_message(m);
                         }
                     }
                     _ => {}

@@ -47,7 +47,7 @@ impl Link {
     /// Hands `CommandAccepted` / `CommandResult` over (never waits: the control loop also sends
     /// acks; when full the message is dropped and counted, and the command is re-sent on the
     /// agent's next session, which answers again).
-    pub(crate) fn from_agent(&self, m: Msg) {
+    pub(crate) fn hand_over(&self, m: Msg) {
         if self.from_agent.try_send(m).is_err() {
             metrics::counter!("contrail_limit_hits_total", "limit" => "command_link_queue")
                 .increment(1);
@@ -181,7 +181,7 @@ impl State<'_> {
         }
     }
 
-    async fn from_agent(&mut self, m: Msg) {
+    async fn on_agent_message(&mut self, m: Msg) {
         let Some(router) = self.router else { return };
         let svc = router.service().clone();
         let (id, res) = match m {
@@ -405,7 +405,7 @@ async fn command_loop(
                     }
                 }
             },
-            Some(m) = from_agent.recv() => st.from_agent(m).await,
+            Some(m) = from_agent.recv() => st.on_agent_message(m).await,
             _ = retry => {
                 if !st.poll().await {
                     return std::future::pending().await;

@@ -485,7 +485,7 @@ async fn control_loop(
                 }
                 Ok(Some(ControlMessage {
                     msg: Some(m @ (Msg::CommandAccepted(_) | Msg::CommandResult(_))),
-                })) if reg.commands => link.from_agent(m),
+                })) if reg.commands => link.hand_over(m),
                 Ok(Some(_)) => {
                     return End::new(ErrorCode::ProtocolViolation, "unexpected control message after Register")
                 }

@@ -37,13 +37,17 @@ async fn echo_hello_to_a_drone_on_relay_b_through_relay_a() {
         commands
     });
     let api = Api::new(&a);
-    poll_until_async(Duration::from_secs(10), "drone routed to relay-b", || async {
-        redis
-            .try_cmd(&["GET", "drone:drone-7"])
-            .ok()
-            .and_then(|v| v.as_str().map(|s| s.contains("relay-b")))
-            .unwrap_or(false)
-    })
+    poll_until_async(
+        Duration::from_secs(10),
+        "drone routed to relay-b",
+        || async {
+            redis
+                .try_cmd(&["GET", "drone:drone-7"])
+                .ok()
+                .and_then(|v| v.as_str().map(|s| s.contains("relay-b")))
+                .unwrap_or(false)
+        },
+    )
     .await;
     let (status, v) = api
         .submit(OPERATOR, "drone-7", echo(&["echo", "hello"]), None)
@@ -52,8 +56,8 @@ async fn echo_hello_to_a_drone_on_relay_b_through_relay_a() {
     assert_eq!(v["status"], "queued");
     assert_eq!(v["drone_relay_id"], "relay-b");
     let id = v["id"].as_str().expect("id").to_owned();
-    let done = api.wait_status(&id, "succeeded").await;
-    assert_eq!(done["output"]["stdout"], "hello\n");
+    api.wait_status(&id, "succeeded").await;
+    let done = api.wait_stdout(&id, "hello\n").await;
     assert_eq!(done["exit"]["code"], 0);
     assert_eq!(done["delivered_by_relay"], "relay-b");
     assert_eq!(done["submitted_by"], "ops");
@@ -61,7 +65,10 @@ async fn echo_hello_to_a_drone_on_relay_b_through_relay_a() {
     let _ = runner.await.expect("runner");
     // Listed for the drone, and filterable by status.
     let (s, list) = api
-        .get(VIEWER, "/v1/drones/drone-7/commands?status=succeeded&limit=10")
+        .get(
+            VIEWER,
+            "/v1/drones/drone-7/commands?status=succeeded&limit=10",
+        )
         .await;
     assert_eq!(s, 200);
     assert_eq!(list["total"], 1);
@@ -167,7 +174,9 @@ async fn cancel_tells_the_agent_and_is_final() {
         .expect("command");
     api.wait_status(&id, "running").await;
     let mut handle = cmd.handle;
-    let (s, v) = api.post(OPERATOR, &format!("/v1/commands/{id}/cancel")).await;
+    let (s, v) = api
+        .post(OPERATOR, &format!("/v1/commands/{id}/cancel"))
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["status"], "cancelled");
     tokio::time::timeout(Duration::from_secs(10), handle.cancelled())
@@ -177,7 +186,9 @@ async fn cancel_tells_the_agent_and_is_final() {
         .finish(contrail_protocol::client::commands::Outcome::cancelled())
         .await
         .expect("report");
-    let (s, v) = api.post(OPERATOR, &format!("/v1/commands/{id}/cancel")).await;
+    let (s, v) = api
+        .post(OPERATOR, &format!("/v1/commands/{id}/cancel"))
+        .await;
     assert_eq!((s, v["code"].as_str()), (409, Some("already_final")));
     assert_eq!(api.command(&id).await["status"], "cancelled");
 }
@@ -189,6 +200,7 @@ async fn offline_drone_command_expires_at_its_deadline() {
     let a = relay("relay-a", Some(&pg.url()), None).await;
     let state = tempfile::tempdir().expect("state");
     let (agent, _c) = command_agent(&a, "drone-off", state.path()).await;
+    wait_recorded(&pg, "drone-off").await;
     agent.close().await.expect("close");
     let api = Api::new(&a);
     let (s, v) = api
@@ -213,15 +225,16 @@ async fn postgres_down_submit_is_503_and_nothing_half_written() {
     let state = tempfile::tempdir().expect("state");
     let (_agent, _c) = command_agent(&a, "drone-pg", state.path()).await;
     let api = Api::new(&a);
-    poll_until_async(Duration::from_secs(10), "drone recorded", || async {
-        pg.psql("SELECT count(*) FROM drones").ok().as_deref() == Some("1")
-    })
-    .await;
+    wait_recorded(&pg, "drone-pg").await;
     tokio::task::block_in_place(|| pg.stop());
     let (s, v) = api
         .submit(OPERATOR, "drone-pg", echo(&["echo", "x"]), Some("down-1"))
         .await;
-    assert_eq!((s, v["code"].as_str()), (503, Some("store_unavailable")), "{v}");
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (503, Some("store_unavailable")),
+        "{v}"
+    );
     tokio::task::block_in_place(|| pg.restart());
     assert_eq!(pg.psql("SELECT count(*) FROM commands").expect("psql"), "0");
     // The same retry now goes through (the pool reconnects).
@@ -245,6 +258,7 @@ async fn relay_killed_between_submit_and_delivery_another_relay_delivers() {
     let state = tempfile::tempdir().expect("state");
     {
         let (agent, _c) = command_agent(&a, "drone-k", state.path()).await;
+        wait_recorded(&pg, "drone-k").await;
         agent.close().await.expect("close");
     }
     let api = Api::new(&a);
@@ -263,8 +277,8 @@ async fn relay_killed_between_submit_and_delivery_another_relay_delivers() {
     assert_eq!(cmd.id, id);
     run_allowlisted(cmd).await;
     let api_b = Api::new(&b);
-    let v = api_b.wait_status(&id, "succeeded").await;
-    assert_eq!(v["output"]["stdout"], "after-kill\n");
+    api_b.wait_status(&id, "succeeded").await;
+    let v = api_b.wait_stdout(&id, "after-kill\n").await;
     assert_eq!(v["delivered_by_relay"], "relay-b");
     assert!(commands.try_next().is_none(), "delivered once");
 }
@@ -279,6 +293,8 @@ async fn drone_moving_relays_mid_command_finishes_once() {
     let state = tempfile::tempdir().expect("state");
     let mut cfg = a.client_config("drone-m");
     cfg.relays.push(b.relay.local_addr());
+    cfg.trust =
+        contrail_protocol::client::Trust::CaDer(vec![a.relay.certificate(), b.relay.certificate()]);
     let (agent, mut commands) = contrail_protocol::client::Agent::connect_with_commands(
         cfg,
         contrail_protocol::client::commands::CommandOptions::new(state.path()),
@@ -295,19 +311,18 @@ async fn drone_moving_relays_mid_command_finishes_once() {
         .expect("in time")
         .expect("command");
     api.wait_status(&id, "running").await;
-    // Relay A goes away; the agent moves to relay B while the command runs.
-    drop(a);
+    // Relay A drains; the agent moves to relay B while the command runs.
+    let drained = tokio::spawn(async move { a.relay.drain("deploy").await });
     poll_until_async(Duration::from_secs(15), "agent on relay-b", || async {
-        agent
-            .session()
-            .is_some_and(|s| s.relay_id == "relay-b")
+        agent.session().is_some_and(|s| s.relay_id == "relay-b")
     })
     .await;
     run_allowlisted(cmd).await;
     let api_b = Api::new(&b);
-    let v = api_b.wait_status(&id, "succeeded").await;
-    assert_eq!(v["output"]["stdout"], "moved\n");
+    api_b.wait_status(&id, "succeeded").await;
+    api_b.wait_stdout(&id, "moved\n").await;
     assert!(commands.try_next().is_none(), "not handed out twice");
+    drained.await.expect("drain");
 }
 
 /// The agent dies while a command runs: after it restarts, the result says so, and the command
@@ -391,7 +406,10 @@ async fn raw_session(
     .await
     .expect("register");
     let mut buf = BytesMut::new();
-    assert!(matches!(read_msg(&mut recv, &mut buf).await, Msg::Registered(_)));
+    assert!(matches!(
+        read_msg(&mut recv, &mut buf).await,
+        Msg::Registered(_)
+    ));
     let mut telemetry = conn.open_uni().await.expect("telemetry");
     telemetry
         .write_all(&crate::common::raw::frames(1, 1, b"t"))
@@ -406,9 +424,11 @@ async fn raw_session(
             _ => continue,
         }
     };
-    send.write_all(&encode(Msg::CommandAccepted(CommandAccepted { id: id.clone() })))
-        .await
-        .expect("accepted");
+    send.write_all(&encode(Msg::CommandAccepted(CommandAccepted {
+        id: id.clone(),
+    })))
+    .await
+    .expect("accepted");
     let mut out = conn.open_uni().await.expect("output stream");
     for (offset, data) in chunks {
         out.write_all(&encode(Msg::CommandOutput(CommandOutput {
@@ -466,13 +486,7 @@ async fn output_chunks_resent_after_reconnect_are_stored_once() {
     })
     .await
     .expect("first session");
-    poll_until_async(Duration::from_secs(10), "drone recorded", || async {
-        pg.psql("SELECT count(*) FROM drones WHERE id = 'drone-raw'")
-            .ok()
-            .as_deref()
-            == Some("1")
-    })
-    .await;
+    wait_recorded(&pg, "drone-raw").await;
     first.0.close(0u32.into(), b"bye");
     let (s, v) = api
         .submit(OPERATOR, "drone-raw", echo(&["echo", "hello"]), None)
@@ -525,18 +539,26 @@ async fn memory_store_refuses_drones_held_by_another_relay() {
     let b = relay("relay-b", None, Some(&addr)).await;
     let state = tempfile::tempdir().expect("state");
     let (_agent, mut commands) = command_agent(&b, "drone-mem", state.path()).await;
-    poll_until_async(Duration::from_secs(10), "drone routed to relay-b", || async {
-        redis
-            .try_cmd(&["GET", "drone:drone-mem"])
-            .ok()
-            .and_then(|v| v.as_str().map(|s| s.contains("relay-b")))
-            .unwrap_or(false)
-    })
+    poll_until_async(
+        Duration::from_secs(10),
+        "drone routed to relay-b",
+        || async {
+            redis
+                .try_cmd(&["GET", "drone:drone-mem"])
+                .ok()
+                .and_then(|v| v.as_str().map(|s| s.contains("relay-b")))
+                .unwrap_or(false)
+        },
+    )
     .await;
     let (s, v) = Api::new(&a)
         .submit(OPERATOR, "drone-mem", echo(&["echo", "x"]), None)
         .await;
-    assert_eq!((s, v["code"].as_str()), (409, Some("drone_on_other_relay")), "{v}");
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (409, Some("drone_on_other_relay")),
+        "{v}"
+    );
     // Relay B holds it and serves it from memory.
     let api_b = Api::new(&b);
     let (s, v) = api_b
@@ -548,10 +570,9 @@ async fn memory_store_refuses_drones_held_by_another_relay() {
         .expect("in time")
         .expect("command");
     run_allowlisted(cmd).await;
-    let v = api_b
-        .wait_status(v["id"].as_str().expect("id"), "succeeded")
-        .await;
-    assert_eq!(v["output"]["stdout"], "mem\n");
+    let id = v["id"].as_str().expect("id");
+    api_b.wait_status(id, "succeeded").await;
+    api_b.wait_stdout(id, "mem\n").await;
     let ready: serde_json::Value = reqwest::get(format!("{}/readyz", b.http()))
         .await
         .expect("readyz")

@@ -124,12 +124,43 @@ impl Api {
 
     /// Waits until the command reaches `status`; returns its view.
     pub async fn wait_status(&self, id: &str, status: &str) -> Value {
-        poll_until_async(Duration::from_secs(15), &format!("command {status}"), || async {
-            let v = self.command(id).await;
-            (v["status"] == status).then_some(v)
-        })
+        poll_until_async(
+            Duration::from_secs(15),
+            &format!("command {status}"),
+            || async {
+                let v = self.command(id).await;
+                (v["status"] == status).then_some(v)
+            },
+        )
         .await
     }
+}
+
+impl Api {
+    /// Waits until the command's stdout reads `text` (output travels on its own stream and may
+    /// trail the result by a moment).
+    pub async fn wait_stdout(&self, id: &str, text: &str) -> Value {
+        poll_until_async(
+            Duration::from_secs(15),
+            &format!("stdout {text:?}"),
+            || async {
+                let v = self.command(id).await;
+                (v["output"]["stdout"] == text).then_some(v)
+            },
+        )
+        .await
+    }
+}
+
+/// Waits until the drone is in the queue's `drones` table (it registered with commands).
+pub async fn wait_recorded(pg: &contrail_testsupport::PostgresServer, drone: &str) {
+    poll_until_async(Duration::from_secs(10), "drone recorded", || async {
+        pg.psql(&format!("SELECT count(*) FROM drones WHERE id = '{drone}'"))
+            .ok()
+            .as_deref()
+            == Some("1")
+    })
+    .await;
 }
 
 pub fn echo(args: &[&str]) -> Value {

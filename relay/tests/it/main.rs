@@ -2,8 +2,8 @@
 //! them links the world once instead of twenty times). Support modules first, then one module
 //! per area.
 
-mod common;
 mod commands_support;
+mod common;
 mod faults_support;
 mod sink_support;
 
