@@ -13,6 +13,7 @@ use crate::sink::WhenFull;
 /// Every environment variable the relay reads (deployment assets are checked against it).
 pub const ENV_VARS: &[&str] = &[
     "CONTRAIL_CONFIG",
+    "CONTRAIL_DATABASE_URL",
     "CONTRAIL_LISTEN",
     "CONTRAIL_TLS_CERT",
     "CONTRAIL_TLS_KEY",
