@@ -340,9 +340,9 @@ impl CommandService {
         Ok(())
     }
 
-    /// The agent accepted the command.
-    pub async fn accepted(&self, id: &CommandId) -> Result<(), StoreError> {
-        let now = now_ms();
+    /// The agent accepted the command (`at_ms`: when the relay received that, Unix ms).
+    pub async fn accepted(&self, id: &CommandId, at_ms: u64) -> Result<(), StoreError> {
+        let now = at_ms;
         let r = match &self.store {
             CommandStore::Postgres(s) => s.accepted(id, now).await?,
             CommandStore::Memory(s) => s.accepted(id, now),
@@ -355,18 +355,19 @@ impl CommandService {
         Ok(())
     }
 
-    /// The agent reported a final result (or `Running`, treated as accepted).
+    /// The agent reported a final result (or `Running`, treated as accepted) at `at_ms`.
     pub async fn finish(
         &self,
         id: &CommandId,
         status: CommandStatus,
         exit_code: i32,
         message: &str,
+        at_ms: u64,
     ) -> Result<(), StoreError> {
         if !status.is_final() {
-            return self.accepted(id).await;
+            return self.accepted(id, at_ms).await;
         }
-        let now = now_ms();
+        let now = at_ms;
         let r = match &self.store {
             CommandStore::Postgres(s) => s.finish(id, status, exit_code, message, now).await?,
             CommandStore::Memory(s) => s.finish(id, status, exit_code, message, now),

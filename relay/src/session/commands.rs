@@ -40,7 +40,7 @@ pub(crate) type UniStream = Result<quinn::RecvStream, quinn::ConnectionError>;
 pub(crate) struct Link {
     /// `Command` / `CommandCancel` to write on the control stream.
     pub(crate) to_agent: mpsc::Receiver<Msg>,
-    from_agent: mpsc::Sender<Msg>,
+    from_agent: mpsc::Sender<(Msg, u64)>,
 }
 
 impl Link {
@@ -48,7 +48,8 @@ impl Link {
     /// acks; when full the message is dropped and counted, and the command is re-sent on the
     /// agent's next session, which answers again).
     pub(crate) fn hand_over(&self, m: Msg) {
-        if self.from_agent.try_send(m).is_err() {
+        let at = contrail_control::commands::now_ms();
+        if self.from_agent.try_send((m, at)).is_err() {
             metrics::counter!("contrail_limit_hits_total", "limit" => "command_link_queue")
                 .increment(1);
         }
@@ -58,7 +59,7 @@ impl Link {
 /// This task's end.
 pub(crate) struct Side {
     to_agent: mpsc::Sender<Msg>,
-    from_agent: mpsc::Receiver<Msg>,
+    from_agent: mpsc::Receiver<(Msg, u64)>,
     telemetry: mpsc::Sender<UniStream>,
 }
 
@@ -181,7 +182,8 @@ impl State<'_> {
         }
     }
 
-    async fn on_agent_message(&mut self, m: Msg) {
+    /// `at`: when the control loop read it (Unix ms), so a busy loop does not skew latencies.
+    async fn on_agent_message(&mut self, m: Msg, at: u64) {
         let Some(router) = self.router else { return };
         let svc = router.service().clone();
         let (id, res) = match m {
@@ -192,7 +194,7 @@ impl State<'_> {
                 if !self.owns(&id).await {
                     return;
                 }
-                let res = svc.accepted(&id).await;
+                let res = svc.accepted(&id, at).await;
                 (id, res)
             }
             Msg::CommandResult(r) => {
@@ -204,7 +206,7 @@ impl State<'_> {
                 }
                 let message: String = r.message.chars().take(4096).collect();
                 let res = svc
-                    .finish(&id, wire_status(r.status), r.exit_code, &message)
+                    .finish(&id, wire_status(r.status), r.exit_code, &message, at)
                     .await;
                 (id, res)
             }
@@ -323,7 +325,7 @@ async fn command_loop(
     reg: &Registration,
     router: Option<&CommandRouter>,
     to_agent: mpsc::Sender<Msg>,
-    mut from_agent: mpsc::Receiver<Msg>,
+    mut from_agent: mpsc::Receiver<(Msg, u64)>,
     mut output_rx: mpsc::Receiver<quinn::RecvStream>,
 ) -> End {
     let mut wakes = None;
@@ -405,7 +407,7 @@ async fn command_loop(
                     }
                 }
             },
-            Some(m) = from_agent.recv() => st.on_agent_message(m).await,
+            Some((m, at)) = from_agent.recv() => st.on_agent_message(m, at).await,
             _ = retry => {
                 if !st.poll().await {
                     return std::future::pending().await;
