@@ -32,6 +32,10 @@ echo "== cargo test"
 # mode by --all-targets) do not accept libtest flags.
 RUST_TEST_THREADS="${CONTRAIL_TEST_THREADS:-2}" cargo test --workspace --all-targets
 cargo test --workspace --doc
+echo "== patched quinn-proto: its own unit tests (third_party/, ~1 min of CPU)"
+cargo test --quiet --manifest-path third_party/quinn-proto/Cargo.toml --target-dir target/third_party --lib
+echo "== agent library against the stock registry quinn (no [patch])"
+bash scripts/check-stock-quinn.sh
 if [ -f deploy/validate.sh ]; then
   echo "== deploy validation (promtool, compose/k8s/terraform agreement with the relay config)"
   bash deploy/validate.sh

@@ -206,6 +206,10 @@ pub struct Limits {
     /// 1452 suits Ethernet and the internet; jumbo-frame LANs and loopback can use up to 65527
     /// (fewer packets per frame at high rates; agents and subscribers must allow it too).
     pub max_udp_payload_bytes: u16,
+    /// Longest the relay waits, after sending `Error{code, message}` on the control stream and
+    /// finishing it, for the agent to acknowledge it (or close) before it closes the
+    /// connection with the code anyway. Bounds what a peer that never reads can hold open.
+    pub error_linger_ms: u64,
 }
 
 impl Default for Limits {
@@ -227,6 +231,7 @@ impl Default for Limits {
             quic_max_ack_delay_ms: 125,
             quic_max_ack_delay_cap_ms: 1_500,
             max_udp_payload_bytes: 1452,
+            error_linger_ms: 1_000,
         }
     }
 }
@@ -256,6 +261,10 @@ impl Limits {
             .quic_max_ack_delay_cap_ms
             .min((self.idle_timeout_ms / 2).saturating_sub(1));
         (cap > self.quic_max_ack_delay_ms).then(|| Duration::from_millis(cap))
+    }
+    /// How long a rejected session waits for its `Error` message to be acknowledged.
+    pub fn error_linger(&self) -> Duration {
+        Duration::from_millis(self.error_linger_ms)
     }
     /// Frames waiting for an ack that make it go out without waiting for `ack_delay`.
     pub fn ack_now_threshold(&self) -> u64 {

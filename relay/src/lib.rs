@@ -17,4 +17,6 @@ pub mod sink;
 pub mod tls;
 
 pub use config::Config;
-pub use server::{DrainReport, Hooks, RelayBuilder, RelayCore, RelayError, RunningRelay};
+pub use server::{
+    ClaimError, DrainReport, Hooks, RelayBuilder, RelayCore, RelayError, RunningRelay,
+};

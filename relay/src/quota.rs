@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use contrail_protocol::AgentId;
 use parking_lot::Mutex;
 use serde::Deserialize;
 
@@ -25,11 +24,18 @@ pub struct QuotaConfig {
     /// How long an agent may stay over quota (nacked, or still sending what was nacked)
     /// before its session is closed with `QUOTA_EXCEEDED`.
     pub close_after_ms: u64,
-    /// Registrations allowed per agent id per minute (0: unlimited); more are refused with
-    /// `QUOTA_EXCEEDED` (reconnect-storm damping).
+    /// Successful registrations allowed per agent id per minute (0: unlimited); more are
+    /// refused with `QUOTA_EXCEEDED` (reconnect-storm damping). Counted only after the agent
+    /// authenticated, so nobody else can use up an agent's registrations.
     pub registrations_per_minute: u32,
-    /// Agents tracked by the damper (oldest forgotten first).
+    /// Agent ids tracked by the reconnect damper (older minutes forgotten first).
     pub max_tracked_agents: usize,
+    /// Failed authentications allowed per source IP address per minute (0: unlimited); more
+    /// registrations from that address are refused with `QUOTA_EXCEEDED` before their
+    /// credentials are checked.
+    pub auth_failures_per_minute: u32,
+    /// Source addresses tracked by the failed-authentication damper.
+    pub max_tracked_sources: usize,
 }
 
 impl Default for QuotaConfig {
@@ -43,6 +49,8 @@ impl Default for QuotaConfig {
             close_after_ms: 5_000,
             registrations_per_minute: 60,
             max_tracked_agents: 100_000,
+            auth_failures_per_minute: 30,
+            max_tracked_sources: 100_000,
         }
     }
 }
@@ -142,56 +150,140 @@ impl SessionQuota {
     }
 }
 
-/// Counts registrations per agent id in one-minute windows; bounded in agents.
-pub struct FlapDamper {
+/// Shards of a [`Damper`]: keys hash to one, so concurrent registrations rarely share a lock.
+const DAMPER_SHARDS: usize = 16;
+
+/// Counts events per key (agent id, source address) over a sliding minute, bounded in keys.
+///
+/// Each shard keeps two generations of counts: the current minute and the one before. The
+/// count of a key is its current count plus its previous count weighted by how much of the
+/// previous minute still lies in the sliding window. Expiry is amortised: a shard drops its
+/// older generation when a minute has passed or when the current one is full (so a shard holds
+/// at most twice its share of `max_keys`), never by scanning its map per new key.
+pub struct Damper<K> {
     limit: u32,
-    max_agents: usize,
     window: Duration,
-    seen: Mutex<HashMap<AgentId, (Instant, u32)>>,
+    per_shard: usize,
+    shards: Vec<Mutex<Generations<K>>>,
+    hasher: std::collections::hash_map::RandomState,
 }
 
-impl FlapDamper {
-    /// A damper allowing `per_minute` registrations per agent (0: off).
-    pub fn new(per_minute: u32, max_agents: usize) -> Self {
-        FlapDamper {
+struct Generations<K> {
+    started: Option<Instant>,
+    current: HashMap<K, u32>,
+    previous: HashMap<K, u32>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Damper<K> {
+    /// A damper allowing `per_minute` events per key (0: off), tracking about `max_keys` keys.
+    pub fn new(per_minute: u32, max_keys: usize) -> Self {
+        Damper {
             limit: per_minute,
-            max_agents: max_agents.max(1),
             window: Duration::from_secs(60),
-            seen: Mutex::new(HashMap::new()),
+            per_shard: max_keys.div_ceil(DAMPER_SHARDS).max(1),
+            shards: (0..DAMPER_SHARDS)
+                .map(|_| {
+                    Mutex::new(Generations {
+                        started: None,
+                        current: HashMap::new(),
+                        previous: HashMap::new(),
+                    })
+                })
+                .collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
         }
     }
 
-    /// Whether `agent` may register now.
-    pub fn allow(&self, agent: &AgentId, now: Instant) -> bool {
+    /// The per-minute limit (0: off).
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    fn shard(&self, key: &K) -> &Mutex<Generations<K>> {
+        use std::hash::BuildHasher;
+        &self.shards[(self.hasher.hash_one(key) as usize) % DAMPER_SHARDS]
+    }
+
+    /// Counts one event of `key`; false when that makes more than the limit in the last minute.
+    pub fn allow(&self, key: &K, now: Instant) -> bool {
         if self.limit == 0 {
             return true;
         }
-        let mut seen = self.seen.lock();
-        if !seen.contains_key(agent) && seen.len() >= self.max_agents {
-            let window = self.window;
-            seen.retain(|_, (start, _)| now.saturating_duration_since(*start) < window);
-            if seen.len() >= self.max_agents {
-                if let Some(oldest) = seen
-                    .iter()
-                    .min_by_key(|(_, (s, _))| *s)
-                    .map(|(k, _)| k.clone())
-                {
-                    seen.remove(&oldest);
-                }
-            }
+        let (allowed, dropped) = {
+            let mut g = self.shard(key).lock();
+            let dropped = g.rotate(now, self.window, self.per_shard, key);
+            let allowed = g.estimate(key, now, self.window) < f64::from(self.limit);
+            *g.current.entry(key.clone()).or_insert(0) += 1;
+            (allowed, dropped)
+        };
+        // Freed outside the lock.
+        drop(dropped);
+        allowed
+    }
+
+    /// Whether `key` is over the limit now, without counting an event.
+    pub fn over(&self, key: &K, now: Instant) -> bool {
+        if self.limit == 0 {
+            return false;
         }
-        let entry = seen.entry(agent.clone()).or_insert((now, 0));
-        if now.saturating_duration_since(entry.0) >= self.window {
-            *entry = (now, 0);
+        let g = self.shard(key).lock();
+        g.estimate(key, now, self.window) >= f64::from(self.limit)
+    }
+
+    /// Keys tracked now (both generations).
+    pub fn tracked(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let g = s.lock();
+                g.current.len() + g.previous.len()
+            })
+            .sum()
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Generations<K> {
+    /// Starts a new generation when a window has passed or the current one is full; returns
+    /// the map dropped, to be freed after the lock is released.
+    fn rotate(
+        &mut self,
+        now: Instant,
+        window: Duration,
+        cap: usize,
+        key: &K,
+    ) -> Option<HashMap<K, u32>> {
+        let started = *self.started.get_or_insert(now);
+        let age = now.saturating_duration_since(started);
+        let full = self.current.len() >= cap && !self.current.contains_key(key);
+        if age < window && !full {
+            return None;
         }
-        entry.1 += 1;
-        entry.1 <= self.limit
+        let old = std::mem::take(&mut self.current);
+        self.started = Some(now);
+        let stale = std::mem::replace(&mut self.previous, old);
+        if age >= window * 2 {
+            // The generation just closed ended long ago: none of it is in the window.
+            self.previous.clear();
+        }
+        Some(stale)
+    }
+
+    fn estimate(&self, key: &K, now: Instant, window: Duration) -> f64 {
+        let current = self.current.get(key).copied().unwrap_or(0);
+        let previous = self.previous.get(key).copied().unwrap_or(0);
+        let into = self
+            .started
+            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
+            .min(window);
+        let weight = 1.0 - into.as_secs_f64() / window.as_secs_f64();
+        f64::from(current) + f64::from(previous) * weight
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use contrail_protocol::AgentId;
 
     #[test]
     fn bucket_allows_burst_then_rate() {
@@ -237,19 +329,25 @@ mod tests {
     }
 
     #[test]
-    fn damper_limits_registrations_per_minute_and_is_bounded() {
-        let d = FlapDamper::new(3, 2);
+    fn damper_limits_events_per_sliding_minute_and_is_bounded() {
+        let d = Damper::new(3, 32);
         let t0 = Instant::now();
         let a = AgentId::new("a").expect("id");
         assert!(d.allow(&a, t0));
         assert!(d.allow(&a, t0));
         assert!(d.allow(&a, t0));
+        assert!(d.over(&a, t0));
         assert!(!d.allow(&a, t0 + Duration::from_secs(1)));
-        assert!(d.allow(&a, t0 + Duration::from_secs(61)), "new window");
-        let b = AgentId::new("b").expect("id");
-        let c = AgentId::new("c").expect("id");
-        assert!(d.allow(&b, t0 + Duration::from_secs(62)));
-        assert!(d.allow(&c, t0 + Duration::from_secs(63)));
-        assert!(d.seen.lock().len() <= 2, "bounded");
+        // One minute on, the last minute still weighs in (sliding window) ...
+        assert!(!d.allow(&a, t0 + Duration::from_secs(61)));
+        // ... two minutes on nothing does.
+        assert!(d.allow(&a, t0 + Duration::from_secs(190)));
+        // Bounded: many keys in one minute keep at most two generations per shard.
+        for i in 0..10_000 {
+            let k = AgentId::new(format!("k{i}")).expect("id");
+            d.allow(&k, t0 + Duration::from_secs(200));
+        }
+        assert!(d.tracked() <= 2 * 32 + 2 * DAMPER_SHARDS, "{}", d.tracked());
+        assert!(Damper::<u32>::new(0, 1).allow(&7, t0), "0 turns it off");
     }
 }

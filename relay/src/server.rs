@@ -25,6 +25,9 @@ use crate::sink::live::SubscriberRegistry;
 use crate::sink::{registry, SinkHandle, SinkSpec};
 use crate::tls;
 
+/// Longest a registration waits for the session supervisor's answer.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -46,11 +49,26 @@ pub enum RelayError {
     Auth(#[from] crate::auth::AuthError),
     /// An actor failed to spawn.
     #[error("actor: {0}")]
-    Actor(String),
+    Actor(#[from] ractor::SpawnErr),
+}
+
+/// Why the session registry could not answer a claim.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClaimError {
+    /// The supervisor did not answer within the claim timeout.
+    #[error("the session supervisor did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The supervisor dropped the claim or is gone.
+    #[error("the session supervisor failed: {0}")]
+    Supervisor(String),
 }
 
 /// A per-batch hook (see [`Hooks::on_batch`]).
 pub type BatchHook = Arc<dyn Fn(&AgentId) + Send + Sync>;
+
+/// A claim hook (see [`Hooks::fail_claim`]).
+pub type ClaimHook = Arc<dyn Fn(&AgentId) -> bool + Send + Sync>;
 
 /// Test and embedding hooks (never reachable from the network or the config file).
 #[derive(Clone, Default)]
@@ -58,6 +76,9 @@ pub struct Hooks {
     /// Called by the reader for every batch before it is checked; a panic here simulates a bug
     /// in one session.
     pub on_batch: Option<BatchHook>,
+    /// Asked by the session supervisor for every claim; `true` makes it drop that claim
+    /// unanswered, as a failed supervisor would (tests of the refusal that follows).
+    pub fail_claim: Option<ClaimHook>,
 }
 
 /// What every session shares.
@@ -84,7 +105,10 @@ pub struct RelayCore {
     pub downlink: Option<Arc<crate::downlink::CommandRouter>>,
     supervisor: ActorRef<SupervisorMsg>,
     auth: crate::auth::Authenticator,
-    damper: crate::quota::FlapDamper,
+    /// Successful registrations per agent id (reconnect storms).
+    reconnects: crate::quota::Damper<AgentId>,
+    /// Failed authentications per source address.
+    auth_failures: crate::quota::Damper<std::net::IpAddr>,
     sessions: AtomicUsize,
     pending: AtomicUsize,
     session_errors: std::sync::atomic::AtomicU64,
@@ -156,23 +180,52 @@ impl RelayCore {
         metrics::counter!("contrail_sessions_rejected_total", "code" => code.label()).increment(1);
     }
 
-    /// Checks a registration: reconnect-storm damping, then token/JWT/mTLS.
-    pub(crate) fn authenticate(
+    /// Admits a registration, or says why not: a source address with too many failed
+    /// authentications in the last minute is refused before its credentials are checked; then
+    /// token/JWT/mTLS (a failure counts against the source address, never against the agent id
+    /// it named); then reconnect-storm damping of the authenticated agent id.
+    pub(crate) fn admit(
         &self,
         agent: &AgentId,
         token: &str,
         conn: &quinn::Connection,
-    ) -> Result<(), ErrorCode> {
-        if !self.damper.allow(agent, Instant::now()) {
-            metrics::counter!("contrail_limit_hits_total", "limit" => "registrations_per_minute")
+    ) -> Result<(), crate::session::driver::End> {
+        use crate::session::driver::End;
+        let now = Instant::now();
+        let source = conn.remote_address().ip().to_canonical();
+        if self.auth_failures.over(&source, now) {
+            metrics::counter!("contrail_limit_hits_total", "limit" => "auth_failures_per_minute")
                 .increment(1);
-            return Err(ErrorCode::QuotaExceeded);
+            return Err(End::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "too many failed authentications from {source} in the last minute (limit {}); retry later",
+                    self.auth_failures.limit()
+                ),
+            ));
         }
         let chain = conn
             .peer_identity()
             .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok());
-        self.auth
+        if let Err(code) = self
+            .auth
             .check(agent, token, chain.as_deref().map(Vec::as_slice))
+        {
+            self.auth_failures.allow(&source, now);
+            return Err(End::new(code, "authentication failed"));
+        }
+        if !self.reconnects.allow(agent, now) {
+            metrics::counter!("contrail_limit_hits_total", "limit" => "registrations_per_minute")
+                .increment(1);
+            return Err(End::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "more than {} registrations of agent {agent} in the last minute (reconnect storm); retry later",
+                    self.reconnects.limit()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The agent authentication mode in force.
@@ -180,8 +233,14 @@ impl RelayCore {
         self.auth.mode()
     }
 
-    pub(crate) async fn claim(&self, agent: &AgentId, entry: SessionEntry) -> Option<SessionEntry> {
+    /// Registers `entry` as `agent`'s session; returns the session it replaces, if any.
+    pub(crate) async fn claim(
+        &self,
+        agent: &AgentId,
+        entry: SessionEntry,
+    ) -> Result<Option<SessionEntry>, ClaimError> {
         let agent = agent.clone();
+        let timeout = CLAIM_TIMEOUT;
         match self
             .supervisor
             .call(
@@ -190,13 +249,23 @@ impl RelayCore {
                     entry,
                     reply,
                 },
-                Some(Duration::from_secs(5)),
+                Some(timeout),
             )
             .await
         {
-            Ok(ractor::rpc::CallResult::Success(old)) => old,
-            _ => None,
+            Ok(ractor::rpc::CallResult::Success(old)) => Ok(old),
+            Ok(ractor::rpc::CallResult::Timeout) => Err(ClaimError::Timeout(timeout)),
+            Ok(ractor::rpc::CallResult::SenderError) => Err(ClaimError::Supervisor(
+                "the claim was dropped unanswered".into(),
+            )),
+            Err(e) => Err(ClaimError::Supervisor(e.to_string())),
         }
+    }
+
+    /// Gives back a slot taken by [`Self::try_reserve_session`] for a session that did not
+    /// register after all.
+    pub(crate) fn release_session(&self) {
+        self.sessions.fetch_sub(1, Ordering::AcqRel);
     }
 
     pub(crate) fn count_session_error(&self) {
@@ -308,15 +377,13 @@ impl RelayBuilder {
                     factory: spec.factory,
                 },
             )
-            .await
-            .map_err(|e| RelayError::Actor(e.to_string()))?;
+            .await?;
             handles.push(handle);
             sink_actors.push((actor, join));
         }
 
-        let (supervisor, supervisor_join) = Actor::spawn(None, SessionSupervisor, ())
-            .await
-            .map_err(|e| RelayError::Actor(e.to_string()))?;
+        let (supervisor, supervisor_join) =
+            Actor::spawn(None, SessionSupervisor, self.hooks.fail_claim.clone()).await?;
         let limits = &config.limits;
         let downlink = Arc::new(crate::downlink::CommandRouter::new(
             control.commands().clone(),
@@ -336,9 +403,13 @@ impl RelayBuilder {
             live,
             supervisor: supervisor.clone(),
             auth: crate::auth::Authenticator::new(&config.auth, config.auth_mode()?)?,
-            damper: crate::quota::FlapDamper::new(
+            reconnects: crate::quota::Damper::new(
                 config.quotas.registrations_per_minute,
                 config.quotas.max_tracked_agents,
+            ),
+            auth_failures: crate::quota::Damper::new(
+                config.quotas.auth_failures_per_minute,
+                config.quotas.max_tracked_sources,
             ),
             sessions: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),

@@ -42,28 +42,49 @@ async fn send_control(send: &mut quinn::SendStream, codec: &FrameCodec, msg: Msg
     send.write_all(&buf).await.is_ok()
 }
 
-/// Sends `Error{code}` (when a control stream exists) and closes the connection with `code`.
-async fn reject(
+/// A session refused during set-up: why, and its connection.
+pub(crate) struct Refusal {
+    end: End,
+    conn: quinn::Connection,
+}
+
+/// Ends a session with `end`: when a control stream is open, sends `Error{code, message}` on
+/// it, finishes it and waits (at most `limits.error_linger_ms`) until the agent has
+/// acknowledged that data or closed, then closes the connection with the code. Closing at once
+/// would discard the unsent message (quinn drops stream data on close).
+pub(crate) async fn close_with_error(
     core: &RelayCore,
     shared: &SessionShared,
+    conn: Option<&quinn::Connection>,
     send: Option<&mut quinn::SendStream>,
     codec: &FrameCodec,
-    end: End,
+    end: &End,
 ) {
-    core.count_rejection(end.code);
-    if let Some(send) = send {
-        let _ = tokio::time::timeout(
-            Duration::from_millis(200),
-            send_control(
-                send,
-                codec,
-                Msg::Error(contrail_protocol::proto::Error {
-                    code: end.code as i32,
-                    message: end.reason.clone(),
-                }),
-            ),
-        )
-        .await;
+    if let (Some(send), Some(conn)) = (send, conn) {
+        let error = Msg::Error(contrail_protocol::proto::Error {
+            code: end.code as i32,
+            message: end.reason.clone(),
+        });
+        let delivered = async {
+            if !send_control(send, codec, error).await || send.finish().is_err() {
+                return;
+            }
+            // Ask the agent to ACK at once instead of after its (possibly adapted, up to
+            // `quic_max_ack_delay_cap_ms`) ACK delay.
+            conn.request_immediate_ack();
+            tokio::select! {
+                // Acknowledged (or the agent stopped reading the stream: nothing to wait for).
+                _ = send.stopped() => {}
+                _ = conn.closed() => {}
+            }
+        };
+        if tokio::time::timeout(core.config.limits.error_linger(), delivered)
+            .await
+            .is_err()
+        {
+            metrics::counter!("contrail_limit_hits_total", "limit" => "error_linger").increment(1);
+            tracing::debug!(code = %end.code, "agent did not acknowledge the Error message in time");
+        }
     }
     shared.close(end.code, &end.reason);
 }
@@ -97,23 +118,64 @@ pub(crate) async fn run(
 ) {
     let codec = FrameCodec::new(core.config.limits.max_frame_bytes);
     let started = Instant::now();
+    // Counted in `max_pending_handshakes` until registered or closed (a refused connection
+    // lingering to deliver its Error too), however this task ends.
+    let pending = PendingHandshake(&core);
     // Boxed: the handshake's state (TLS accept, Register, supersede) is needed only until the
     // session is set up, and inline it would size this task for the session's whole life.
+    // The control stream's send side once the agent opened it: refusals and a handshake
+    // timeout say why on it.
+    let mut control: Option<quinn::SendStream> = None;
     let setup = tokio::time::timeout(
         core.config.limits.handshake_timeout(),
-        Box::pin(handshake(&core, incoming, &shared, &me, &codec)),
+        Box::pin(handshake(
+            &core,
+            incoming,
+            &shared,
+            &me,
+            &codec,
+            &mut control,
+        )),
     )
     .await;
-    core.handshake_done();
     let (conn, mut send, mut recv, mut inbuf, reg, stats) = match setup {
-        Ok(Some(s)) => s,
-        Ok(None) => return,
+        Ok(Ok(s)) => {
+            drop(pending);
+            s
+        }
+        Ok(Err(None)) => return,
+        Ok(Err(Some(refusal))) => {
+            // Outside the handshake timeout: the wait for the Error to be delivered has its own
+            // bound (`limits.error_linger_ms`).
+            core.count_rejection(refusal.end.code);
+            tracing::debug!(code = %refusal.end.code, reason = %refusal.end.reason, "registration refused");
+            close_with_error(
+                &core,
+                &shared,
+                Some(&refusal.conn),
+                control.as_mut(),
+                &codec,
+                &refusal.end,
+            )
+            .await;
+            return;
+        }
         Err(_) => {
             metrics::counter!("contrail_limit_hits_total", "limit" => "handshake_timeout")
                 .increment(1);
             tracing::debug!(elapsed = ?started.elapsed(), "handshake/register timed out");
             core.count_rejection(ErrorCode::Timeout);
-            shared.close(ErrorCode::Timeout, "handshake timeout");
+            let end = End::new(ErrorCode::Timeout, "handshake/Register timeout");
+            let conn = shared.conn();
+            close_with_error(
+                &core,
+                &shared,
+                conn.as_ref(),
+                control.as_mut(),
+                &codec,
+                &end,
+            )
+            .await;
             return;
         }
     };
@@ -159,25 +221,22 @@ pub(crate) async fn run(
             metrics::counter!("contrail_protocol_errors_total", "code" => end.code.label())
                 .increment(1);
         }
-        if matches!(
-            end.code,
-            ErrorCode::ProtocolViolation | ErrorCode::FrameTooLarge
-        ) {
-            let _ = tokio::time::timeout(
-                Duration::from_millis(200),
-                send_control(
-                    &mut send,
-                    &codec,
-                    Msg::Error(contrail_protocol::proto::Error {
-                        code: end.code as i32,
-                        message: end.reason.clone(),
-                    }),
-                ),
-            )
-            .await;
+        if end.code != ErrorCode::Superseded {
+            // Say why before closing (a superseded session was closed by its successor).
+            close_with_error(&core, &shared, Some(&conn), Some(&mut send), &codec, &end).await;
+            return;
         }
     }
     shared.close(end.code, &end.reason);
+}
+
+/// Releases a `max_pending_handshakes` slot when dropped.
+struct PendingHandshake<'a>(&'a RelayCore);
+
+impl Drop for PendingHandshake<'_> {
+    fn drop(&mut self) {
+        self.0.handshake_done();
+    }
 }
 
 type Setup = (
@@ -195,127 +254,125 @@ async fn handshake(
     shared: &Arc<SessionShared>,
     me: &ActorRef<SessionMsg>,
     codec: &FrameCodec,
-) -> Option<Setup> {
+    control: &mut Option<quinn::SendStream>,
+) -> Result<Setup, Option<Refusal>> {
     let conn = match incoming.accept() {
         Ok(connecting) => match connecting.await {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "handshake failed");
                 metrics::counter!("contrail_handshake_failures_total").increment(1);
-                return None;
+                return Err(None);
             }
         },
         Err(e) => {
             tracing::debug!(error = %e, "incoming connection failed");
-            return None;
+            return Err(None);
         }
     };
     if crate::sink::live::is_subscriber(&conn) {
         // A live subscriber, not an agent: the live sink's registry takes the connection.
         crate::sink::live::hand_over(core, conn);
-        return None;
+        return Err(None);
     }
     shared.set_conn(conn.clone());
+    let refuse = |end: End| {
+        Err(Some(Refusal {
+            end,
+            conn: conn.clone(),
+        }))
+    };
+    // Waits (at most `error_linger_ms`) for the agent's control stream, to say why on it.
+    let control_stream = || async {
+        match tokio::time::timeout(core.config.limits.error_linger(), conn.accept_bi()).await {
+            Ok(Ok((send, _recv))) => Some(send),
+            _ => None,
+        }
+    };
     if core.is_draining() {
-        reject(
-            core,
-            shared,
-            None,
-            codec,
-            End::new(ErrorCode::Draining, "relay is draining"),
-        )
-        .await;
-        return None;
+        *control = control_stream().await;
+        return refuse(End::new(ErrorCode::Draining, "relay is draining"));
     }
-    let (mut send, mut recv) = tokio::select! {
+    let not_registered = || End::new(ErrorCode::NotRegistered, "telemetry before Register");
+    let mut recv = tokio::select! {
         bi = conn.accept_bi() => match bi {
-            Ok(s) => s,
-            Err(_) => return None,
+            Ok((send, recv)) => {
+                *control = Some(send);
+                recv
+            }
+            Err(_) => return Err(None),
         },
         uni = conn.accept_uni() => {
-            if uni.is_ok() {
-                reject(core, shared, None, codec, End::new(ErrorCode::NotRegistered, "telemetry before Register")).await;
+            if uni.is_err() {
+                return Err(None);
             }
-            return None;
+            // Telemetry came first. The agent may have opened its control stream too (streams
+            // are seen in the order their data arrives): take it, briefly, to say why.
+            *control = control_stream().await;
+            return refuse(not_registered());
         }
     };
     let mut inbuf = BytesMut::new();
-    let register = match read_control(&mut recv, &mut inbuf, codec).await {
+    // Telemetry before Register is refused the same way whichever stream came first.
+    let first = tokio::select! {
+        m = read_control(&mut recv, &mut inbuf, codec) => m,
+        uni = conn.accept_uni() => match uni {
+            Ok(_) => return refuse(not_registered()),
+            Err(_) => return Err(None),
+        },
+    };
+    let register = match first {
         Ok(Some(ControlMessage {
             msg: Some(Msg::Register(r)),
         })) => r,
         Ok(Some(_)) => {
-            reject(
-                core,
-                shared,
-                Some(&mut send),
-                codec,
-                End::new(
-                    ErrorCode::NotRegistered,
-                    "first control message must be Register",
-                ),
-            )
-            .await;
-            return None;
+            return refuse(End::new(
+                ErrorCode::NotRegistered,
+                "first control message must be Register",
+            ));
         }
-        Ok(None) => return None,
-        Err(end) => {
-            reject(core, shared, Some(&mut send), codec, end).await;
-            return None;
-        }
+        Ok(None) => return Err(None),
+        Err(end) => return refuse(end),
     };
     let agent_id = match AgentId::new(register.agent_id.clone()) {
         Ok(a) => a,
         Err(e) => {
-            reject(
-                core,
-                shared,
-                Some(&mut send),
-                codec,
-                End::new(ErrorCode::ProtocolViolation, format!("agent_id: {e}")),
-            )
-            .await;
-            return None;
+            return refuse(End::new(
+                ErrorCode::ProtocolViolation,
+                format!("agent_id: {e}"),
+            ));
         }
     };
-    if let Err(code) = core.authenticate(&agent_id, &register.auth_token, &conn) {
-        reject(
-            core,
-            shared,
-            Some(&mut send),
-            codec,
-            End::new(code, "authentication failed"),
-        )
-        .await;
-        return None;
+    if let Err(end) = core.admit(&agent_id, &register.auth_token, &conn) {
+        return refuse(end);
     }
     if core.is_draining() {
-        reject(
-            core,
-            shared,
-            Some(&mut send),
-            codec,
-            End::new(ErrorCode::Draining, "relay is draining"),
-        )
-        .await;
-        return None;
+        return refuse(End::new(ErrorCode::Draining, "relay is draining"));
     }
     if !core.try_reserve_session() {
-        reject(
-            core,
-            shared,
-            Some(&mut send),
-            codec,
-            End::new(ErrorCode::TooManySessions, "relay is at max_sessions"),
-        )
-        .await;
-        return None;
+        return refuse(End::new(
+            ErrorCode::TooManySessions,
+            "relay is at max_sessions",
+        ));
     }
     let session_id = SessionId::from_random_bytes(rand::random());
     // From here the session counts against max_sessions; the registration (set below) makes
     // the actor's state drop release it.
     let claim = register.resume.as_ref().map(|r| r.last_acked_seq);
-    let old = core.claim(&agent_id, (me.clone(), shared.clone())).await;
+    let old = match core.claim(&agent_id, (me.clone(), shared.clone())).await {
+        Ok(old) => old,
+        Err(e) => {
+            // Without the registry's answer a previous session of this agent may still be
+            // live: registering now could leave two. Refuse (INTERNAL is retryable).
+            core.release_session();
+            tracing::error!(agent = %agent_id, error = %e, "session claim failed; refusing the registration");
+            metrics::counter!("contrail_claim_failures_total").increment(1);
+            return refuse(End::new(
+                ErrorCode::Internal,
+                "the relay could not register this session; retry",
+            ));
+        }
+    };
     if let Some((old_actor, old_shared)) = old {
         tracing::info!(agent = %agent_id, "superseding the previous session");
         metrics::counter!("contrail_sessions_superseded_total").increment(1);
@@ -342,8 +399,11 @@ async fn handshake(
         max_frame_bytes: limits.max_frame_bytes as u32,
         fleet: Vec::new(),
     };
+    let Some(mut send) = control.take() else {
+        return Err(None);
+    };
     if !send_control(&mut send, codec, Msg::Registered(registered)).await {
-        return None;
+        return Err(None);
     }
     let stats = Arc::new(SessionStats::default());
     stats.last_heartbeat_unix_ms.store(
@@ -358,7 +418,7 @@ async fn handshake(
         stats: stats.clone(),
     }));
     tracing::debug!(agent = %agent_id, session = %session_id, resume_from = cursor.completed(), "session registered");
-    Some((conn, send, recv, inbuf, reg, stats))
+    Ok((conn, send, recv, inbuf, reg, stats))
 }
 
 /// Reads pings, writes acks (coalesced: one per wake-up, covering every batch completed since),

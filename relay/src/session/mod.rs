@@ -49,6 +49,10 @@ impl SessionShared {
         *self.conn.lock() = Some(conn);
     }
 
+    pub(crate) fn conn(&self) -> Option<quinn::Connection> {
+        self.conn.lock().clone()
+    }
+
     pub(crate) fn set_registration(&self, r: Registration) {
         *self.registration.lock() = Some(r);
     }

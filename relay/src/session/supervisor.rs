@@ -11,6 +11,7 @@ use contrail_protocol::{AgentId, ErrorCode};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::SessionEntry;
+use crate::server::ClaimHook;
 
 /// Messages of the supervisor.
 pub enum SupervisorMsg {
@@ -23,10 +24,6 @@ pub enum SupervisorMsg {
         /// The replaced session.
         reply: RpcReplyPort<Option<SessionEntry>>,
     },
-    /// Number of registered sessions.
-    Count(RpcReplyPort<usize>),
-    /// Every registered session (for drain and shutdown).
-    All(RpcReplyPort<Vec<SessionEntry>>),
 }
 
 /// Registry state.
@@ -34,6 +31,7 @@ pub enum SupervisorMsg {
 pub struct SupervisorState {
     by_agent: HashMap<AgentId, SessionEntry>,
     agent_of: HashMap<ActorId, AgentId>,
+    fail_claim: Option<ClaimHook>,
 }
 
 impl SupervisorState {
@@ -52,14 +50,18 @@ pub struct SessionSupervisor;
 impl Actor for SessionSupervisor {
     type Msg = SupervisorMsg;
     type State = SupervisorState;
-    type Arguments = ();
+    /// The claim fault hook ([`crate::Hooks::fail_claim`]), in tests.
+    type Arguments = Option<ClaimHook>;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<SupervisorMsg>,
-        _args: (),
+        fail_claim: Option<ClaimHook>,
     ) -> Result<SupervisorState, ActorProcessingErr> {
-        Ok(SupervisorState::default())
+        Ok(SupervisorState {
+            fail_claim,
+            ..SupervisorState::default()
+        })
     }
 
     async fn handle(
@@ -74,18 +76,17 @@ impl Actor for SessionSupervisor {
                 entry,
                 reply,
             } => {
+                if state.fail_claim.as_ref().is_some_and(|f| f(&agent)) {
+                    // Injected failure: the claim is dropped unanswered.
+                    drop(reply);
+                    return Ok(());
+                }
                 state.agent_of.insert(entry.0.get_id(), agent.clone());
                 let old = state.by_agent.insert(agent, entry);
                 if let Some((old_actor, _)) = &old {
                     state.agent_of.remove(&old_actor.get_id());
                 }
                 let _ = reply.send(old);
-            }
-            SupervisorMsg::Count(reply) => {
-                let _ = reply.send(state.by_agent.len());
-            }
-            SupervisorMsg::All(reply) => {
-                let _ = reply.send(state.by_agent.values().cloned().collect());
             }
         }
         Ok(())

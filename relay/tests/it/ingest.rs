@@ -211,6 +211,7 @@ async fn a_panicking_session_is_closed_with_internal_and_others_keep_streaming()
                 panic!("injected fault in one session");
             }
         })),
+        ..Hooks::default()
     };
     let relay = start_with(config, dir, vec![spec], hooks).await;
     let good = relay.agent("drone-good").await;

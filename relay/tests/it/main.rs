@@ -8,7 +8,6 @@ mod faults_support;
 mod sink_support;
 
 mod acks;
-mod acks_pace;
 mod all_outputs;
 mod backpressure;
 mod commands;
@@ -23,6 +22,7 @@ mod faults_spool;
 mod fleet;
 mod ingest;
 mod live;
+mod rejections;
 mod security;
 mod sink_jetstream;
 mod sink_outage;

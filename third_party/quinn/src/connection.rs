@@ -647,6 +647,15 @@ impl Connection {
         conn.wake();
     }
 
+    /// Contrail patch: asks the peer to ACK what it received at once (an IMMEDIATE_ACK frame),
+    /// when the ACK-frequency extension is on and the peer supports it. See
+    /// [`proto::Connection::request_immediate_ack()`].
+    pub fn request_immediate_ack(&self) {
+        let mut conn = self.0.state.lock("request_immediate_ack");
+        conn.inner.request_immediate_ack();
+        conn.wake();
+    }
+
     /// Contrail patch: the max ACK delay this connection asks of its peer (QUIC ACK frequency
     /// extension) in place of the transport config's `AckFrequencyConfig::max_ack_delay`;
     /// `None` goes back to the configured one. See

@@ -1444,6 +1444,15 @@ impl Connection {
         self.ack_frequency.set_requested_max_ack_delay(value);
     }
 
+    /// Contrail patch: asks the peer to acknowledge at once (an IMMEDIATE_ACK frame in the
+    /// next packet) instead of after its max ACK delay. Only with the ACK-frequency extension
+    /// on and the peer supporting it (the frame is an error otherwise); else does nothing.
+    pub fn request_immediate_ack(&mut self) {
+        if self.config.ack_frequency_config.is_some() && self.peer_supports_ack_frequency() {
+            self.immediate_ack();
+        }
+    }
+
     /// Modify the number of remotely initiated streams that may be concurrently open
     ///
     /// No streams may be opened by the peer unless fewer than `count` are already open. Large
