@@ -286,7 +286,7 @@ impl Default for CommandsConfig {
     fn default() -> Self {
         Self {
             database_url: None,
-            pool_size: 4,
+            pool_size: 8,
             db_timeout: Duration::from_secs(2),
             tokens: Vec::new(),
             max_payload_bytes: 64 * 1024,

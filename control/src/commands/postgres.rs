@@ -108,6 +108,7 @@ impl PgStore {
     ) -> Result<Submitted, StoreError> {
         with_client!(self, |c| async move {
             let tx = c.transaction().await.map_err(db_err)?;
+            tx.batch_execute(db::DURABLE).await.map_err(db_err)?;
             if let Some(key) = &cmd.idempotency_key {
                 let q = format!("SELECT {COLUMNS} FROM commands WHERE idempotency_key = $1");
                 if let Some(row) = tx.query_opt(&q, &[key]).await.map_err(db_err)? {
@@ -260,6 +261,7 @@ impl PgStore {
     ) -> Result<CancelOutcome, StoreError> {
         with_client!(self, |c| async move {
             let tx = c.transaction().await.map_err(db_err)?;
+            tx.batch_execute(db::DURABLE).await.map_err(db_err)?;
             let q = format!("SELECT {COLUMNS} FROM commands WHERE id = $1 FOR UPDATE");
             let Some(row) = tx.query_opt(&q, &[&id.as_str()]).await.map_err(db_err)? else {
                 return Ok(CancelOutcome::NotFound);
@@ -388,21 +390,23 @@ impl PgStore {
                  accepted_ms = COALESCE(accepted_ms, $5) \
                  WHERE id = $1 AND status IN ('queued', 'delivered', 'running') RETURNING {COLUMNS}"
             );
-            c.query_opt(
-                &q,
-                &[
-                    &id.as_str(),
-                    &status.as_str(),
-                    &exit_code,
-                    &message,
-                    &ms(now_ms),
-                ],
-            )
-            .await
-            .map_err(db_err)?
-            .as_ref()
-            .map(record)
-            .transpose()
+            let tx = c.transaction().await.map_err(db_err)?;
+            tx.batch_execute(db::DURABLE).await.map_err(db_err)?;
+            let row = tx
+                .query_opt(
+                    &q,
+                    &[
+                        &id.as_str(),
+                        &status.as_str(),
+                        &exit_code,
+                        &message,
+                        &ms(now_ms),
+                    ],
+                )
+                .await
+                .map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+            row.as_ref().map(record).transpose()
         })
     }
 
@@ -415,6 +419,7 @@ impl PgStore {
     ) -> Result<OutputStored, StoreError> {
         with_client!(self, |c| async move {
             let tx = c.transaction().await.map_err(db_err)?;
+            tx.batch_execute(db::DURABLE).await.map_err(db_err)?;
             let Some(row) = tx
                 .query_opt(
                     "SELECT output_bytes, (SELECT count(*) FROM command_output WHERE command_id = $1) \

@@ -79,7 +79,35 @@ impl std::fmt::Debug for Pool {
 
 /// Connects once with `timeout`, spawning the connection's driver task.
 pub async fn connect(url: &str, timeout: Duration) -> Result<(Client, JoinHandle<()>), DbError> {
-    let (client, connection) = tokio::time::timeout(timeout, tokio_postgres::connect(url, NoTls))
+    let config: tokio_postgres::Config = url.parse()?;
+    connect_config(&config, timeout).await
+}
+
+/// Connects a pool connection: commits do not wait for the WAL flush
+/// (`synchronous_commit=off`) unless a transaction asks for it with [`DURABLE`]. Relay-side
+/// state updates are re-derived by redelivery if a database crash loses them; submits,
+/// cancels, results and output are written durably.
+pub async fn connect_async_commit(
+    url: &str,
+    timeout: Duration,
+) -> Result<(Client, JoinHandle<()>), DbError> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    let options = match config.get_options() {
+        Some(o) if !o.is_empty() => format!("{o} -c synchronous_commit=off"),
+        _ => "-c synchronous_commit=off".to_owned(),
+    };
+    config.options(&options);
+    connect_config(&config, timeout).await
+}
+
+/// First statement of a transaction whose commit must be on disk before it returns.
+pub const DURABLE: &str = "SET LOCAL synchronous_commit TO on";
+
+async fn connect_config(
+    config: &tokio_postgres::Config,
+    timeout: Duration,
+) -> Result<(Client, JoinHandle<()>), DbError> {
+    let (client, connection) = tokio::time::timeout(timeout, config.connect(NoTls))
         .await
         .map_err(|_| DbError::Timeout)??;
     let task = tokio::spawn(async move {
@@ -113,7 +141,7 @@ impl Pool {
         let mut guard = self.slots[i].lock().await;
         if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
             *guard = None;
-            let (client, task) = connect(&self.url, self.timeout).await?;
+            let (client, task) = connect_async_commit(&self.url, self.timeout).await?;
             *guard = Some(Conn { client, task });
         }
         Ok(PooledClient { guard })

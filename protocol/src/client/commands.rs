@@ -253,7 +253,9 @@ impl CommandHandle {
     /// Records the outcome in the ledger and reports it.
     pub async fn finish(mut self, outcome: Outcome) -> Result<(), ClientError> {
         self.finished = true;
-        self.hub.finish(&self.id, &outcome)?;
+        self.hub
+            .record(&self.id, Entry::Done(outcome.clone()))
+            .await?;
         self.hub.send_report(outcome.result(&self.id)).await
     }
 }
@@ -482,6 +484,19 @@ impl Hub {
         }
     }
 
+    /// Records in the ledger off the async threads (each record is an fsync).
+    async fn record(self: &Arc<Self>, id: &str, e: Entry) -> Result<(), ClientError> {
+        if matches!(e, Entry::Done(_)) {
+            self.running.lock_().remove(id);
+        }
+        let hub = self.clone();
+        let id = id.to_owned();
+        tokio::task::spawn_blocking(move || hub.ledger.lock_().record(&id, e))
+            .await
+            .map_err(|e| ClientError::Spool(format!("command ledger: {e}")))?
+            .map_err(|e| ClientError::Spool(format!("command ledger: {e}")))
+    }
+
     fn finish(&self, id: &str, outcome: &Outcome) -> Result<(), ClientError> {
         self.running.lock_().remove(id);
         self.ledger
@@ -508,7 +523,7 @@ impl Hub {
                         -1,
                         "agent restarted while the command was running; not run again",
                     );
-                    if self.finish(&c.id, &o).is_ok() {
+                    if self.record(&c.id, Entry::Done(o.clone())).await.is_ok() {
                         let _ = self.reports.send(accepted).await;
                         let _ = self.reports.send(o.result(&c.id)).await;
                     }
@@ -524,13 +539,13 @@ impl Hub {
                         exit_code: -1,
                         message: "deadline passed before the agent could start it".into(),
                     };
-                    if self.finish(&c.id, &o).is_ok() {
+                    if self.record(&c.id, Entry::Done(o.clone())).await.is_ok() {
                         let _ = self.reports.send(o.result(&c.id)).await;
                     }
                     return;
                 }
                 // Recorded (fsynced) before anything runs: at most once, even across restarts.
-                if let Err(e) = self.ledger.lock_().record(&c.id, Entry::Started) {
+                if let Err(e) = self.record(&c.id, Entry::Started).await {
                     tracing::error!(error = %e, "cannot record a command in the ledger; not running it");
                     return;
                 }
