@@ -133,8 +133,10 @@ def load_source_schema() -> dict[str, Any] | None:
     if not path.is_file():
         return None
     src = path.read_text()
+    # Each sink type's own keys live in its folder (relay/src/sink/<kind>/config.rs).
+    sink_src = "".join(p.read_text() for p in sorted((ROOT / "relay" / "src" / "sink").glob("*/config.rs")))
     structs: dict[str, dict[str, str]] = {}
-    for m in re.finditer(r"pub struct (\w+)\s*\{(.*?)\n\}", src, re.S):
+    for m in re.finditer(r"pub struct (\w+)\s*\{(.*?)\n\}", src + "\n" + sink_src, re.S):
         fields: dict[str, str] = {}
         attrs: list[str] = []
         for line in m.group(2).splitlines():
@@ -168,8 +170,16 @@ def load_source_schema() -> dict[str, Any] | None:
             schema["sink"] = set(structs.get(t, {}))
         elif t in structs:
             schema["sections"][key] = set(structs[t])
+    schema["sink_by_type"] = {}
+    km = re.search(r"(#\[serde\([^\]]*\)\]\s*)?pub enum SinkKind\s*\{(.*?)\n\}", src, re.S)
+    if km:
+        # `#[serde(tag = "type")]`: the common keys of SinkConfig plus `type`, then the variant's struct.
+        schema["sink"] = (schema["sink"] - {"kind"}) | {"type"}
+        for variant, ty in re.findall(r"^\s*(\w+)\((\w+)\)\s*,?\s*$", km.group(2), re.M):
+            schema["sink_by_type"][snake(variant)] = set(structs.get(ty, {}))
+        schema["sink_types"] = set(schema["sink_by_type"])
     em = re.search(r"(#\[serde\([^\]]*\)\]\s*)?pub enum SinkType\s*\{(.*?)\n\}", src, re.S)
-    if em:
+    if em and not km:
         rename_all = "snake_case" in (em.group(1) or "") or "lowercase" in (em.group(1) or "")
         variants = re.findall(r"^\s*(\w+)\s*,?\s*$", em.group(2), re.M)
         schema["sink_types"] = {snake(v) if rename_all else v for v in variants}
@@ -260,8 +270,10 @@ def _check_relay_toml(cfg_text: str, label: str) -> dict[str, Any] | None:
                 for sk in cfg[k]:
                     R.check(sk in src["sections"][k], f"{label}: key {k}.{sk} exists in the relay's config", why)
         for s in cfg.get("sinks", []):
+            own = src.get("sink_by_type", {}).get(s.get("type"), set())
             for sk in s:
-                R.check(sk in src["sink"], f"{label}: sink key {sk!r} exists in the relay's SinkConfig", why)
+                R.check(sk in src["sink"] or sk in own,
+                        f"{label}: sink key {sk!r} exists for a {s.get('type')} sink in the relay's config", why)
             if src["sink_types"] is not None:
                 R.check(s.get("type") in src["sink_types"], f"{label}: sink type {s.get('type')!r} exists in the relay's SinkType",
                         f"relay/src/config.rs knows {sorted(src['sink_types'])}")

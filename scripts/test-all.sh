@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole Contrail test suite, from a fresh Debian machine: installs what the tests need
-# (real redis-server, nats-server, promtool), then format, lint, tests, deployment validation.
+# (real redis-server, nats-server, mosquitto, promtool), then format, lint, tests, deployment validation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,8 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v nats-server >/dev/null || need+=(nats-server)
 # A real PostgreSQL for the command downlink tests (testsupport runs initdb as `postgres`).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+# loadgen/tests/mqtt.rs drives a real Mosquitto (Debian installs it in /usr/sbin).
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v python3 >/dev/null || need+=(python3)
 # deploy/validate.sh makes a venv for PyYAML/python-hcl2: Debian ships venv support separately.

@@ -7,6 +7,7 @@
 #   benches/scripts/compare.sh
 #   WORKLOADS=fleet TARGETS="contrail nats" RUNS=1 benches/scripts/compare.sh
 #   NO_BUILD=1 EXTRA_ARGS="--duration 5s" benches/scripts/compare.sh
+#   MQTT_CLIENT=rumqttc TARGETS="mqtt-qos0 mqtt-qos1" benches/scripts/compare.sh   # via rumqttc
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -48,7 +49,7 @@ CONF
       PID=$!
       PIDS+=("$PID")
       wait_for bash -c "echo > /dev/tcp/127.0.0.1/$port"
-      ARGS=(--target mqtt --qos "${t#mqtt-qos}" --relay "127.0.0.1:$port")
+      ARGS=(--target mqtt --qos "${t#mqtt-qos}" --relay "127.0.0.1:$port" --mqtt-client "${MQTT_CLIENT:-raw}")
       ;;
     nats | nats-tls)
       port="$(free_port tcp)"

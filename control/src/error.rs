@@ -48,4 +48,12 @@ pub enum RoutingError {
     /// Connecting or a pipeline round trip exceeded `io_timeout`.
     #[error("redis operation timed out")]
     Timeout,
+    /// The CA file for `rediss://` could not be read.
+    #[error("reading redis TLS CA file {path}: {source}")]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{get, pttl, session, start_with_redis, value, DEADLINE};
-use contrail_testsupport::{poll_until_async, RedisServer};
+use contrail_testsupport::{poll_until_async, RedisOptions, RedisServer};
 
 const TTL: Duration = Duration::from_secs(45);
 
@@ -191,5 +191,154 @@ async fn crashed_publisher_is_restarted_and_keeps_publishing() {
         get(&redis, "drone:after").is_some() && get(&redis, "drone:before").is_some()
     })
     .await;
+    control.shutdown().await.expect("shutdown");
+}
+
+async fn start_with(routing: contrail_control::RoutingConfig) -> contrail_control::Control {
+    common::start(contrail_control::ControlConfig {
+        routing,
+        export_period: Duration::from_millis(50),
+        ..contrail_control::ControlConfig::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_over_tls_verified_by_the_ca_file() {
+    let redis = RedisServer::start_with(RedisOptions {
+        tls: true,
+        ..RedisOptions::default()
+    });
+    let mut routing = common::routing_config(Some(&redis), TTL);
+    routing.addr = redis.tls_url();
+    routing.tls_ca_file = redis.tls_ca_file();
+    let control = start_with(routing).await;
+    control.events().session_up(session("tls-1", "s1"));
+    let v = poll_until_async(DEADLINE, "drone:tls-1 over TLS", async || {
+        get(&redis, "drone:tls-1")
+    })
+    .await;
+    assert_eq!(v, value("s1"));
+    let clients = redis.cmd(&["CLIENT", "LIST"]);
+    assert!(
+        clients.as_str().is_some_and(|l| l.contains(&format!(
+            "laddr=127.0.0.1:{}",
+            redis.tls_addr().expect("tls").port()
+        ))),
+        "no client on the TLS port: {clients:?}"
+    );
+    control.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_without_the_right_ca_publishes_nothing() {
+    let redis = RedisServer::start_with(RedisOptions {
+        tls: true,
+        ..RedisOptions::default()
+    });
+    let other = RedisServer::start_with(RedisOptions {
+        tls: true,
+        ..RedisOptions::default()
+    });
+    let mut routing = common::routing_config(Some(&redis), TTL);
+    routing.addr = redis.tls_url();
+    // Another server's self-signed certificate: the handshake must fail.
+    routing.tls_ca_file = other.tls_ca_file();
+    let control = start_with(routing).await;
+    control.events().session_up(session("tls-2", "s1"));
+    // The server sees handshakes that fail (and logs each), never a working client.
+    let log = redis.dir().join("redis.log");
+    poll_until_async(
+        DEADLINE,
+        "a refused TLS handshake in the server log",
+        async || {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|t| t.contains("Error accepting a client connection"))
+        },
+    )
+    .await;
+    assert_eq!(get(&redis, "drone:tls-2"), None, "published without trust");
+    control.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_with_a_password_into_the_configured_db() {
+    let redis = RedisServer::start_with(RedisOptions {
+        password: Some("s3cret pw".into()),
+        ..RedisOptions::default()
+    });
+    let mut routing = common::routing_config(Some(&redis), TTL);
+    routing.password = Some("s3cret pw".into());
+    routing.db = Some(3);
+    let control = start_with(routing).await;
+    control.events().session_up(session("db-1", "s1"));
+    let v = poll_until_async(DEADLINE, "drone:db-1 in db 3", async || {
+        redis
+            .cmd_in_db(3, &["GET", "drone:db-1"])
+            .as_str()
+            .map(str::to_owned)
+    })
+    .await;
+    assert_eq!(v, value("s1"));
+    assert_eq!(get(&redis, "drone:db-1"), None, "written to db 0");
+    assert!(
+        contrail_testsupport::RespValue::request(redis.addr(), &["GET", "drone:db-1"])
+            .expect("reply")
+            .is_error(),
+        "the server does not require the password"
+    );
+    control.shutdown().await.expect("shutdown");
+}
+
+/// Log lines written while a test runs (a `MakeWriter` for `tracing_subscriber::fmt`).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn unreachable_redis_at_start_is_logged_once_at_warn() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // Thread-local: this current-thread runtime runs the whole control tree on this thread.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let control = start_with_redis(Some(&redis), TTL).await;
+    poll_until_async(DEADLINE, "several failed connects", async || {
+        let text = logs.text();
+        (text.matches("redis routing connect failed").count() >= 2).then_some(())
+    })
+    .await;
+    let text = logs.text();
+    let warns: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("redis routing unreachable"))
+        .collect();
+    assert_eq!(
+        warns.len(),
+        1,
+        "one WARN at start, retries at debug:\n{text}"
+    );
     control.shutdown().await.expect("shutdown");
 }

@@ -44,6 +44,15 @@ enum TargetArg {
     Nats,
 }
 
+/// MQTT client implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MqttClientArg {
+    /// The harness's hand-written MQTT 3.1.1.
+    Raw,
+    /// rumqttc.
+    Rumqttc,
+}
+
 /// contrail-loadgen: simulated fleets with hdrhistogram reports.
 #[derive(Debug, Parser)]
 #[command(name = "contrail-loadgen", version, about)]
@@ -60,6 +69,9 @@ struct Cli {
     /// MQTT QoS (0 or 1).
     #[arg(long, default_value_t = 1)]
     qos: u8,
+    /// MQTT client code: the harness's own MQTT 3.1.1 (`raw`) or `rumqttc` (for comparison).
+    #[arg(long, value_enum, default_value = "raw")]
+    mqtt_client: MqttClientArg,
     /// CA certificate (PEM) trusted for the relay (or, with --target nats, enables TLS).
     #[arg(long, default_value = ".contrail/dev/cert.pem")]
     ca: PathBuf,
@@ -261,16 +273,22 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                 max_udp_payload_bytes: cli.max_udp_payload,
             })
         }
-        TargetArg::Mqtt => run::Driver::Broker(brokers::Target::new(
-            if cli.qos == 0 {
-                brokers::Kind::MqttQos0
-            } else {
-                brokers::Kind::MqttQos1
-            },
-            relays[0],
-            None,
-            agents,
-        )),
+        TargetArg::Mqtt => run::Driver::Broker(
+            brokers::Target::new(
+                if cli.qos == 0 {
+                    brokers::Kind::MqttQos0
+                } else {
+                    brokers::Kind::MqttQos1
+                },
+                relays[0],
+                None,
+                agents,
+            )
+            .with_mqtt_client(match cli.mqtt_client {
+                MqttClientArg::Raw => brokers::MqttClient::Raw,
+                MqttClientArg::Rumqttc => brokers::MqttClient::Rumqttc,
+            }),
+        ),
         TargetArg::Nats => run::Driver::Broker(brokers::Target::new(
             brokers::Kind::Nats,
             relays[0],

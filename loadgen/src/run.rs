@@ -26,6 +26,59 @@ use crate::{brokers, contrail, procfs};
 /// Longest wait, after the agents stop, for the subscriber to receive the acked frames.
 const SETTLE_MAX: Duration = Duration::from_secs(60);
 
+/// Longest the connect phase waits without any agent finishing its connect attempt (agents
+/// bound each attempt themselves; this catches agent tasks that ended without reporting, e.g.
+/// after a panic, or that hang).
+const CONNECT_STALL_MAX: Duration = Duration::from_secs(60);
+
+/// How the wait for every agent's connect attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectWait {
+    /// Every agent reported its attempt.
+    AllReported,
+    /// Every agent task ended, `missing` of them without reporting (panicked).
+    TasksEnded { missing: u64 },
+    /// `missing` agents reported nothing for [`CONNECT_STALL_MAX`].
+    Stalled { missing: u64 },
+}
+
+/// Waits until `n` connect attempts were reported in `done`, every task in `agents` ended, or
+/// no attempt was reported for `stall`.
+async fn wait_for_connects<T>(
+    done: &std::sync::atomic::AtomicU64,
+    n: u64,
+    agents: &[JoinHandle<T>],
+    stall: Duration,
+) -> ConnectWait {
+    let mut last = done.load(Relaxed);
+    let mut last_progress = tokio::time::Instant::now();
+    loop {
+        let now_done = done.load(Relaxed);
+        if now_done >= n {
+            return ConnectWait::AllReported;
+        }
+        if agents.iter().all(JoinHandle::is_finished) {
+            // Re-read: a task may have reported just before it ended.
+            let now_done = done.load(Relaxed);
+            if now_done >= n {
+                return ConnectWait::AllReported;
+            }
+            return ConnectWait::TasksEnded {
+                missing: n - now_done,
+            };
+        }
+        if now_done != last {
+            last = now_done;
+            last_progress = tokio::time::Instant::now();
+        } else if last_progress.elapsed() >= stall {
+            return ConnectWait::Stalled {
+                missing: n - now_done,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// What the agents talk to.
 #[derive(Clone)]
 pub enum Driver {
@@ -178,8 +231,19 @@ pub async fn execute(ctx: Arc<RunCtx>, driver: Driver, opts: RunOptions) -> Repo
         }
         agents.push(driver.spawn_agent(&ctx, idx, &payload, &gate, &stop_rx));
     }
-    while ctx.connects_done.load(Relaxed) < n as u64 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    match wait_for_connects(&ctx.connects_done, n as u64, &agents, CONNECT_STALL_MAX).await {
+        ConnectWait::AllReported => {}
+        ConnectWait::TasksEnded { missing } => {
+            eprintln!("warning: {missing} agent tasks ended without a connect result");
+            (0..missing).for_each(|_| ctx.error("AGENT_TASK_ENDED"));
+        }
+        ConnectWait::Stalled { missing } => {
+            eprintln!(
+                "warning: {missing} agents reported no connect result for {CONNECT_STALL_MAX:?}; \
+                 measuring without them"
+            );
+            (0..missing).for_each(|_| ctx.error("CONNECT_STALLED"));
+        }
     }
     let connect_end = ctx.last_connect_ns.load(Relaxed).max(connect_start + 1);
     let connected = ctx.sessions_up.load(Relaxed);
@@ -434,5 +498,48 @@ async fn progress_loop(ctx: Arc<RunCtx>, mut done: watch::Receiver<bool>) {
             p99(&ctx.e2e_hist),
         );
         prev = cur;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicked_agent_task_does_not_hang_the_connect_phase() {
+        let done = Arc::new(AtomicU64::new(0));
+        let mut agents = Vec::new();
+        for i in 0..3u64 {
+            let done = done.clone();
+            agents.push(tokio::spawn(async move {
+                if i == 1 {
+                    panic!("agent {i} panics before reporting");
+                }
+                done.fetch_add(1, Relaxed);
+            }));
+        }
+        let r = wait_for_connects(&done, 3, &agents, Duration::from_secs(3600)).await;
+        assert_eq!(r, ConnectWait::TasksEnded { missing: 1 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_agent_task_ends_the_wait_after_the_stall_bound() {
+        let done = Arc::new(AtomicU64::new(1));
+        let hung = tokio::spawn(std::future::pending::<()>());
+        let agents = vec![hung];
+        let r = wait_for_connects(&done, 2, &agents, Duration::from_secs(60)).await;
+        assert_eq!(r, ConnectWait::Stalled { missing: 1 });
+        agents[0].abort();
+    }
+
+    #[tokio::test]
+    async fn every_report_ends_the_wait_at_once() {
+        let done = AtomicU64::new(2);
+        let agents: Vec<JoinHandle<()>> = vec![tokio::spawn(std::future::pending())];
+        let r = wait_for_connects(&done, 2, &agents, Duration::from_secs(3600)).await;
+        assert_eq!(r, ConnectWait::AllReported);
+        agents[0].abort();
     }
 }

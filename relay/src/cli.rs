@@ -51,6 +51,43 @@ pub enum Command {
     },
 }
 
+/// Each relay flag's environment variable and the config-file key it overrides (`None`: the
+/// flag has no file key). Tests check it against the flags, [`crate::config::ENV_VARS`] and the
+/// table in CONTRACTS.md, and that a flag and its file key set the same thing.
+pub const FILE_KEYS: &[(&str, Option<&str>)] = &[
+    ("CONTRAIL_CONFIG", None),
+    ("CONTRAIL_LISTEN", Some("listen")),
+    ("CONTRAIL_TLS_CERT", Some("tls.cert")),
+    ("CONTRAIL_TLS_KEY", Some("tls.key")),
+    ("CONTRAIL_DEV_CERT_DIR", Some("tls.dev_cert_dir")),
+    ("CONTRAIL_MAX_SESSIONS", Some("limits.max_sessions")),
+    ("CONTRAIL_MAX_INFLIGHT", Some("limits.max_inflight")),
+    ("CONTRAIL_MAX_FRAME_BYTES", Some("limits.max_frame_bytes")),
+    (
+        "CONTRAIL_HANDSHAKE_TIMEOUT_MS",
+        Some("limits.handshake_timeout_ms"),
+    ),
+    ("CONTRAIL_IDLE_TIMEOUT_MS", Some("limits.idle_timeout_ms")),
+    (
+        "CONTRAIL_HEARTBEAT_INTERVAL_MS",
+        Some("limits.heartbeat_interval_ms"),
+    ),
+    ("CONTRAIL_HTTP_LISTEN", Some("http.listen")),
+    ("CONTRAIL_ADMIN_TOKEN", Some("http.admin_token")),
+    ("CONTRAIL_DRAIN_DEADLINE_MS", Some("drain.deadline_ms")),
+    ("CONTRAIL_AUTH_MODE", Some("auth.mode")),
+    ("CONTRAIL_AUTH_TOKENS_FILE", Some("auth.tokens_file")),
+    ("CONTRAIL_JWT_SECRET", Some("auth.jwt_secret")),
+    ("RELAY_ID", Some("relay_id")),
+    ("REDIS_ADDR", Some("redis.addr")),
+    ("REDIS_TLS_CA_FILE", Some("redis.tls_ca_file")),
+    ("REDIS_PASSWORD", Some("redis.password")),
+    ("REDIS_DB", Some("redis.db")),
+    ("CONTRAIL_REDIS_TTL_SECS", Some("redis.ttl_secs")),
+    ("CONTRAIL_DATABASE_URL", Some("commands.database_url")),
+    ("CONTRAIL_LOG", None),
+];
+
 /// Flags of the relay itself; each overrides the config file.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -111,6 +148,9 @@ pub struct RunArgs {
     /// Redis address (enables routing publication).
     #[arg(long, env = "REDIS_ADDR")]
     pub redis_addr: Option<String>,
+    /// PEM CA file verifying a `rediss://` Redis (default: system roots).
+    #[arg(long, env = "REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<PathBuf>,
     /// Redis password.
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
@@ -120,10 +160,10 @@ pub struct RunArgs {
     /// Routing key TTL.
     #[arg(long, env = "CONTRAIL_REDIS_TTL_SECS")]
     pub redis_ttl_secs: Option<u64>,
-    /// Log filter (tracing EnvFilter syntax).
     /// PostgreSQL URL of the command queue (unset: commands kept in memory, lost on restart).
     #[arg(long, env = "CONTRAIL_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "CONTRAIL_LOG", default_value = "info")]
     pub log: String,
 }
@@ -131,10 +171,18 @@ pub struct RunArgs {
 impl RunArgs {
     /// The file (if any) with every flag/env override applied.
     pub fn load(&self) -> Result<Config, ConfigError> {
-        let mut c = match &self.config {
+        let c = match &self.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
+        let c = self.apply(c)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// `c` with every flag/env override applied (not validated). Each flag sets the file key
+    /// [`FILE_KEYS`] names for its environment variable.
+    pub fn apply(&self, mut c: Config) -> Result<Config, ConfigError> {
         macro_rules! set {
             ($flag:expr => $($field:tt)+) => {
                 if let Some(v) = $flag.clone() { c.$($field)+ = v; }
@@ -165,6 +213,9 @@ impl RunArgs {
         if self.redis_addr.is_some() {
             c.redis.addr = self.redis_addr.clone();
         }
+        if self.redis_tls_ca_file.is_some() {
+            c.redis.tls_ca_file = self.redis_tls_ca_file.clone();
+        }
         if self.redis_password.is_some() {
             c.redis.password = self.redis_password.clone();
         }
@@ -194,7 +245,6 @@ impl RunArgs {
         if self.database_url.is_some() {
             c.commands.database_url = self.database_url.clone();
         }
-        c.validate()?;
         Ok(c)
     }
 }
@@ -232,4 +282,112 @@ pub fn http_request(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other("bad HTTP response"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use clap::CommandFactory;
+
+    use super::*;
+    use crate::config::ENV_VARS;
+
+    /// `(env, long flag)` of every relay flag, from clap's own definitions.
+    fn flags() -> Vec<(String, String)> {
+        Cli::command()
+            .get_arguments()
+            .filter_map(|a| {
+                let env = a.get_env()?.to_str()?.to_owned();
+                Some((env, a.get_long()?.to_owned()))
+            })
+            .collect()
+    }
+
+    /// A value each flag accepts, written for the command line and for TOML.
+    fn sample(env: &str) -> (&'static str, &'static str) {
+        match env {
+            "CONTRAIL_LISTEN" | "CONTRAIL_HTTP_LISTEN" => ("127.0.0.1:9", "\"127.0.0.1:9\""),
+            "CONTRAIL_TLS_CERT" | "CONTRAIL_TLS_KEY" | "CONTRAIL_DEV_CERT_DIR" => {
+                ("/x/y.pem", "\"/x/y.pem\"")
+            }
+            "CONTRAIL_AUTH_TOKENS_FILE" | "REDIS_TLS_CA_FILE" => ("/x/y.pem", "\"/x/y.pem\""),
+            "CONTRAIL_AUTH_MODE" => ("jwt", "\"jwt\""),
+            "CONTRAIL_ADMIN_TOKEN" | "CONTRAIL_JWT_SECRET" | "RELAY_ID" | "REDIS_PASSWORD" => {
+                ("s3cret", "\"s3cret\"")
+            }
+            "REDIS_ADDR" => ("rediss://r:6380", "\"rediss://r:6380\""),
+            "CONTRAIL_DATABASE_URL" => ("postgres://db/x", "\"postgres://db/x\""),
+            _ => ("7", "7"),
+        }
+    }
+
+    #[test]
+    fn env_vars_flags_and_file_keys_are_one_list() {
+        let from_clap: BTreeSet<String> = flags().into_iter().map(|(e, _)| e).collect();
+        let listed: BTreeSet<String> = ENV_VARS.iter().map(|s| s.to_string()).collect();
+        let keyed: BTreeSet<String> = FILE_KEYS.iter().map(|(e, _)| e.to_string()).collect();
+        assert_eq!(from_clap, listed, "clap flags vs config::ENV_VARS");
+        assert_eq!(from_clap, keyed, "clap flags vs cli::FILE_KEYS");
+        assert_eq!(FILE_KEYS.len(), keyed.len(), "duplicate in FILE_KEYS");
+    }
+
+    #[test]
+    fn each_flag_sets_what_its_file_key_sets() {
+        let longs: std::collections::HashMap<String, String> = flags().into_iter().collect();
+        for (env, key) in FILE_KEYS {
+            let Some(key) = key else { continue };
+            let (cli_value, toml_value) = sample(env);
+            let flag = format!("--{}", longs[*env]);
+            let cli = Cli::try_parse_from(["contrail-relay", flag.as_str(), cli_value])
+                .unwrap_or_else(|e| panic!("{flag} {cli_value}: {e}"));
+            let by_flag = cli.run.apply(Config::default()).expect("applies");
+            let by_file = Config::from_toml(&format!("{key} = {toml_value}"))
+                .unwrap_or_else(|e| panic!("{key} = {toml_value}: {e}"));
+            assert_eq!(
+                format!("{by_flag:?}"),
+                format!("{by_file:?}"),
+                "{flag} and the file key {key} disagree"
+            );
+            assert_ne!(
+                format!("{by_file:?}"),
+                format!("{:?}", Config::default()),
+                "{key} = {toml_value} changed nothing (pick another sample)"
+            );
+        }
+    }
+
+    #[test]
+    fn contracts_env_table_matches_the_flags() {
+        let text = include_str!("../../CONTRACTS.md");
+        let section = text
+            .split("## Environment variables")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("CONTRACTS.md has an Environment variables section");
+        let mut rows = BTreeSet::new();
+        for line in section.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = line
+                .split('|')
+                .map(|c| c.trim().trim_matches('`'))
+                .collect();
+            rows.insert((
+                cells[1].to_owned(),
+                cells[2].to_owned(),
+                cells[3].to_owned(),
+            ));
+        }
+        let longs: std::collections::HashMap<String, String> = flags().into_iter().collect();
+        let want: BTreeSet<(String, String, String)> = FILE_KEYS
+            .iter()
+            .map(|(env, key)| {
+                (
+                    env.to_string(),
+                    format!("--{}", longs[*env]),
+                    key.unwrap_or("-").to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(rows, want, "CONTRACTS.md env table vs the flags");
+    }
 }

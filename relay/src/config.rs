@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::sink::file::FileFormat;
+use crate::sink::file::FileConfig;
+use crate::sink::live::config::LiveConfig;
+use crate::sink::nats_jetstream::config::NatsJetstreamConfig;
+use crate::sink::redis_streams::config::RedisStreamsConfig;
+use crate::sink::stdout::config::StdoutConfig;
 use crate::sink::WhenFull;
 
 /// Every environment variable the relay reads (deployment assets are checked against it).
@@ -34,6 +38,7 @@ pub const ENV_VARS: &[&str] = &[
     "RELAY_ID",
     "REDIS_ADDR",
     "REDIS_PASSWORD",
+    "REDIS_TLS_CA_FILE",
     "REDIS_DB",
     "CONTRAIL_REDIS_TTL_SECS",
 ];
@@ -314,8 +319,10 @@ impl Default for DrainConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `host:port` (or a `redis://` URL).
+    /// `host:port`, a `redis://` URL, or a `rediss://` URL for TLS.
     pub addr: Option<String>,
+    /// PEM CA file verifying a `rediss://` server (default: the system's roots).
+    pub tls_ca_file: Option<PathBuf>,
     /// Password.
     pub password: Option<String>,
     /// Database index.
@@ -328,6 +335,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             addr: None,
+            tls_ca_file: None,
             password: None,
             db: None,
             ttl_secs: 45,
@@ -335,101 +343,145 @@ impl Default for RedisConfig {
     }
 }
 
-/// Sink kinds available from configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SinkType {
+/// The type-specific part of a `[[sinks]]` entry, chosen by its `type` key. Each variant is the
+/// sink folder's own `deny_unknown_fields` struct, so a key of another type is refused by name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SinkKind {
     /// NDJSON on stdout.
-    Stdout,
+    Stdout(StdoutConfig),
     /// Files with rotation.
-    File,
+    File(FileConfig),
     /// Live subscriptions over QUIC (ALPN `contrail-sub/1`).
-    Live,
+    Live(LiveConfig),
     /// Redis Streams (`XADD`, pipelined per write).
-    RedisStreams,
+    RedisStreams(RedisStreamsConfig),
     /// NATS JetStream (publish with acks and dedup ids).
-    NatsJetstream,
+    NatsJetstream(NatsJetstreamConfig),
 }
 
-/// One `[[sinks]]` entry. Type-specific keys are checked by [`Config::validate`].
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl SinkKind {
+    /// The `type` value.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkKind::Stdout(_) => "stdout",
+            SinkKind::File(_) => "file",
+            SinkKind::Live(_) => "live",
+            SinkKind::RedisStreams(_) => "redis_streams",
+            SinkKind::NatsJetstream(_) => "nats_jetstream",
+        }
+    }
+
+    fn validate(&self) -> Result<(), crate::sink::setting::InvalidSetting> {
+        match self {
+            SinkKind::Stdout(_) => Ok(()),
+            SinkKind::File(c) => c.validate(),
+            SinkKind::Live(c) => c.validate(),
+            SinkKind::RedisStreams(c) => c.validate(),
+            SinkKind::NatsJetstream(c) => c.validate(),
+        }
+    }
+}
+
+/// One `[[sinks]]` entry: the keys every sink has, and its typed [`SinkKind`].
+///
+/// Parsing is two-layer (serde's `flatten` and `deny_unknown_fields` don't combine): the common
+/// keys are read first and everything else, `type` included, must be a key of that type's
+/// struct. An unknown or foreign key is a parse error naming the sink and the key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawSink")]
 pub struct SinkConfig {
     /// Unique name (metric label).
     pub name: String,
-    /// Kind.
-    #[serde(rename = "type")]
-    pub kind: SinkType,
     /// Acks wait for this sink.
-    #[serde(default)]
     pub required: bool,
     /// Full-queue policy of an optional sink.
-    #[serde(default)]
     pub when_full: WhenFull,
     /// Queue capacity in batches.
-    #[serde(default = "default_queue_batches")]
     pub queue_batches: usize,
     /// Only these kinds (empty: all).
-    #[serde(default)]
     pub include_kinds: Vec<u32>,
     /// Never these kinds.
-    #[serde(default)]
     pub exclude_kinds: Vec<u32>,
     /// Only agents matching these globs (empty: all).
-    #[serde(default)]
     pub include_agents: Vec<String>,
     /// Never agents matching these globs.
-    #[serde(default)]
     pub exclude_agents: Vec<String>,
-    /// file: path of the active file.
+    /// The type and its own keys.
+    pub kind: SinkKind,
+}
+
+impl SinkConfig {
+    /// An entry with the common defaults (optional, `drop_oldest`, 1024 batches, no filter).
+    pub fn new(name: impl Into<String>, kind: SinkKind) -> Self {
+        SinkConfig {
+            name: name.into(),
+            required: false,
+            when_full: WhenFull::default(),
+            queue_batches: default_queue_batches(),
+            include_kinds: Vec::new(),
+            exclude_kinds: Vec::new(),
+            include_agents: Vec::new(),
+            exclude_agents: Vec::new(),
+            kind,
+        }
+    }
+}
+
+/// The first layer of a `[[sinks]]` entry: the common keys, and the rest kept for the second.
+#[derive(Deserialize)]
+struct RawSink {
+    name: String,
     #[serde(default)]
-    pub path: Option<PathBuf>,
-    /// file: `ndjson` or `protobuf`.
+    required: bool,
     #[serde(default)]
-    pub format: Option<FileFormat>,
-    /// file: rotate at this size (0: never).
+    when_full: WhenFull,
+    #[serde(default = "default_queue_batches")]
+    queue_batches: usize,
     #[serde(default)]
-    pub rotate_bytes: Option<u64>,
-    /// file: fdatasync every write.
+    include_kinds: Vec<u32>,
     #[serde(default)]
-    pub fsync: Option<bool>,
-    /// live: subscriber connections served at once (default 64).
+    exclude_kinds: Vec<u32>,
     #[serde(default)]
-    pub max_subscribers: Option<usize>,
-    /// live: largest queue a subscriber may ask for, frames; also the default (65536).
+    include_agents: Vec<String>,
     #[serde(default)]
-    pub subscriber_queue_frames: Option<usize>,
-    /// live: token subscribers must present (default: `http.admin_token`; none: no auth).
-    #[serde(default)]
-    pub subscriber_token: Option<String>,
-    /// redis_streams / nats_jetstream: server URL (`redis://…`, `nats://…`).
-    #[serde(default)]
-    pub url: Option<String>,
-    /// redis_streams: password (overrides one in the URL); nats_jetstream: auth token.
-    #[serde(default)]
-    pub password: Option<String>,
-    /// redis_streams: stream key template, `{agent_id}` placeholder (default
-    /// `contrail:telemetry:{agent_id}`; without the placeholder one stream takes all agents).
-    #[serde(default)]
-    pub key: Option<String>,
-    /// redis_streams: `MAXLEN ~` per stream (default 1000000; 0: no trimming).
-    #[serde(default)]
-    pub maxlen: Option<u64>,
-    /// nats_jetstream: subject template (default `contrail.telemetry.{agent_id}`).
-    #[serde(default)]
-    pub subject: Option<String>,
-    /// nats_jetstream: stream name, created when missing (default `CONTRAIL`).
-    #[serde(default)]
-    pub stream: Option<String>,
-    /// nats_jetstream: duplicate window of a created stream, seconds (default 120).
-    #[serde(default)]
-    pub duplicate_window_secs: Option<u64>,
-    /// nats_jetstream: publish acks awaited concurrently (default 4096).
-    #[serde(default)]
-    pub max_pending_acks: Option<usize>,
-    /// redis_streams / nats_jetstream: connect and per-write timeout, ms (default 5000).
-    #[serde(default)]
-    pub timeout_ms: Option<u64>,
+    exclude_agents: Vec<String>,
+    #[serde(flatten)]
+    rest: toml::Table,
+}
+
+/// A `[[sinks]]` entry whose type-specific keys did not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("sink {name:?}: {source}")]
+pub struct SinkEntryError {
+    /// The sink's name.
+    pub name: String,
+    /// The parse error (names the unknown key and the keys the type takes).
+    pub source: toml::de::Error,
+}
+
+impl TryFrom<RawSink> for SinkConfig {
+    type Error = SinkEntryError;
+
+    fn try_from(raw: RawSink) -> Result<Self, SinkEntryError> {
+        let kind = toml::Value::Table(raw.rest)
+            .try_into()
+            .map_err(|source| SinkEntryError {
+                name: raw.name.clone(),
+                source,
+            })?;
+        Ok(SinkConfig {
+            name: raw.name,
+            required: raw.required,
+            when_full: raw.when_full,
+            queue_batches: raw.queue_batches,
+            include_kinds: raw.include_kinds,
+            exclude_kinds: raw.exclude_kinds,
+            include_agents: raw.include_agents,
+            exclude_agents: raw.exclude_agents,
+            kind,
+        })
+    }
 }
 
 fn default_queue_batches() -> usize {
@@ -542,6 +594,29 @@ impl Config {
         if self.quotas.retry_after_ms == 0 {
             return Err(invalid("quotas.retry_after_ms", "must be positive"));
         }
+        // A burst of 0 means one second's worth; a non-zero burst below the rate would be
+        // raised to the rate silently, so it is refused.
+        let q = &self.quotas;
+        if q.burst_frames != 0 && q.burst_frames < q.frames_per_sec {
+            return Err(invalid(
+                "quotas.burst_frames",
+                format!(
+                    "{} is below frames_per_sec ({}): a burst holds at least one second's worth \
+                     (0 means exactly that)",
+                    q.burst_frames, q.frames_per_sec
+                ),
+            ));
+        }
+        if q.burst_bytes != 0 && q.burst_bytes < q.bytes_per_sec {
+            return Err(invalid(
+                "quotas.burst_bytes",
+                format!(
+                    "{} is below bytes_per_sec ({}): a burst holds at least one second's worth \
+                     (0 means exactly that)",
+                    q.burst_bytes, q.bytes_per_sec
+                ),
+            ));
+        }
         if (self.tls.cert.is_some()) != (self.tls.key.is_some()) {
             return Err(invalid("tls", "cert and key go together"));
         }
@@ -551,10 +626,27 @@ impl Config {
         if self.redis.ttl_secs < 2 {
             return Err(invalid("redis.ttl_secs", "must be at least 2"));
         }
+        if let Some(addr) = &self.redis.addr {
+            let routing = contrail_control::RoutingConfig {
+                addr: Some(addr.clone()),
+                ..contrail_control::RoutingConfig::default()
+            };
+            contrail_control::routing::store_connection_info(&routing)
+                .map_err(|e| invalid("redis.addr", e.to_string()))?;
+            if self.redis.tls_ca_file.is_some() && !addr.starts_with("rediss://") {
+                return Err(invalid(
+                    "redis.tls_ca_file",
+                    "only used with a rediss:// address",
+                ));
+            }
+        }
+        if self.redis.db.is_some_and(|db| db < 0) {
+            return Err(invalid("redis.db", "must not be negative"));
+        }
         if self
             .sinks
             .iter()
-            .filter(|s| s.kind == SinkType::Live)
+            .filter(|s| matches!(s.kind, SinkKind::Live(_)))
             .count()
             > 1
         {
@@ -569,24 +661,9 @@ impl Config {
             if s.queue_batches == 0 {
                 return Err(invalid(&field("queue_batches"), "must be at least 1"));
             }
-            match s.kind {
-                SinkType::Stdout => {
-                    if s.path.is_some() || s.rotate_bytes.is_some() || s.fsync.is_some() {
-                        return Err(invalid(
-                            &field("path"),
-                            "only file sinks take path/rotate_bytes/fsync",
-                        ));
-                    }
-                }
-                SinkType::File => {
-                    if s.path.is_none() {
-                        return Err(invalid(&field("path"), "file sinks need a path"));
-                    }
-                }
-                SinkType::Live => crate::sink::live::validate(s)?,
-                SinkType::RedisStreams => crate::sink::redis_streams::validate(s)?,
-                SinkType::NatsJetstream => crate::sink::nats_jetstream::validate(s)?,
-            }
+            s.kind
+                .validate()
+                .map_err(|e| invalid(&field(e.key), e.reason))?;
             crate::sink::Filter::new(
                 &s.include_kinds,
                 &s.exclude_kinds,
@@ -658,8 +735,11 @@ mod tests {
         .expect("parses");
         c.validate().expect("valid");
         let mut bad = c.clone();
-        bad.sinks[0].max_subscribers = Some(0);
-        assert!(bad.validate().is_err());
+        if let SinkKind::Live(l) = &mut bad.sinks[0].kind {
+            l.max_subscribers = 0;
+        }
+        let e = bad.validate().expect_err("zero subscribers");
+        assert!(e.to_string().contains("sinks.live.max_subscribers"), "{e}");
         let mut two = c;
         let mut second = two.sinks[0].clone();
         second.name = "live2".into();
@@ -697,7 +777,79 @@ mod tests {
         let e = bad.validate().expect_err("invalid");
         assert!(e.to_string().contains("max_inflight"), "{e}");
         let mut bad = c;
-        bad.sinks[0].path = None;
-        assert!(bad.validate().is_err());
+        if let SinkKind::File(f) = &mut bad.sinks[0].kind {
+            f.path = PathBuf::new();
+        }
+        let e = bad.validate().expect_err("empty path");
+        assert!(e.to_string().contains("sinks.archive.path"), "{e}");
+    }
+
+    #[test]
+    fn a_burst_below_the_rate_is_refused_and_zero_means_one_second() {
+        let parse = |text: &str| Config::from_toml(text).expect("parses").validate();
+        let e = parse("[quotas]\nframes_per_sec = 100\nburst_frames = 50").expect_err("below");
+        assert!(e.to_string().contains("quotas.burst_frames"), "{e}");
+        assert!(e.to_string().contains("below frames_per_sec"), "{e}");
+        let e = parse("[quotas]\nbytes_per_sec = 1000\nburst_bytes = 10").expect_err("below");
+        assert!(e.to_string().contains("quotas.burst_bytes"), "{e}");
+        parse("[quotas]\nframes_per_sec = 100").expect("0: one second's worth");
+        parse("[quotas]\nframes_per_sec = 100\nburst_frames = 100").expect("equal");
+        parse("[quotas]\nframes_per_sec = 100\nburst_frames = 500").expect("above");
+    }
+
+    fn sink_error(entry: &str) -> String {
+        let text = format!("[[sinks]]\n{entry}");
+        match Config::from_toml(&text) {
+            Ok(c) => c.validate().expect_err(entry).to_string(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_key_of_another_sink_type_is_refused_naming_key_and_sink() {
+        for (entry, key) in [
+            ("name = \"rs\"\ntype = \"redis_streams\"\nurl = \"redis://x\"\npath = \"/tmp/x\"", "path"),
+            ("name = \"f\"\ntype = \"file\"\npath = \"/tmp/x\"\nstream = \"S\"", "stream"),
+            ("name = \"js\"\ntype = \"nats_jetstream\"\nurl = \"nats://x:4222\"\nmax_subscribers = 3", "max_subscribers"),
+            ("name = \"js2\"\ntype = \"nats_jetstream\"\nurl = \"nats://x:4222\"\nsubscriber_token = \"t\"", "subscriber_token"),
+            ("name = \"out\"\ntype = \"stdout\"\nfsync = true", "fsync"),
+            ("name = \"out2\"\ntype = \"stdout\"\nurl = \"redis://x\"", "url"),
+            ("name = \"lv\"\ntype = \"live\"\nrotate_bytes = 5", "rotate_bytes"),
+            ("name = \"lv2\"\ntype = \"live\"\nkey = \"k\"", "key"),
+            ("name = \"f2\"\ntype = \"file\"\npath = \"/tmp/x\"\nmaxlen = 5", "maxlen"),
+            ("name = \"rs2\"\ntype = \"redis_streams\"\nurl = \"redis://x\"\nsubject = \"a.b\"", "subject"),
+            ("name = \"typo\"\ntype = \"file\"\npath = \"/tmp/x\"\nrotate_byte = 5", "rotate_byte"),
+        ] {
+            let e = sink_error(entry);
+            let name = entry.split('"').nth(1).expect("name");
+            assert!(e.contains(&format!("`{key}`")), "{entry}: {e}");
+            assert!(e.contains(&format!("sink \"{name}\"")), "{entry}: {e}");
+        }
+    }
+
+    #[test]
+    fn common_keys_go_with_every_type_and_type_is_required() {
+        let common = "required = true\nwhen_full = \"block\"\nqueue_batches = 8\ninclude_kinds = [1]\nexclude_kinds = [2]\ninclude_agents = [\"a*\"]\nexclude_agents = [\"b\"]";
+        for (kind, own) in [
+            ("stdout", ""),
+            ("file", "path = \"/tmp/x\""),
+            ("live", "max_subscribers = 2"),
+            ("redis_streams", "url = \"redis://x\""),
+            ("nats_jetstream", "url = \"nats://x:4222\""),
+        ] {
+            let text = format!("[[sinks]]\nname = \"s\"\ntype = \"{kind}\"\n{common}\n{own}");
+            let c = Config::from_toml(&text).unwrap_or_else(|e| panic!("{kind}: {e}"));
+            c.validate().unwrap_or_else(|e| panic!("{kind}: {e}"));
+            let s = &c.sinks[0];
+            assert_eq!(s.kind.type_name(), kind);
+            assert!(s.required && s.queue_batches == 8 && s.when_full == WhenFull::Block);
+            assert_eq!(s.include_agents, vec!["a*".to_owned()]);
+        }
+        let e = sink_error("name = \"x\"\npath = \"/tmp/x\"");
+        assert!(e.contains("type"), "{e}");
+        let e = sink_error("name = \"x\"\ntype = \"kafka\"");
+        assert!(e.contains("kafka"), "{e}");
+        let e = sink_error("name = \"x\"\ntype = \"file\"");
+        assert!(e.contains("`path`"), "missing path: {e}");
     }
 }

@@ -1,12 +1,21 @@
-//! Per-agent stream cursors: what was forwarded to sinks and what every required sink accepted.
+//! Per-agent stream cursors: what was forwarded to sinks, what every required sink accepted,
+//! and what the agent was acked.
 //!
 //! A cursor outlives its session so that a reconnecting agent resumes where it left off: the
 //! relay tells it `resume_from_seq = completed`, drops resent frames up to `forwarded` as
 //! duplicates, and acks them once the earlier session's batches complete. The table is bounded
 //! in entries and age; the oldest idle cursors are evicted first (and counted).
+//!
+//! **The ack point never passes a gap.** Batches report the seq range they carry
+//! ([`AgentCursor::complete_range`]); `completed` moves only over ranges that join it. A range
+//! completed out of order (two required sinks finishing in different orders) waits in a small
+//! side table until the gap before it closes. So whatever fails in a sink (a worker panic, a
+//! dropped batch, a future bug), no frame is ever acked that every required sink did not
+//! accept: the agent keeps it and, at worst, resends it. The side table holds at most one entry
+//! per batch in the credit window (`max_inflight` frames past the last ack).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,19 +27,24 @@ use tokio::sync::Notify;
 #[derive(Debug, Default)]
 pub struct AgentCursor {
     forwarded: AtomicU64,
+    /// Highest seq such that every seq up to it was accepted by every required sink.
     completed: AtomicU64,
     completed_received_at: AtomicU64,
-    /// Highest seq the session's ack writer has acked.
+    /// Highest seq the session's ack writer has acked (the credit window counts from it).
     acked: AtomicU64,
     /// Frames waiting for an ack that wake the ack writer (1: every completion wakes it).
     wake_after: AtomicU64,
+    /// Ranges completed past a gap, `first → last`, waiting for `completed` to reach them.
+    parked: Mutex<BTreeMap<u64, u64>>,
+    /// Whether `parked` may hold ranges (read without the lock on the in-order path).
+    has_parked: AtomicBool,
     /// Woken when `completed` advances past the last ack for the first time, and whenever at
     /// least `wake_after` frames wait for an ack.
     pub notify: Notify,
 }
 
 impl AgentCursor {
-    /// A cursor starting after `seq` (both forwarded and completed).
+    /// A cursor starting after `seq` (forwarded, completed and acked).
     pub fn starting_at(seq: u64) -> Self {
         AgentCursor {
             forwarded: AtomicU64::new(seq),
@@ -38,6 +52,8 @@ impl AgentCursor {
             completed_received_at: AtomicU64::new(0),
             acked: AtomicU64::new(seq),
             wake_after: AtomicU64::new(1),
+            parked: Mutex::new(BTreeMap::new()),
+            has_parked: AtomicBool::new(false),
             notify: Notify::new(),
         }
     }
@@ -49,23 +65,94 @@ impl AgentCursor {
     pub fn set_forwarded(&self, seq: u64) {
         self.forwarded.fetch_max(seq, Ordering::AcqRel);
     }
-    /// Highest seq every required sink accepted (the ack point).
+    /// Highest seq every required sink accepted, with every seq before it (the ack point).
     pub fn completed(&self) -> u64 {
-        self.completed.load(Ordering::Acquire)
+        self.completed.load(Ordering::SeqCst)
     }
-    /// Records that every required sink accepted frames up to `seq`, waking the ack writer when
-    /// this is the first frame waiting for an ack (it starts the coalescing delay) or when
-    /// `wake_after` frames wait (it acks at once). Other completions only move the cursor: the
-    /// writer picks them up when its delay ends, without a wake-up per batch.
+    /// Highest seq acked to the agent: the credit window is `acked + max_inflight`.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Acquire)
+    }
+
+    /// Declares everything up to `seq` complete (a resume claim the agent makes), then takes
+    /// in any parked range that now joins.
     pub fn complete_through(&self, seq: u64) {
-        let before = self.completed.fetch_max(seq, Ordering::AcqRel);
-        if before < seq {
+        self.complete_range(1, seq);
+    }
+
+    /// Records that every required sink accepted seqs `first..=last`. The ack point moves only
+    /// if the range joins it (`first <= completed + 1`); otherwise the range is parked until
+    /// the gap before it closes. Wakes the ack writer when this is the first frame waiting for
+    /// an ack (it starts the coalescing delay) or when `wake_after` frames wait (it acks at
+    /// once). Other completions only move the cursor: the writer picks them up when its delay
+    /// ends, without a wake-up per batch.
+    pub fn complete_range(&self, first: u64, last: u64) {
+        if last < first {
+            return; // not a range (an empty batch is 0..=0)
+        }
+        // In order (the common case): one compare-and-swap from the seq before the range.
+        let (before, after) = match self.completed.compare_exchange(
+            first.saturating_sub(1),
+            last,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
+            Ok(before) => (before, self.join_parked(last)),
+            Err(cur) if last <= cur => return,
+            // Overlapping the ack point (a resume claim, a repeated range): `completed` only
+            // grows, so a range that joins it once joins it for good.
+            Err(cur) if first <= cur.saturating_add(1) => {
+                let before = self.completed.fetch_max(last, Ordering::SeqCst);
+                (before, self.join_parked(before.max(last)))
+            }
+            Err(cur) => (cur, self.take_parked(Some((first, last)))),
+        };
+        if before < after {
             let acked = self.acked.load(Ordering::Acquire);
             let wake_after = self.wake_after.load(Ordering::Relaxed);
-            if before <= acked || seq.saturating_sub(acked) >= wake_after {
+            if before <= acked || after.saturating_sub(acked) >= wake_after {
                 self.notify.notify_one();
             }
         }
+    }
+
+    /// After `completed` moved to `now`: takes in parked ranges that may join now. (A parking
+    /// thread sets `has_parked` before it reads `completed`: either it sees this advance, or
+    /// this sees its flag.)
+    fn join_parked(&self, now: u64) -> u64 {
+        if self.has_parked.load(Ordering::SeqCst) {
+            now.max(self.take_parked(None))
+        } else {
+            now
+        }
+    }
+
+    /// Parks `range` (if any), then moves `completed` over every parked range that joins it.
+    /// Returns `completed` as left.
+    fn take_parked(&self, range: Option<(u64, u64)>) -> u64 {
+        let mut parked = self.parked.lock();
+        if let Some((first, last)) = range {
+            self.has_parked.store(true, Ordering::SeqCst);
+            let e = parked.entry(first).or_insert(last);
+            *e = (*e).max(last);
+        }
+        let mut cur = self.completed.load(Ordering::SeqCst);
+        while let Some(entry) = parked.first_entry() {
+            if *entry.key() > cur.saturating_add(1) {
+                break;
+            }
+            let last = entry.remove();
+            if last > cur {
+                cur = self.completed.fetch_max(last, Ordering::SeqCst).max(last);
+            }
+        }
+        self.has_parked.store(!parked.is_empty(), Ordering::SeqCst);
+        cur
+    }
+
+    /// Ranges completed past a gap, not yet taken into the ack point.
+    pub fn parked_ranges(&self) -> usize {
+        self.parked.lock().len()
     }
 
     /// The ack writer's state: it acked up to `seq`, and wants a wake-up once `wake_after`
@@ -75,12 +162,20 @@ impl AgentCursor {
         self.acked.fetch_max(seq, Ordering::AcqRel);
     }
 
-    /// Like [`complete_through`](Self::complete_through), remembering when the batch arrived
+    /// Starts a session's acks: returns `resume_from_seq` (the ack point) and makes it the
+    /// ack the credit window counts from until the session sends its first `Ack`.
+    pub fn start_session(&self) -> u64 {
+        let resume_from = self.completed();
+        self.acked.store(resume_from, Ordering::Release);
+        resume_from
+    }
+
+    /// Like [`complete_range`](Self::complete_range), remembering when the batch arrived
     /// (for the receive → ack histogram).
-    pub fn complete_batch(&self, seq: u64, received_at: Instant) {
+    pub fn complete_batch(&self, first: u64, last: u64, received_at: Instant) {
         self.completed_received_at
             .store(crate::clock::mono_ns(received_at), Ordering::Release);
-        self.complete_through(seq);
+        self.complete_range(first, last);
     }
 
     /// When the most recently completed batch was received.
@@ -247,6 +342,74 @@ mod tests {
         assert_eq!((again.forwarded(), again.completed()), (10, 8));
         let fresh = t.attach(&id("a"), None, now);
         assert_eq!((fresh.forwarded(), fresh.completed()), (0, 0));
+    }
+
+    #[test]
+    fn the_ack_point_never_passes_a_gap() {
+        let c = AgentCursor::starting_at(0);
+        c.complete_range(1, 3);
+        // 4..=6 was lost (a sink dropped it): later batches complete, the ack point stays.
+        c.complete_range(7, 9);
+        c.complete_range(10, 12);
+        assert_eq!(c.completed(), 3);
+        assert_eq!(c.parked_ranges(), 2);
+        // Once 4..=6 completes (redelivered), everything parked joins.
+        c.complete_range(4, 6);
+        assert_eq!((c.completed(), c.parked_ranges()), (12, 0));
+    }
+
+    #[test]
+    fn out_of_order_overlapping_and_repeated_ranges() {
+        let c = AgentCursor::starting_at(0);
+        c.complete_range(5, 8);
+        c.complete_range(5, 6); // a repeat of part of a parked range
+        c.complete_range(2, 4);
+        assert_eq!(c.completed(), 0, "1 is missing");
+        c.complete_range(1, 1);
+        assert_eq!((c.completed(), c.parked_ranges()), (8, 0));
+        c.complete_range(3, 7); // already complete
+        c.complete_range(6, 10); // overlaps the ack point
+        assert_eq!(c.completed(), 10);
+        c.complete_range(0, 0); // an empty batch
+        assert_eq!(c.completed(), 10);
+        // A resume claim declares everything up to it complete, and parked ranges join.
+        c.complete_range(15, 20);
+        c.complete_through(14);
+        assert_eq!((c.completed(), c.parked_ranges()), (20, 0));
+    }
+
+    #[test]
+    fn sessions_start_their_window_at_the_ack_point() {
+        let c = AgentCursor::starting_at(0);
+        c.complete_range(1, 5);
+        assert_eq!(c.acked(), 0);
+        assert_eq!(c.start_session(), 5);
+        assert_eq!(c.acked(), 5);
+    }
+
+    #[test]
+    fn concurrent_completions_in_any_order_end_at_the_last_seq() {
+        // Two "sinks" complete the same 2,000 batches of 3 frames; the batch's completion is
+        // reported by whichever finishes it last, so ranges arrive in a mixed order.
+        for _ in 0..20 {
+            let c = Arc::new(AgentCursor::starting_at(0));
+            let batches = 2_000u64;
+            let threads: Vec<_> = (0..4u64)
+                .map(|t| {
+                    let c = c.clone();
+                    std::thread::spawn(move || {
+                        for b in (t..batches).step_by(4) {
+                            c.complete_range(b * 3 + 1, b * 3 + 3);
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().expect("thread");
+            }
+            assert_eq!(c.completed(), batches * 3);
+            assert_eq!(c.parked_ranges(), 0);
+        }
     }
 
     #[test]

@@ -337,6 +337,7 @@ impl RelayBuilder {
                 addr: config.redis.addr.clone(),
                 password: config.redis.password.clone(),
                 db: config.redis.db,
+                tls_ca_file: config.redis.tls_ca_file.clone(),
                 ttl: Duration::from_secs(config.redis.ttl_secs),
                 relay_id: relay_id.clone(),
                 ..contrail_control::RoutingConfig::default()
@@ -351,8 +352,11 @@ impl RelayBuilder {
         let live = config
             .sinks
             .iter()
-            .find(|s| s.kind == crate::config::SinkType::Live)
-            .map(|s| SubscriberRegistry::new(crate::sink::live::settings(s, &config)));
+            .find_map(|s| match &s.kind {
+                crate::config::SinkKind::Live(l) => Some(l),
+                _ => None,
+            })
+            .map(|l| SubscriberRegistry::new(crate::sink::live::settings(l, &config)));
         let mut specs: Vec<SinkSpec> = config
             .sinks
             .iter()
@@ -443,7 +447,7 @@ impl RelayBuilder {
         let endpoint_config = contrail_protocol::client::config::endpoint_config(
             core.config.limits.max_udp_payload_bytes,
         )
-        .map_err(|e| RelayError::Tls(tls::TlsError::Config(e)))?;
+        .map_err(|e| RelayError::Tls(tls::TlsError::Config(e.to_string())))?;
         let endpoint = quinn::Endpoint::new(
             endpoint_config,
             Some(server),

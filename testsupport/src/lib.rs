@@ -26,5 +26,5 @@ pub use poll::{poll_until, poll_until_async, Ready, POLL_INTERVAL};
 pub use postgres::PostgresServer;
 pub use process::ProcessGuard;
 pub use proxy::{Impairment, ImpairmentProxy, ProxyHandle, ProxyStats, MAX_FLOWS};
-pub use redis::RedisServer;
+pub use redis::{RedisOptions, RedisServer};
 pub use resp::RespValue;

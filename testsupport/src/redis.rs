@@ -11,6 +11,16 @@ use crate::launch::{self, Spec};
 use crate::process::ProcessGuard;
 use crate::resp::RespValue;
 
+/// How a [`RedisServer`] is started beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// `--requirepass`: clients must `AUTH` with this password.
+    pub password: Option<String>,
+    /// Also serve TLS (`--tls-port`, on the plain port + 1) with a certificate for
+    /// `127.0.0.1` and `localhost` generated for this server (see [`RedisServer::tls_ca_file`]).
+    pub tls: bool,
+}
+
 /// A `redis-server` (no persistence, `--save "" --appendonly no`) on `127.0.0.1:<random port>`,
 /// running in its own temporary directory; killed when dropped.
 ///
@@ -20,6 +30,7 @@ pub struct RedisServer {
     port: u16,
     dir: TempDir,
     process: Option<ProcessGuard>,
+    options: RedisOptions,
 }
 
 impl RedisServer {
@@ -29,17 +40,50 @@ impl RedisServer {
     /// # Panics
     /// When `redis-server` is missing, exits for another reason, or does not answer in time.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(RedisOptions::default())
+    }
+
+    /// Starts a server with a password and/or TLS (see [`RedisOptions`]).
+    ///
+    /// # Panics
+    /// As [`RedisServer::start`], and when the certificate cannot be generated or written.
+    pub fn start_with(options: RedisOptions) -> RedisServer {
         let dir = tempfile::Builder::new()
             .prefix("contrail-redis-")
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create redis temp dir: {e}"));
-        let (process, port) = launch::start_random(&spec(dir.path(), &log_path(dir.path())));
+        if options.tls {
+            write_certificate(dir.path());
+        }
+        let (process, port) =
+            launch::start_random(&spec(dir.path(), &log_path(dir.path()), &options));
         tracing::debug!(port, "redis-server started");
         RedisServer {
             port,
             dir,
             process: Some(process),
+            options,
         }
+    }
+
+    /// The TLS address (plain port + 1), when started with `tls`.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.options
+            .tls
+            .then(|| SocketAddr::from((Ipv4Addr::LOCALHOST, self.port + 1)))
+    }
+
+    /// `rediss://127.0.0.1:<tls port>/`, when started with `tls`.
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_addr()
+            .map(|a| format!("rediss://127.0.0.1:{}/", a.port()))
+    }
+
+    /// PEM file of the generated certificate (self-signed: it is its own CA), with `tls`.
+    pub fn tls_ca_file(&self) -> Option<PathBuf> {
+        self.options
+            .tls
+            .then(|| self.dir.path().join("tls-cert.pem"))
     }
 
     /// The server's address (stays the same across [`RedisServer::restart`]).
@@ -79,14 +123,26 @@ impl RedisServer {
         self.stop();
         let spec_log = log_path(self.dir.path());
         self.process = Some(launch::start_on(
-            &spec(self.dir.path(), &spec_log),
+            &spec(self.dir.path(), &spec_log, &self.options),
             self.port,
         ));
     }
 
     /// Sends one command and returns the reply (which may be [`RespValue::Error`]).
     pub fn try_cmd(&self, args: &[&str]) -> io::Result<RespValue> {
-        RespValue::request(self.addr(), args)
+        RespValue::request_as(self.addr(), self.options.password.as_deref(), args)
+    }
+
+    /// Like [`RedisServer::try_cmd`] on database `db` (`SELECT db` first); panics on errors.
+    pub fn cmd_in_db(&self, db: u32, args: &[&str]) -> RespValue {
+        let db = db.to_string();
+        RespValue::request_in(
+            self.addr(),
+            self.options.password.as_deref(),
+            Some(&db),
+            args,
+        )
+        .unwrap_or_else(|e| panic!("redis command {args:?} to {} failed: {e}", self.addr()))
     }
 
     /// Sends one command over a fresh connection and returns the reply, e.g.
@@ -104,7 +160,18 @@ fn log_path(dir: &Path) -> PathBuf {
     dir.join("redis.log")
 }
 
-fn spec<'a>(dir: &'a Path, log: &'a Path) -> Spec<'a> {
+/// A self-signed certificate and key for `127.0.0.1` / `localhost` in `dir`.
+fn write_certificate(dir: &Path) {
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let cert = rcgen::generate_simple_self_signed(names)
+        .unwrap_or_else(|e| panic!("cannot generate the redis certificate: {e}"));
+    std::fs::write(dir.join("tls-cert.pem"), cert.cert.pem())
+        .and_then(|()| std::fs::write(dir.join("tls-key.pem"), cert.signing_key.serialize_pem()))
+        .unwrap_or_else(|e| panic!("cannot write the redis certificate: {e}"));
+}
+
+fn spec<'a>(dir: &'a Path, log: &'a Path, options: &'a RedisOptions) -> Spec<'a> {
+    let password = options.password.clone();
     Spec {
         binary: "redis-server",
         package: "redis-server",
@@ -116,19 +183,33 @@ fn spec<'a>(dir: &'a Path, log: &'a Path) -> Spec<'a> {
                 .args(["--daemonize", "no", "--protected-mode", "yes"])
                 .arg("--dir")
                 .arg(dir);
+            if let Some(pw) = &options.password {
+                cmd.arg("--requirepass").arg(pw);
+            }
+            if options.tls {
+                cmd.arg("--tls-port")
+                    .arg((port + 1).to_string())
+                    .arg("--tls-cert-file")
+                    .arg(dir.join("tls-cert.pem"))
+                    .arg("--tls-key-file")
+                    .arg(dir.join("tls-key.pem"))
+                    .arg("--tls-ca-cert-file")
+                    .arg(dir.join("tls-cert.pem"))
+                    .args(["--tls-auth-clients", "no"]);
+            }
         }),
-        probe: Box::new(probe),
+        probe: Box::new(move |addr, pid| probe(addr, pid, password.as_deref())),
     }
 }
 
 /// `PING` must answer `+PONG`, and `INFO server` must name our process (not some other server
 /// that already owned the port).
-fn probe(addr: SocketAddr, pid: u32) -> bool {
-    match RespValue::request(addr, &["PING"]) {
+fn probe(addr: SocketAddr, pid: u32, password: Option<&str>) -> bool {
+    match RespValue::request_as(addr, password, &["PING"]) {
         Ok(RespValue::Simple(s)) if s == "PONG" => {}
         _ => return false,
     }
-    match RespValue::request(addr, &["INFO", "server"]) {
+    match RespValue::request_as(addr, password, &["INFO", "server"]) {
         Ok(v) => v.as_str().is_some_and(|info| {
             info.lines()
                 .any(|l| l.trim() == format!("process_id:{pid}"))
@@ -179,6 +260,29 @@ mod tests {
     }
 
     #[test]
+    fn password_db_and_tls_options() {
+        let redis = RedisServer::start_with(RedisOptions {
+            password: Some("pw".into()),
+            tls: true,
+        });
+        assert_eq!(redis.cmd(&["PING"]).as_str(), Some("PONG"));
+        let anonymous = RespValue::request(redis.addr(), &["PING"]).expect("reply");
+        assert!(anonymous.is_error(), "no password needed: {anonymous:?}");
+        redis.cmd_in_db(4, &["SET", "k", "v"]);
+        assert_eq!(redis.cmd_in_db(4, &["GET", "k"]).as_str(), Some("v"));
+        assert!(redis.cmd(&["GET", "k"]).is_nil(), "db 0 has it");
+        let tls = redis.tls_addr().expect("tls addr");
+        assert_eq!(tls.port(), redis.addr().port() + 1);
+        assert!(
+            std::net::TcpStream::connect(tls).is_ok(),
+            "TLS port not listening"
+        );
+        let pem = std::fs::read_to_string(redis.tls_ca_file().expect("ca")).expect("ca file");
+        assert!(pem.contains("BEGIN CERTIFICATE"));
+        assert!(RedisServer::start().tls_url().is_none());
+    }
+
+    #[test]
     fn two_servers_get_distinct_ports() {
         let a = RedisServer::start();
         let b = RedisServer::start();
@@ -216,7 +320,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = log_path(dir.path());
         // The other server answers PING on that port, but it is not our process.
-        let spec = spec(dir.path(), &log);
+        let options = RedisOptions::default();
+        let spec = spec(dir.path(), &log, &options);
         match launch::attempt(&spec, taken.addr().port()) {
             launch::Attempt::AddrInUse => {}
             launch::Attempt::Up(p) => panic!("claimed the port of another server (pid {})", p.id()),

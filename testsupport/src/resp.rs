@@ -80,12 +80,43 @@ impl RespValue {
 
     /// Connects to `addr`, sends one command and returns its reply (5 s I/O timeout).
     pub fn request(addr: SocketAddr, args: &[&str]) -> io::Result<RespValue> {
+        Self::request_as(addr, None, args)
+    }
+
+    /// Like [`RespValue::request`], authenticating first with `AUTH password` when given (an
+    /// error reply to `AUTH` is returned as the reply).
+    pub fn request_as(
+        addr: SocketAddr,
+        password: Option<&str>,
+        args: &[&str],
+    ) -> io::Result<RespValue> {
+        Self::request_in(addr, password, None, args)
+    }
+
+    /// Like [`RespValue::request_as`], on database `db` (`SELECT db` first) when given. An
+    /// error reply to `AUTH` or `SELECT` is returned as the reply.
+    pub fn request_in(
+        addr: SocketAddr,
+        password: Option<&str>,
+        db: Option<&str>,
+        args: &[&str],
+    ) -> io::Result<RespValue> {
         let timeout = Duration::from_secs(5);
         let stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
+        let mut reader = BufReader::new(&stream);
+        let auth = password.map(|pw| ["AUTH", pw]);
+        let select = db.map(|db| ["SELECT", db]);
+        for prelude in auth.iter().chain(select.iter()) {
+            (&stream).write_all(&Self::encode_command(prelude))?;
+            let reply = Self::read_from(&mut reader)?;
+            if reply.is_error() {
+                return Ok(reply);
+            }
+        }
         (&stream).write_all(&Self::encode_command(args))?;
-        Self::read_from(&mut BufReader::new(stream))
+        Self::read_from(&mut reader)
     }
 }
 

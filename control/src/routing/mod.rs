@@ -25,11 +25,15 @@ pub fn store_connection_info(
     store::connection_info(cfg)
 }
 
-/// Redis routing settings (`REDIS_ADDR`, `REDIS_PASSWORD`, `REDIS_DB`, `CONTRAIL_REDIS_TTL_SECS`).
+/// Redis routing settings (`REDIS_ADDR`, `REDIS_PASSWORD`, `REDIS_DB`, `REDIS_TLS_CA_FILE`,
+/// `CONTRAIL_REDIS_TTL_SECS`).
 #[derive(Debug, Clone)]
 pub struct RoutingConfig {
-    /// `host:port` or a `redis://` URL; `None` disables routing publication.
+    /// `host:port`, a `redis://` URL, or a `rediss://` URL for TLS; `None` disables routing
+    /// publication.
     pub addr: Option<String>,
+    /// PEM CA file that verifies the server of a `rediss://` address (default: system roots).
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// AUTH password.
     pub password: Option<String>,
     /// Database index.
@@ -61,6 +65,7 @@ impl Default for RoutingConfig {
     fn default() -> Self {
         Self {
             addr: None,
+            tls_ca_file: None,
             password: None,
             db: None,
             ttl: DEFAULT_TTL,

@@ -68,6 +68,9 @@ pub struct PublisherState {
     store: Option<Store>,
     timer: Option<JoinHandle<Result<(), ractor::MessagingErr<PublisherMsg>>>>,
     stopped: bool,
+    /// Whether a failure to connect was already reported at WARN (the first one is; the
+    /// retries after it are at debug until a connection is made and lost again).
+    warned: bool,
 }
 
 impl Drop for PublisherState {
@@ -87,7 +90,15 @@ impl PublisherState {
     fn fail(&mut self, e: &RoutingError) {
         let delay = self.schedule.on_failure(Instant::now());
         if self.store.take().is_some() {
+            self.warned = true;
             tracing::warn!(error = %e, "redis routing connection lost; retrying in {delay:?}");
+        } else if !self.warned {
+            self.warned = true;
+            tracing::warn!(
+                error = %e,
+                "redis routing unreachable; routing keys are not published until it answers \
+                 (retrying in {delay:?})"
+            );
         } else {
             tracing::debug!(error = %e, "redis routing connect failed; retrying in {delay:?}");
         }
@@ -100,6 +111,7 @@ impl PublisherState {
         let store = Store::connect(&self.args.config).await?;
         self.store = Some(store);
         self.schedule.on_connected();
+        self.warned = false;
         metrics::gauge!("contrail_redis_connected").set(1.0);
         self.args.health.set_healthy(true);
         tracing::info!("redis routing connected");
@@ -311,6 +323,7 @@ impl Actor for RoutingPublisher {
             store: None,
             timer: None,
             stopped: false,
+            warned: false,
         })
     }
 

@@ -76,10 +76,38 @@ pub(crate) fn connection_info(cfg: &RoutingConfig) -> Result<redis::ConnectionIn
     Ok(info.set_redis_settings(settings))
 }
 
+/// The client for `cfg`: plain, or TLS for a `rediss://` address (verified against
+/// `tls_ca_file` when set, else the system's roots).
+pub(crate) fn client(cfg: &RoutingConfig) -> Result<Client, RoutingError> {
+    let info = connection_info(cfg)?;
+    if !matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+        return Ok(Client::open(info)?);
+    }
+    // redis builds its rustls config with `ClientConfig::builder()`, which needs a process
+    // default provider; an application's own choice installed earlier stays.
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    match &cfg.tls_ca_file {
+        None => Ok(Client::open(info)?),
+        Some(path) => {
+            let root_cert = std::fs::read(path).map_err(|source| RoutingError::CaFile {
+                path: path.clone(),
+                source,
+            })?;
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            };
+            Ok(Client::build_with_tls(info, certs)?)
+        }
+    }
+}
+
 impl Store {
     /// Connects, loads both scripts and returns the store.
     pub(crate) async fn connect(cfg: &RoutingConfig) -> Result<Store, RoutingError> {
-        let client = Client::open(connection_info(cfg)?)?;
+        let client = client(cfg)?;
         let conf = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(cfg.io_timeout))
             .set_response_timeout(Some(cfg.io_timeout));

@@ -436,12 +436,8 @@ pub(crate) struct Hub {
 impl Hub {
     /// Opens the ledger and returns the hub and the application's command stream.
     pub(crate) fn open(opts: CommandOptions) -> Result<(Arc<Hub>, Commands), ClientError> {
-        let ledger = Ledger::open(&opts.state_dir, opts.max_remembered).map_err(|e| {
-            ClientError::Spool(format!(
-                "command ledger in {}: {e}",
-                opts.state_dir.display()
-            ))
-        })?;
+        let ledger = Ledger::open(&opts.state_dir, opts.max_remembered)
+            .map_err(|e| ClientError::CommandLedger(Arc::new(e)))?;
         let (deliver, rx) = mpsc::channel(opts.queue.max(1));
         let (reports, reports_rx) = mpsc::channel(256);
         let (inbox, inbox_rx) = mpsc::channel(256);
@@ -493,8 +489,8 @@ impl Hub {
         let id = id.to_owned();
         tokio::task::spawn_blocking(move || hub.ledger.lock_().record(&id, e))
             .await
-            .map_err(|e| ClientError::Spool(format!("command ledger: {e}")))?
-            .map_err(|e| ClientError::Spool(format!("command ledger: {e}")))
+            .map_err(|e| ClientError::CommandLedger(Arc::new(std::io::Error::other(e))))?
+            .map_err(|e| ClientError::CommandLedger(Arc::new(e)))
     }
 
     fn finish(&self, id: &str, outcome: &Outcome) -> Result<(), ClientError> {
@@ -502,7 +498,7 @@ impl Hub {
         self.ledger
             .lock_()
             .record(id, Entry::Done(outcome.clone()))
-            .map_err(|e| ClientError::Spool(format!("command ledger: {e}")))
+            .map_err(|e| ClientError::CommandLedger(Arc::new(e)))
     }
 
     /// Decides what to do with a `Command`; replies go to the report queue.

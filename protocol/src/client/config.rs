@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::ClientError;
+#[cfg(test)]
+use super::SpoolError;
+use super::{ClientConfigError, ClientError};
 use crate::AgentId;
 
 /// How the agent decides to trust the relay's certificate.
@@ -149,11 +151,11 @@ pub fn mtu_discovery(max_udp_payload: u16) -> quinn::MtuDiscoveryConfig {
 }
 
 /// An endpoint configuration accepting datagrams of up to `max_udp_payload` bytes.
-pub fn endpoint_config(max_udp_payload: u16) -> Result<quinn::EndpointConfig, String> {
+pub fn endpoint_config(max_udp_payload: u16) -> Result<quinn::EndpointConfig, ClientConfigError> {
     let mut config = quinn::EndpointConfig::default();
     config
         .max_udp_payload_size(max_udp_payload.clamp(1200, 65_527))
-        .map_err(|e| format!("max_udp_payload_bytes: {e}"))?;
+        .map_err(ClientConfigError::UdpPayload)?;
     Ok(config)
 }
 
@@ -217,11 +219,11 @@ pub(super) fn client_endpoint(
     socket: std::net::UdpSocket,
     max_udp_payload: u16,
     client: quinn::ClientConfig,
-) -> Result<quinn::Endpoint, String> {
-    let runtime = quinn::default_runtime().ok_or("no async runtime")?;
+) -> Result<quinn::Endpoint, ClientConfigError> {
+    let runtime = quinn::default_runtime().ok_or(ClientConfigError::NoRuntime)?;
     let mut endpoint =
         quinn::Endpoint::new(endpoint_config(max_udp_payload)?, None, socket, runtime)
-            .map_err(|e| format!("UDP socket: {e}"))?;
+            .map_err(|e| ClientConfigError::Socket(Arc::new(e)))?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
@@ -243,16 +245,20 @@ pub fn size_socket_buffers(socket: &std::net::UdpSocket, bytes: usize) {
 
 /// Reads CA certificates from a PEM file.
 pub fn load_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
-    let pem = std::fs::read(path)
-        .map_err(|e| ClientError::Config(format!("reading {}: {e}", path.display())))?;
+    let pem = std::fs::read(path).map_err(|e| ClientConfigError::ReadCa {
+        path: path.to_path_buf(),
+        source: Arc::new(e),
+    })?;
     let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut pem.as_slice()).collect();
-    let certs =
-        certs.map_err(|e| ClientError::Config(format!("parsing {}: {e}", path.display())))?;
+    let certs = certs.map_err(|e| ClientConfigError::ParseCa {
+        path: path.to_path_buf(),
+        source: Arc::new(e),
+    })?;
     if certs.is_empty() {
-        return Err(ClientError::Config(format!(
-            "{} holds no certificate",
-            path.display()
-        )));
+        return Err(ClientConfigError::NoCertificate {
+            path: path.to_path_buf(),
+        }
+        .into());
     }
     Ok(certs)
 }
@@ -271,13 +277,13 @@ pub fn rustls_client_config(
     let verifier = super::verify::RelayCertVerifier::new(certs, provider.clone())?;
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| ClientError::Config(e.to_string()))?
+        .map_err(ClientConfigError::Tls)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier));
     let mut tls = match client_auth {
         Some(auth) => builder
             .with_client_auth_cert(auth.chain.clone(), auth.key.clone_key())
-            .map_err(|e| ClientError::Config(format!("client certificate: {e}")))?,
+            .map_err(ClientConfigError::ClientCertificate)?,
         None => builder.with_no_client_auth(),
     };
     tls.alpn_protocols = vec![alpn.to_vec()];
@@ -293,7 +299,7 @@ pub fn quinn_client_config(
     max_udp_payload: u16,
 ) -> Result<quinn::ClientConfig, ClientError> {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| ClientError::Config(e.to_string()))?;
+        .map_err(ClientConfigError::QuicCrypto)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
@@ -323,10 +329,10 @@ pub fn bind_addr(relay: SocketAddr) -> SocketAddr {
 /// certificate and idle timeout.
 pub(super) fn build_endpoint(config: &ClientConfig) -> Result<quinn::Endpoint, ClientError> {
     let Some(first) = config.relays.first() else {
-        return Err(ClientError::Config("no relay address".into()));
+        return Err(ClientConfigError::NoRelay.into());
     };
     let socket = std::net::UdpSocket::bind(bind_addr(*first))
-        .map_err(|e| ClientError::Config(format!("binding UDP socket: {e}")))?;
+        .map_err(|e| ClientConfigError::Socket(Arc::new(e)))?;
     endpoint_on(config, socket)
 }
 
@@ -351,7 +357,7 @@ fn endpoint_on(
         config.max_ack_delay,
         config.max_udp_payload_bytes,
     )?;
-    client_endpoint(socket, config.max_udp_payload_bytes, quic).map_err(ClientError::Config)
+    Ok(client_endpoint(socket, config.max_udp_payload_bytes, quic)?)
 }
 
 /// One UDP socket (a quinn client endpoint) that several agents share, each with its own QUIC
@@ -392,6 +398,34 @@ impl SharedEndpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ca_file_errors_are_typed_with_their_source() {
+        use std::error::Error as _;
+        let missing = std::path::Path::new("/nonexistent/contrail-ca.pem");
+        match load_ca_file(missing) {
+            Err(ClientError::Config(ClientConfigError::ReadCa { path, source })) => {
+                assert_eq!(path, missing);
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            }
+            other => panic!("expected ReadCa, got {other:?}"),
+        }
+        let empty = std::env::temp_dir().join(format!("contrail-empty-{}.pem", std::process::id()));
+        std::fs::write(&empty, "no PEM here\n").expect("write");
+        let e = load_ca_file(&empty).expect_err("no certificate");
+        let _ = std::fs::remove_file(&empty);
+        assert!(
+            matches!(
+                e,
+                ClientError::Config(ClientConfigError::NoCertificate { .. })
+            ),
+            "{e:?}"
+        );
+        let e = ClientError::from(SpoolError::Append(Arc::new(std::io::Error::other("disk"))));
+        let inner = e.source().expect("spool error is the source");
+        assert!(inner.source().is_some(), "the io error is kept as a source");
+        assert_eq!(e.to_string(), "spool: append: disk");
+    }
 
     #[test]
     fn the_provider_offers_x25519_first_and_aes_128_gcm_first() {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::state::Shared;
-use super::{ClientConfig, ClientError, SessionInfo};
+use super::{ClientConfig, ClientConfigError, ClientError, SessionInfo};
 use crate::codec::FrameCodec;
 use crate::proto::{control_message::Msg, ControlMessage, NackStatus, Ping, Register, Resume};
 use crate::ErrorCode;
@@ -159,7 +159,7 @@ async fn session(
     };
     let connecting = match endpoint.connect(addr, &config.server_name) {
         Ok(c) => c,
-        Err(e) => return Outcome::Terminal(ClientError::Config(e.to_string())),
+        Err(e) => return Outcome::Terminal(ClientConfigError::StartConnect(e).into()),
     };
     let conn = match tokio::time::timeout(config.connect_timeout, connecting).await {
         Ok(Ok(conn)) => conn,
@@ -198,8 +198,8 @@ async fn session(
         })),
     };
     let mut out = BytesMut::new();
-    if codec.encode(&register, &mut out).is_err() {
-        return Outcome::Terminal(ClientError::Config("register message too large".into()));
+    if let Err(e) = codec.encode(&register, &mut out) {
+        return Outcome::Terminal(ClientConfigError::RegisterTooLarge(e).into());
     }
     if ctl_tx.write_all(&out).await.is_err() {
         return match conn.close_reason() {

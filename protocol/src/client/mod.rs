@@ -52,7 +52,7 @@ use state::Shared;
 pub enum ClientError {
     /// The TLS or QUIC configuration is unusable (bad CA file, bad key).
     #[error("client configuration: {0}")]
-    Config(String),
+    Config(#[from] ClientConfigError),
     /// The relay refused or closed the session with a code that retrying will not fix.
     #[error("relay closed the session: {code} ({message})")]
     Rejected {
@@ -63,7 +63,7 @@ pub enum ClientError {
     },
     /// No relay could be reached before the connect timeout.
     #[error("could not connect: {0}")]
-    Connect(String),
+    Connect(#[from] ConnectError),
     /// The frame is larger than the relay's max frame size.
     #[error("frame of {len} bytes exceeds the relay's limit of {max}")]
     FrameTooLarge {
@@ -77,7 +77,113 @@ pub enum ClientError {
     Closed,
     /// The on-disk spool failed (open, append or ack).
     #[error("spool: {0}")]
-    Spool(String),
+    Spool(#[from] SpoolError),
+    /// The command ledger (`commands.log` in the state directory) could not be read or written.
+    #[error("command ledger: {0}")]
+    CommandLedger(#[source] Arc<std::io::Error>),
+}
+
+/// Why the agent's TLS or QUIC configuration is unusable.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientConfigError {
+    /// `relays` is empty.
+    #[error("no relay address")]
+    NoRelay,
+    /// The CA file could not be read.
+    #[error("reading {path}: {source}")]
+    ReadCa {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: Arc<std::io::Error>,
+    },
+    /// The CA file is not PEM.
+    #[error("parsing {path}: {source}")]
+    ParseCa {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: Arc<std::io::Error>,
+    },
+    /// The CA file holds no certificate.
+    #[error("{path} holds no certificate")]
+    NoCertificate {
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// A trust root was refused.
+    #[error("trust root: {0}")]
+    TrustRoot(#[source] rustls::Error),
+    /// The certificate verifier could not be built from the trust roots.
+    #[error("trust roots: {0}")]
+    Verifier(#[source] rustls::client::VerifierBuilderError),
+    /// rustls refused the settings (protocol versions, provider).
+    #[error("TLS: {0}")]
+    Tls(#[source] rustls::Error),
+    /// The client certificate or key was refused.
+    #[error("client certificate: {0}")]
+    ClientCertificate(#[source] rustls::Error),
+    /// The TLS config has no cipher suite QUIC can use.
+    #[error("QUIC crypto: {0}")]
+    QuicCrypto(#[source] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// `max_udp_payload_bytes` was refused.
+    #[error("max_udp_payload_bytes: {0}")]
+    UdpPayload(#[source] quinn::ConfigError),
+    /// No tokio runtime to run the endpoint on.
+    #[error("no async runtime")]
+    NoRuntime,
+    /// The UDP socket could not be bound or set up.
+    #[error("UDP socket: {0}")]
+    Socket(#[source] Arc<std::io::Error>),
+    /// quinn refused to start a connection (bad server name, endpoint stopping).
+    #[error("starting a connection: {0}")]
+    StartConnect(#[source] quinn::ConnectError),
+    /// The Register message does not fit the frame size limit.
+    #[error("register message too large: {0}")]
+    RegisterTooLarge(#[source] crate::CodecError),
+}
+
+/// Why no session was established.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// No relay registered the agent within the connect timeout.
+    #[error("no relay registered this agent within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+/// Why the on-disk spool failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpoolError {
+    /// Opening (or recovering) the spool directory failed.
+    #[error("opening {dir}: {source}")]
+    Open {
+        /// The spool directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: Arc<std::io::Error>,
+    },
+    /// One frame is larger than the whole spool.
+    #[error("a frame of {len} bytes does not fit a spool of {max} bytes")]
+    FrameTooLarge {
+        /// Encoded frame length.
+        len: usize,
+        /// Spool capacity.
+        max: u64,
+    },
+    /// Appending a frame failed.
+    #[error("append: {0}")]
+    Append(#[source] Arc<std::io::Error>),
+    /// Flushing appended frames failed; frames up to `last` are queued in memory only.
+    #[error("flush (frames up to {last} are queued in memory only): {source}")]
+    Flush {
+        /// Last seq appended.
+        last: u64,
+        /// Why.
+        source: Arc<std::io::Error>,
+    },
 }
 
 /// One frame to send. `seq` and `sent_at` are filled in by the agent.
@@ -143,7 +249,7 @@ impl Agent {
         endpoint: &SharedEndpoint,
     ) -> Result<Agent, ClientError> {
         if config.relays.is_empty() {
-            return Err(ClientError::Config("no relay address".into()));
+            return Err(ClientConfigError::NoRelay.into());
         }
         Self::start(config, endpoint.endpoint.clone(), false, None).await
     }
@@ -155,13 +261,13 @@ impl Agent {
         commands: Option<Arc<commands::Hub>>,
     ) -> Result<Agent, ClientError> {
         let timeout = config.connect_timeout;
-        let spool =
-            match &config.spool {
-                Some(sc) => Some(spool::Spool::open(sc).map_err(|e| {
-                    ClientError::Spool(format!("opening {}: {e}", sc.dir.display()))
-                })?),
-                None => None,
-            };
+        let spool = match &config.spool {
+            Some(sc) => Some(spool::Spool::open(sc).map_err(|e| SpoolError::Open {
+                dir: sc.dir.clone(),
+                source: Arc::new(e),
+            })?),
+            None => None,
+        };
         let shared = Arc::new(Shared::new(&config, spool));
         let driver = tokio::spawn(driver::run(
             endpoint,
@@ -176,9 +282,7 @@ impl Agent {
         };
         match tokio::time::timeout(timeout, agent.shared.wait_first_session()).await {
             Ok(res) => res.map(|()| agent),
-            Err(_) => Err(ClientError::Connect(format!(
-                "no relay registered this agent within {timeout:?}"
-            ))),
+            Err(_) => Err(ConnectError::Timeout(timeout).into()),
         }
     }
 

@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{watch, Notify};
 
 use super::spool::{Recovered, Spool};
-use super::{ClientConfig, ClientError, OutFrame, SessionInfo};
+use super::{ClientConfig, ClientError, OutFrame, SessionInfo, SpoolError};
 use crate::codec::{encode_telemetry, LEN_PREFIX};
 
 /// Largest chunk the writer hands to quinn at once (see `Shared::next_chunks`).
@@ -248,17 +248,18 @@ impl Shared {
                                 // Full: hand out what fits; the caller waits for acks below.
                                 if spool.bytes() == 0 {
                                     st.arena.clear();
-                                    return Err(ClientError::Spool(format!(
-                                        "a frame of {len} bytes does not fit a spool of {} bytes",
-                                        spool.max_bytes()
-                                    )));
+                                    return Err(SpoolError::FrameTooLarge {
+                                        len,
+                                        max: spool.max_bytes(),
+                                    }
+                                    .into());
                                 }
                                 st.arena.clear();
                                 break;
                             }
                             if let Err(e) = spool.append(seq, &st.arena) {
                                 st.arena.clear();
-                                return Err(ClientError::Spool(format!("append: {e}")));
+                                return Err(SpoolError::Append(std::sync::Arc::new(e)).into());
                             }
                         }
                         let bytes = st.arena.split().freeze();
@@ -274,9 +275,11 @@ impl Shared {
                         self.sent.fetch_add(n as u64, Ordering::Relaxed);
                         self.work.notify_one();
                         if let Err(e) = flushed {
-                            return Err(ClientError::Spool(format!(
-                                "flush (frames up to {last} are queued in memory only): {e}"
-                            )));
+                            return Err(SpoolError::Flush {
+                                last,
+                                source: std::sync::Arc::new(e),
+                            }
+                            .into());
                         }
                         return Ok((last, n));
                     }

@@ -248,7 +248,7 @@ fn build_endpoint(config: &SubscriberConfig) -> Result<quinn::Endpoint, Subscrib
         .map_err(|e| SubscriberError::Config(format!("binding UDP socket: {e}")))?;
     super::config::size_socket_buffers(&socket, config.socket_buffer_bytes);
     super::config::client_endpoint(socket, config.max_udp_payload_bytes, quic)
-        .map_err(SubscriberError::Config)
+        .map_err(|e| SubscriberError::Config(e.to_string()))
 }
 
 async fn read_control(

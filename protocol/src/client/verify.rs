@@ -19,7 +19,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
 
-use super::ClientError;
+use super::{ClientConfigError, ClientError};
 
 /// A trusted certificate accepted when presented alone, byte for byte, within its validity.
 #[derive(Debug)]
@@ -47,13 +47,13 @@ impl RelayCertVerifier {
         for cert in &roots {
             store
                 .add(cert.clone())
-                .map_err(|e| ClientError::Config(format!("trust root: {e}")))?;
+                .map_err(ClientConfigError::TrustRoot)?;
         }
         let algs = provider.signature_verification_algorithms;
         let store = Arc::new(store);
         let webpki = WebPkiServerVerifier::builder_with_provider(store.clone(), provider)
             .build()
-            .map_err(|e| ClientError::Config(format!("trust roots: {e}")))?;
+            .map_err(ClientConfigError::Verifier)?;
         let now = UnixTime::now();
         let pinned = roots
             .into_iter()

@@ -390,12 +390,14 @@ async fn handshake(
     };
     shared.set_registration(reg.clone());
     let limits = &core.config.limits;
+    // The credit window counts from here until the first Ack.
+    let resume_from = cursor.start_session();
     let registered = Registered {
         session_id: session_id.to_hex(),
         relay_id: core.relay_id.clone(),
         max_inflight: limits.max_inflight,
         heartbeat_interval_ms: limits.heartbeat_interval_ms,
-        resume_from_seq: cursor.completed(),
+        resume_from_seq: resume_from,
         max_frame_bytes: limits.max_frame_bytes as u32,
         fleet: Vec::new(),
     };
@@ -437,7 +439,9 @@ async fn control_loop(
 ) -> End {
     use std::sync::atomic::Ordering::Relaxed;
     let mut lifecycle = core.lifecycle.subscribe();
-    let mut acked = reg.cursor.completed();
+    // `resume_from_seq`, what the agent counts its window from (the cursor may have moved on
+    // since: the first pass of the loop acks that).
+    let mut acked = reg.cursor.acked();
     let mut drained = false;
     let ack_delay = core.config.limits.ack_delay();
     let ack_now = core.config.limits.ack_now_threshold();

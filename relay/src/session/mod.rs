@@ -6,6 +6,7 @@
 //! however the session ends, and never touches other sessions.
 
 mod commands;
+pub mod credit;
 pub mod driver;
 mod reader;
 pub mod supervisor;

@@ -1,9 +1,9 @@
 //! The telemetry reader: the relay's hot path.
 //!
 //! Reads whatever the telemetry stream has into one buffer, decodes every complete frame into
-//! one batch (zero-copy slices of that buffer), checks sequence and credits, records stats and
-//! frame ages once per batch, and hands the batch to the fan-out. Nothing here allocates per
-//! frame or takes a lock per frame.
+//! one batch (zero-copy slices of that buffer), checks sequence, credits and quota
+//! ([`credit::check_batch`]), records stats and frame ages once per batch, and hands the batch
+//! to the fan-out. Nothing here allocates per frame or takes a lock per frame.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use contrail_control::SessionStats;
 use contrail_protocol::{ErrorCode, FrameCodec, FrameMeta};
 use futures::FutureExt;
 
+use super::credit::{self, Accepted, CreditState, Window};
 use super::driver::End;
 use crate::cursor::AgentCursor;
 use crate::server::RelayCore;
@@ -59,9 +60,8 @@ impl ReaderSignal {
 
 /// Per-session reader state that survives across batches.
 struct ReadState {
-    quota: Option<crate::quota::SessionQuota>,
-    /// After a quota nack for seq S: frames are discarded until S arrives again.
-    rewind: Option<u64>,
+    /// Quota and rewind state of [`credit::check_batch`].
+    credit: CreditState,
     /// The QUIC max ACK delay asked of this agent, adapted to its batch interval.
     ack_delay: AckDelayAdapter,
 }
@@ -140,8 +140,10 @@ pub(crate) async fn run(
 ) -> ReadEnd {
     let limits = &core.config.limits;
     let mut state = ReadState {
-        quota: crate::quota::SessionQuota::new(&core.config.quotas, Instant::now()),
-        rewind: None,
+        credit: CreditState::new(crate::quota::SessionQuota::new(
+            &core.config.quotas,
+            Instant::now(),
+        )),
         // 0 asks QUIC's default of 25 ms.
         ack_delay: AckDelayAdapter::new(
             limits.quic_max_ack_delay().max(Duration::from_millis(25)),
@@ -232,6 +234,15 @@ pub(crate) async fn run(
     }
 }
 
+fn count_dropped(core: &RelayCore, discarded: usize, duplicates: usize) {
+    if discarded > 0 {
+        core.frames_discarded.increment(discarded as u64);
+    }
+    if duplicates > 0 {
+        core.frames_duplicate.increment(duplicates as u64);
+    }
+}
+
 fn closed(e: quinn::ConnectionError) -> End {
     match e {
         quinn::ConnectionError::ApplicationClosed(c) => End::new(
@@ -258,88 +269,47 @@ async fn process(
     if let Some(hook) = &core.hooks.on_batch {
         hook(&origin.agent_id);
     }
-    if let Some(resend) = state.rewind {
-        // Frames the agent sent before it saw our nack: discard up to the resend of `resend`.
-        let before = batch.len();
-        batch.skip_until_seq(resend);
-        core.frames_discarded
-            .increment((before - batch.len()) as u64);
-        if batch.is_empty() {
-            // An agent that keeps sending instead of backing off stays over quota.
-            if let Some(q) = state.quota.as_mut() {
-                if q.still_over(Instant::now()) == crate::quota::Verdict::Close {
-                    return Err(End::new(
-                        ErrorCode::QuotaExceeded,
-                        "agent kept sending after a quota nack",
-                    ));
-                }
+    let now = Instant::now();
+    let window = Window {
+        forwarded: cursor.forwarded(),
+        acked: cursor.acked(),
+        max_inflight: u64::from(core.config.limits.max_inflight),
+    };
+    let last = match credit::check_batch(&mut state.credit, &mut batch, window, now) {
+        Ok(Accepted::Forward {
+            last,
+            discarded,
+            duplicates,
+            window_full,
+            ..
+        }) => {
+            count_dropped(core, discarded, duplicates);
+            if window_full {
+                core.credits_exhausted.increment(1);
             }
+            last
+        }
+        Ok(Accepted::Dropped {
+            discarded,
+            duplicates,
+        }) => {
+            count_dropped(core, discarded, duplicates);
             return Ok(());
         }
-        state.rewind = None;
-    }
-    let forwarded = cursor.forwarded();
-    let dups = batch.skip_through(forwarded);
-    if dups > 0 {
-        core.frames_duplicate.increment(dups as u64);
-    }
-    if batch.is_empty() {
-        return Ok(());
-    }
-    if let Some(quota) = state.quota.as_mut() {
-        match quota.check(
-            batch.len() as u64,
-            batch.data().len() as u64,
-            Instant::now(),
-        ) {
-            crate::quota::Verdict::Accept => {}
-            crate::quota::Verdict::Nack => {
-                let first = batch.first_seq();
-                metrics::counter!("contrail_limit_hits_total", "limit" => "agent_rate")
-                    .increment(1);
-                metrics::counter!("contrail_nacks_sent_total", "status" => "retry_with_backoff")
-                    .increment(1);
-                core.frames_discarded.increment(batch.len() as u64);
-                state.rewind = Some(first);
-                signal.raise(first);
-                return Ok(());
-            }
-            crate::quota::Verdict::Close => {
-                return Err(End::new(
-                    ErrorCode::QuotaExceeded,
-                    "agent stayed over its rate quota",
-                ))
-            }
+        Ok(Accepted::Nack {
+            seq,
+            discarded,
+            duplicates,
+        }) => {
+            metrics::counter!("contrail_limit_hits_total", "limit" => "agent_rate").increment(1);
+            metrics::counter!("contrail_nacks_sent_total", "status" => "retry_with_backoff")
+                .increment(1);
+            count_dropped(core, discarded, duplicates);
+            signal.raise(seq);
+            return Ok(());
         }
-    }
-    let first = batch.first_seq();
-    if first != forwarded + 1 {
-        return Err(End::new(
-            ErrorCode::ProtocolViolation,
-            format!("sequence gap: expected seq {}, got {first}", forwarded + 1),
-        ));
-    }
-    for (i, m) in batch.metas().iter().enumerate() {
-        if m.seq != first + i as u64 {
-            return Err(End::new(
-                ErrorCode::ProtocolViolation,
-                format!("sequence gap at seq {}", m.seq),
-            ));
-        }
-    }
-    let last = batch.last_seq();
-    let window_end = cursor.completed() + u64::from(core.config.limits.max_inflight);
-    if last > window_end {
-        return Err(End::new(
-            ErrorCode::ProtocolViolation,
-            format!(
-                "frame {last} is beyond the credit window (acked + max_inflight = {window_end})"
-            ),
-        ));
-    }
-    if last == window_end {
-        core.credits_exhausted.increment(1);
-    }
+        Err(e) => return Err(End::new(e.code(), e.to_string())),
+    };
     let n = batch.len() as u64;
     let bytes = batch.data().len() as u64;
     stats.frames.fetch_add(n, Relaxed);
@@ -353,7 +323,6 @@ async fn process(
             *current = Some(flight.to_string());
         }
     }
-    let now = Instant::now();
     let now_ns = crate::clock::unix_ns();
     // Telemetry is a sign of life as good as a ping (agents skip pings while they stream).
     stats
@@ -379,7 +348,7 @@ async fn process(
     cursor.set_forwarded(last);
     stats
         .inflight
-        .store(last.saturating_sub(cursor.completed()), Relaxed);
+        .store(last.saturating_sub(cursor.acked()), Relaxed);
     Ok(())
 }
 

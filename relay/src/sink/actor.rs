@@ -1,4 +1,8 @@
-//! The sink actor: owns its sink's worker task and restarts it if it dies.
+//! The sink actor: owns its sink's worker task and restarts it if it dies. The new worker
+//! first writes the batches the dead one held (they live in the [`SinkHandle`]). A worker that
+//! keeps dying is restarted with a growing delay (50 ms doubling to 5 s; the first restart
+//! after a quiet minute is immediate), so a batch that crashes the sink every time costs a
+//! retry every few seconds, not a busy loop.
 //!
 //! Data never rides the actor's (unbounded) mailbox: batches go through the sink's bounded
 //! [`BatchQueue`](super::BatchQueue); flushing is a direct call on the shared
@@ -6,6 +10,7 @@
 //! one per worker life.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::{AbortHandle, JoinHandle};
@@ -38,6 +43,22 @@ pub struct SinkState {
     worker: Option<AbortHandle>,
     monitor: Option<JoinHandle<()>>,
     restarts: u64,
+    /// When the last restart happened, and how many came in a row (each within a minute of
+    /// the one before).
+    last_restart: Option<Instant>,
+    streak: u32,
+}
+
+/// No restart in this long resets the backoff.
+const QUIET: Duration = Duration::from_secs(60);
+
+/// Delay before the `streak`-th restart in a row (0: the first).
+fn restart_delay(streak: u32) -> Duration {
+    match streak {
+        0 => Duration::ZERO,
+        n => (Duration::from_millis(50) * 2u32.saturating_pow((n - 1).min(7)))
+            .min(Duration::from_secs(5)),
+    }
 }
 
 impl SinkState {
@@ -60,8 +81,12 @@ impl Drop for SinkState {
 /// The sink actor.
 pub struct SinkActor;
 
-fn spawn_worker(state: &mut SinkState, myself: &ActorRef<SinkMsg>) {
-    let worker = tokio::spawn(worker::run(state.handle.clone(), state.factory.clone()));
+fn spawn_worker(state: &mut SinkState, myself: &ActorRef<SinkMsg>, delay: Duration) {
+    let worker = tokio::spawn(worker::run(
+        state.handle.clone(),
+        state.factory.clone(),
+        delay,
+    ));
     state.worker = Some(worker.abort_handle());
     let me = myself.clone();
     state.monitor = Some(tokio::spawn(async move {
@@ -89,8 +114,10 @@ impl Actor for SinkActor {
             worker: None,
             monitor: None,
             restarts: 0,
+            last_restart: None,
+            streak: 0,
         };
-        spawn_worker(&mut state, &myself);
+        spawn_worker(&mut state, &myself, Duration::ZERO);
         Ok(state)
     }
 
@@ -103,11 +130,18 @@ impl Actor for SinkActor {
         match msg {
             SinkMsg::WorkerExited { panicked } => {
                 state.restarts += 1;
+                let now = Instant::now();
+                state.streak = match state.last_restart {
+                    Some(t) if now.saturating_duration_since(t) < QUIET => state.streak + 1,
+                    _ => 0,
+                };
+                state.last_restart = Some(now);
+                let delay = restart_delay(state.streak);
                 metrics::counter!("contrail_sink_restarts_total", "sink" => state.handle.common.name.clone())
                     .increment(1);
-                tracing::error!(sink = %state.handle.common.name, panicked, restarts = state.restarts, "sink worker died; restarting it");
+                tracing::error!(sink = %state.handle.common.name, panicked, restarts = state.restarts, ?delay, "sink worker died; restarting it (it first writes what it held)");
                 state.stop_worker();
-                spawn_worker(state, &myself);
+                spawn_worker(state, &myself, delay);
             }
         }
         Ok(())
@@ -121,5 +155,21 @@ impl Actor for SinkActor {
         state.handle.queue.close();
         state.stop_worker();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_in_a_row_back_off_up_to_five_seconds() {
+        let ms = Duration::from_millis;
+        assert_eq!(restart_delay(0), Duration::ZERO);
+        assert_eq!(restart_delay(1), ms(50));
+        assert_eq!(restart_delay(2), ms(100));
+        assert_eq!(restart_delay(7), ms(3_200));
+        assert_eq!(restart_delay(8), ms(5_000));
+        assert_eq!(restart_delay(1_000), ms(5_000));
     }
 }

@@ -50,7 +50,7 @@ impl SinkBatch {
         cursor: Arc<AgentCursor>,
     ) -> Self {
         let completion = if required_sinks == 0 {
-            cursor.complete_batch(frames.last_seq(), received_at);
+            cursor.complete_batch(frames.first_seq(), frames.last_seq(), received_at);
             None
         } else {
             Some(Completion {
@@ -67,13 +67,17 @@ impl SinkBatch {
         }
     }
 
-    /// A required sink accepted this batch. When the last one does, the agent's ack point
-    /// moves to this batch's last seq (sinks complete in order, so every earlier batch is done).
+    /// A required sink accepted this batch. When the last one does, the batch's seq range is
+    /// complete; the agent's ack point takes it in once every earlier seq is complete too (it
+    /// never passes a batch that a sink lost, see [`AgentCursor::complete_range`]).
     pub fn complete(&self) {
         if let Some(c) = &self.completion {
             if c.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                c.cursor
-                    .complete_batch(self.frames.last_seq(), self.received_at);
+                c.cursor.complete_batch(
+                    self.frames.first_seq(),
+                    self.frames.last_seq(),
+                    self.received_at,
+                );
             }
         }
     }

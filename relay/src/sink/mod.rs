@@ -6,8 +6,9 @@
 //! backoff, and — for a `required` sink — marks each batch complete only after the write was
 //! accepted. A batch is acked to its agent once every required sink completed it.
 //!
-//! Adding a sink: a folder with its config handling and `Sink` impl, and one line in
-//! [`registry::build`].
+//! Adding a sink: a folder with its `config.rs` (a `deny_unknown_fields` struct that imports
+//! nothing above it), its `Sink` impl, a variant of [`crate::config::SinkKind`] and one arm in
+//! [`registry::build_with`].
 
 pub mod actor;
 pub mod batch;
@@ -20,6 +21,7 @@ pub mod ndjson;
 pub mod queue;
 pub mod redis_streams;
 pub mod registry;
+pub mod setting;
 pub mod stdout;
 pub mod template;
 pub mod worker;

@@ -1,12 +1,13 @@
 //! Builds sink specs from configuration: the one place that maps a sink type to its folder.
 
-use super::file::{FileFormat, FileSettings};
 use super::{Filter, SinkCommon, SinkSpec};
-use crate::config::{ConfigError, SinkConfig, SinkType};
+use crate::config::{ConfigError, SinkConfig, SinkKind};
 
-/// The spec of one configured sink (a `live` sink needs [`build_with`]).
-pub fn build(cfg: &SinkConfig) -> Result<SinkSpec, ConfigError> {
-    build_with(cfg, None)
+fn invalid(cfg: &SinkConfig, key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: format!("sinks.{}.{key}", cfg.name),
+        reason: reason.into(),
+    }
 }
 
 /// The spec of one configured sink; `live` is the subscriber registry a `live` sink feeds.
@@ -21,36 +22,28 @@ pub fn build_with(
         &cfg.exclude_agents,
         None,
     )
-    .map_err(|e| ConfigError::Invalid {
-        field: format!("sinks.{}.include_agents", cfg.name),
-        reason: e.to_string(),
-    })?;
+    .map_err(|e| invalid(cfg, "include_agents", e.to_string()))?;
     let mut common = SinkCommon::new(cfg.name.clone(), cfg.required);
     common.when_full = cfg.when_full;
     common.queue_batches = cfg.queue_batches;
     common.filter = filter;
-    let factory = match cfg.kind {
-        SinkType::Stdout => super::stdout::factory(),
-        SinkType::File => super::file::factory(FileSettings {
-            path: cfg.path.clone().ok_or_else(|| ConfigError::Invalid {
-                field: format!("sinks.{}.path", cfg.name),
-                reason: "file sinks need a path".into(),
-            })?,
-            format: cfg.format.unwrap_or(FileFormat::Ndjson),
-            rotate_bytes: cfg.rotate_bytes.unwrap_or(0),
-            fsync: cfg.fsync.unwrap_or(false),
-        }),
-        SinkType::Live => {
-            super::live::factory(live.cloned().ok_or_else(|| ConfigError::Invalid {
-                field: format!("sinks.{}.type", cfg.name),
-                reason: "a live sink needs the relay's subscriber registry".into(),
-            })?)
+    let setting = |e: super::setting::InvalidSetting| invalid(cfg, e.key, e.reason);
+    let factory = match &cfg.kind {
+        SinkKind::Stdout(_) => super::stdout::factory(),
+        SinkKind::File(c) => {
+            c.validate().map_err(setting)?;
+            super::file::factory(c.clone())
         }
-        SinkType::RedisStreams => {
-            super::redis_streams::factory(super::redis_streams::settings(cfg)?)
-        }
-        SinkType::NatsJetstream => {
-            super::nats_jetstream::factory(super::nats_jetstream::settings(cfg)?)
+        SinkKind::Live(_) => super::live::factory(live.cloned().ok_or_else(|| {
+            invalid(
+                cfg,
+                "type",
+                "a live sink needs the relay's subscriber registry",
+            )
+        })?),
+        SinkKind::RedisStreams(c) => super::redis_streams::factory(c.settings().map_err(setting)?),
+        SinkKind::NatsJetstream(c) => {
+            super::nats_jetstream::factory(c.settings().map_err(setting)?)
         }
     };
     Ok(SinkSpec { common, factory })

@@ -1,4 +1,9 @@
 //! The sink worker: pops batches in order, writes, retries, completes, flushes on request.
+//!
+//! The batches a worker is writing live in its [`SinkHandle`] (`held`), not in the worker: a
+//! worker that panics (or is aborted) mid-write leaves them there, and the worker the sink
+//! actor starts next writes them first. Nothing a worker took from the queue is lost with it,
+//! and acks wait for it (the ack point also never passes a gap: see [`crate::cursor`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,7 +21,7 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 
 /// The shared half of a sink: its queue, health and metrics. The fan-out pushes into it; the
 /// worker (owned by the sink actor) pops from it. It outlives worker restarts, so nothing
-/// queued is lost when a worker is replaced.
+/// queued, and nothing a worker was writing, is lost when a worker is replaced.
 pub struct SinkHandle {
     /// Settings.
     pub common: SinkCommon,
@@ -25,8 +30,11 @@ pub struct SinkHandle {
     healthy: AtomicBool,
     frames_written: AtomicU64,
     frames_dropped: AtomicU64,
-    flush_tx: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
-    flush_rx: Mutex<mpsc::Receiver<oneshot::Sender<Result<(), String>>>>,
+    flush_tx: mpsc::Sender<oneshot::Sender<Result<(), SinkError>>>,
+    flush_rx: Mutex<mpsc::Receiver<oneshot::Sender<Result<(), SinkError>>>>,
+    /// Batches popped and not yet written: locked by the running worker for its whole life,
+    /// so when it dies they are still here for the next one.
+    held: Mutex<Vec<Arc<SinkBatch>>>,
     m_accepted: Counter,
     m_dropped_full: Counter,
     m_dropped_error: Counter,
@@ -63,6 +71,7 @@ impl SinkHandle {
             frames_dropped: AtomicU64::new(0),
             flush_tx,
             flush_rx: Mutex::new(flush_rx),
+            held: Mutex::new(Vec::with_capacity(common.max_batches_per_write.max(1))),
             m_accepted: metrics::counter!("contrail_sink_accepted_total", "sink" => name.clone()),
             m_dropped_full: metrics::counter!("contrail_sink_dropped_total", "sink" => name.clone(), "reason" => "queue_full"),
             m_dropped_error: metrics::counter!("contrail_sink_dropped_total", "sink" => name.clone(), "reason" => "write_failed"),
@@ -129,14 +138,28 @@ impl SinkHandle {
     }
 
     /// Asks the worker to write everything queued and flush the sink; waits for it.
-    pub async fn flush(&self) -> Result<(), String> {
+    pub async fn flush(&self) -> Result<(), FlushError> {
         let (tx, rx) = oneshot::channel();
         self.flush_tx
             .send(tx)
             .await
-            .map_err(|_| "sink worker gone".to_string())?;
-        rx.await.map_err(|_| "sink worker gone".to_string())?
+            .map_err(|_| FlushError::WorkerGone)?;
+        rx.await
+            .map_err(|_| FlushError::WorkerGone)?
+            .map_err(FlushError::Sink)
     }
+}
+
+/// Why [`SinkHandle::flush`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FlushError {
+    /// The sink's worker task is gone (the relay is shutting down).
+    #[error("sink worker gone")]
+    WorkerGone,
+    /// The sink's own flush failed.
+    #[error(transparent)]
+    Sink(SinkError),
 }
 
 async fn build_with_retry(handle: &SinkHandle, factory: &SinkFactory) -> Box<dyn Sink> {
@@ -155,38 +178,56 @@ async fn build_with_retry(handle: &SinkHandle, factory: &SinkFactory) -> Box<dyn
     }
 }
 
-/// Runs a sink until the task is aborted. Never returns on its own.
-pub async fn run(handle: Arc<SinkHandle>, factory: SinkFactory) {
+/// Runs a sink until the task is aborted. Never returns on its own. A restarted worker
+/// (`restart_delay`: the actor's backoff for a worker that keeps dying) first writes what the
+/// previous one held.
+pub async fn run(handle: Arc<SinkHandle>, factory: SinkFactory, restart_delay: Duration) {
+    // Locked for this worker's life: the previous worker's guard went with it.
+    let mut held = handle.held.lock().await;
     let mut flush_rx = handle.flush_rx.lock().await;
+    if !restart_delay.is_zero() {
+        tokio::time::sleep(restart_delay).await;
+    }
     let mut sink = build_with_retry(&handle, &factory).await;
     handle.set_healthy(true);
     let max = handle.common.max_batches_per_write.max(1);
-    let mut items: Vec<Arc<SinkBatch>> = Vec::with_capacity(max);
+    let items: &mut Vec<Arc<SinkBatch>> = &mut held;
+    let mut done: Vec<Arc<SinkBatch>> = Vec::with_capacity(max);
+    if !items.is_empty() {
+        let frames: usize = items.iter().map(|b| b.frames.len()).sum();
+        tracing::warn!(sink = %handle.common.name, batches = items.len(), frames, "redelivering what the previous worker held");
+        metrics::counter!("contrail_sink_redelivered_batches_total", "sink" => handle.common.name.clone())
+            .increment(items.len() as u64);
+        write_items(&handle, &factory, &mut sink, items, &mut done).await;
+    }
     loop {
         tokio::select! {
             biased;
             req = flush_rx.recv() => {
                 let Some(reply) = req else { return };
-                while handle.queue.pop_many(&mut items, max) > 0 {
-                    write_items(&handle, &factory, &mut sink, &mut items).await;
+                while handle.queue.pop_many(items, max) > 0 {
+                    write_items(&handle, &factory, &mut sink, items, &mut done).await;
                 }
-                let res = sink.flush().await.map_err(|e| e.to_string());
+                let res = sink.flush().await;
                 let _ = reply.send(res);
             }
             _ = handle.queue.wait_non_empty() => {
-                handle.queue.pop_many(&mut items, max);
+                handle.queue.pop_many(items, max);
                 handle.m_depth.set(handle.queue.len() as f64);
-                write_items(&handle, &factory, &mut sink, &mut items).await;
+                write_items(&handle, &factory, &mut sink, items, &mut done).await;
             }
         }
     }
 }
 
+/// Writes `items` (held in the handle until written), then completes them. `done` is scratch
+/// space kept across calls.
 async fn write_items(
     handle: &SinkHandle,
     factory: &SinkFactory,
     sink: &mut Box<dyn Sink>,
     items: &mut Vec<Arc<SinkBatch>>,
+    done: &mut Vec<Arc<SinkBatch>>,
 ) {
     if items.is_empty() {
         return;
@@ -196,20 +237,23 @@ async fn write_items(
     loop {
         match sink.write(items, &handle.common.filter).await {
             Ok(written) => {
+                // Written: out of the held set before anything else can fail, so a later
+                // panic never writes (and completes) them twice.
+                std::mem::swap(items, done);
                 handle.set_healthy(true);
                 handle.m_accepted.increment(written as u64);
                 handle
                     .frames_written
                     .fetch_add(written as u64, Ordering::Relaxed);
                 if handle.common.required {
-                    for b in items.iter() {
+                    for b in done.iter() {
                         b.complete();
                     }
                 }
                 handle
                     .latency
-                    .sink_written(&handle.common.name, items.iter().map(|b| b.received_at));
-                items.clear();
+                    .sink_written(&handle.common.name, done.iter().map(|b| b.received_at));
+                done.clear();
                 return;
             }
             Err(e) => {

@@ -146,3 +146,47 @@ async fn redis_outage_does_not_stop_streaming_and_keys_come_back() {
     }
     eprintln!("redis outage: {:?}", started.elapsed());
 }
+
+/// The relay's `[redis]` settings reach the routing publisher: `rediss://` verified with
+/// `tls_ca_file`, `password` (AUTH) and a non-zero `db`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_over_tls_with_password_and_db_from_the_relay_config() {
+    let redis = tokio::task::spawn_blocking(|| {
+        RedisServer::start_with(contrail_testsupport::RedisOptions {
+            password: Some("relay-pw".into()),
+            tls: true,
+        })
+    })
+    .await
+    .expect("redis");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.relay_id = Some("relay-tls".into());
+    config.redis.addr = redis.tls_url();
+    config.redis.tls_ca_file = redis.tls_ca_file();
+    config.redis.password = Some("relay-pw".into());
+    config.redis.db = Some(5);
+    config.validate().expect("valid config");
+    let relay = start_with(
+        config,
+        tempfile::tempdir().expect("tempdir"),
+        vec![],
+        Hooks::default(),
+    )
+    .await;
+    let agent = relay.agent("drone-tls-route").await;
+    let session = agent.session().map(|s| s.session_id).expect("session");
+    let value = poll_until_async(Duration::from_secs(10), "key in db 5", async || {
+        let r = redis.cmd_in_db(5, &["GET", "drone:drone-tls-route"]);
+        r.as_str().map(str::to_owned)
+    })
+    .await;
+    let json: serde_json::Value = serde_json::from_str(&value).expect("json");
+    assert_eq!(json["relay_id"], "relay-tls");
+    assert_eq!(json["session_id"].as_str(), Some(session.as_str()));
+    assert!(
+        redis.cmd(&["GET", "drone:drone-tls-route"]).is_nil(),
+        "written to db 0"
+    );
+    agent.close().await.expect("close");
+}

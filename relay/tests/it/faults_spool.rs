@@ -136,7 +136,16 @@ async fn agent_killed_mid_stream_resumes_from_its_spool_exactly_once() {
     let lines = stdout_lines(&mut second);
     let (status, out) = tokio::task::spawn_blocking(move || {
         let status = second.wait_exit(Duration::from_secs(15));
-        let out: Vec<String> = lines.try_iter().collect();
+        // The process has exited: read until its stdout's reader thread hits EOF (bounded), so
+        // the last line is not lost to a race with that thread.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut out = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match lines.recv_timeout(left) {
+                Ok(line) => out.push(line),
+                Err(_) => break,
+            }
+        }
         (status, out)
     })
     .await

@@ -7,18 +7,17 @@ use std::time::Duration;
 
 use crate::common::*;
 use contrail_protocol::ErrorCode;
-use contrail_relay::config::SinkConfig;
-use contrail_relay::sink::file::FileFormat;
+use contrail_relay::config::{SinkConfig, SinkKind};
+use contrail_relay::sink::file::{FileConfig, FileFormat};
 use contrail_relay::Hooks;
 use contrail_testsupport::poll_until_async;
 
 fn file_sink(path: &std::path::Path, format: FileFormat, rotate: u64) -> SinkConfig {
-    // Parsed rather than a struct literal, so sink types adding keys do not break this test.
-    let mut s: SinkConfig = toml::from_str("name = \"file\"\ntype = \"file\"\nrequired = true")
-        .expect("file sink entry");
-    s.path = Some(path.to_path_buf());
-    s.format = Some(format);
-    s.rotate_bytes = Some(rotate);
+    let mut f = FileConfig::new(path);
+    f.format = format;
+    f.rotate_bytes = rotate;
+    let mut s = SinkConfig::new("file", SinkKind::File(f));
+    s.required = true;
     s
 }
 

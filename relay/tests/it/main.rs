@@ -7,6 +7,7 @@ mod common;
 mod faults_support;
 mod sink_support;
 
+mod acked_written;
 mod acks;
 mod all_outputs;
 mod backpressure;

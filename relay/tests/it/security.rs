@@ -211,7 +211,8 @@ async fn rate_quota_nacks_and_the_agent_resends_without_loss() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = test_config(dir.path());
     config.quotas.frames_per_sec = 2_000;
-    config.quotas.burst_frames = 500;
+    // What the relay always used: a burst below the rate was raised to it, and is now refused.
+    config.quotas.burst_frames = 2_000;
     config.quotas.retry_after_ms = 50;
     let (spec, mut rx) = channel_sink("chan", true, 4096);
     let relay = start_with(config, dir, vec![spec], Hooks::default()).await;

@@ -65,7 +65,7 @@ async fn republished_frames_are_deduplicated() {
         "name = \"js\"\ntype = \"nats_jetstream\"\nrequired = true\nurl = \"{}\"\ntimeout_ms = 2000",
         nats.url()
     ));
-    let settings = nats_jetstream::settings(&entry).expect("settings");
+    let settings = crate::sink_support::js_settings(&entry);
     config.sinks.push(entry);
     // Keep every batch the relay produced, to publish them again afterwards.
     let (chan, mut rx) = crate::common::channel_sink("copy", true, 1024);
@@ -120,7 +120,7 @@ async fn benchmark_sustained_frames_per_second() {
         "name = \"js2\"\ntype = \"nats_jetstream\"\nurl = \"{}\"\nsubject = \"replay.{{agent_id}}\"\nstream = \"REPLAY\"",
         nats.url()
     ));
-    let factory = nats_jetstream::factory(nats_jetstream::settings(&entry).expect("settings"));
+    let factory = nats_jetstream::factory(crate::sink_support::js_settings(&entry));
     let alone = bench::sink_only(factory, &batches).await;
     println!(
         "nats_jetstream: {} agents x {} frames of {} B: end to end {e2e:.0} frames/s; sink alone {alone:.0} frames/s",

@@ -7,7 +7,7 @@ use crate::sink_support::{
     blocking, check_exactly_once_in_order, payloads, redis_stream, send_numbered, sink_entry,
 };
 use contrail_relay::Hooks;
-use contrail_testsupport::RedisServer;
+use contrail_testsupport::{RedisOptions, RedisServer};
 
 /// Connects every agent, then sends from all of them at once and waits until all is acked.
 async fn send_from_agents(relay: &crate::common::TestRelay, agents: &[(&str, u64)]) {
@@ -97,6 +97,62 @@ async fn one_stream_for_all_and_maxlen_trimming() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_over_tls_verified_by_the_ca_file() {
+    let redis = blocking(|| {
+        RedisServer::start_with(RedisOptions {
+            tls: true,
+            ..RedisOptions::default()
+        })
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = crate::common::test_config(dir.path());
+    config.limits.max_inflight = 64;
+    config.sinks.push(sink_entry(&format!(
+        "name = \"tls\"\ntype = \"redis_streams\"\nrequired = true\nurl = \"{}\"\ntls_ca_file = {:?}\ntimeout_ms = 2000",
+        redis.tls_url().expect("tls url"),
+        redis.tls_ca_file().expect("ca").display().to_string(),
+    )));
+    let relay = crate::common::start_with(config, dir, vec![], Hooks::default()).await;
+    let agents = [("drone-tls", 300u64)];
+    send_from_agents(&relay, &agents).await;
+    let stored = blocking(|| redis_stream(&redis, "contrail:telemetry:drone-tls"));
+    check_exactly_once_in_order(&stored, &agents);
+    let tls_port = redis.tls_addr().expect("tls").port();
+    let clients = blocking(|| redis.cmd(&["CLIENT", "LIST"]));
+    assert!(
+        clients
+            .as_str()
+            .is_some_and(|l| l.contains(&format!("laddr=127.0.0.1:{tls_port}"))),
+        "the sink is not on the TLS port: {clients:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_with_a_password_into_a_nonzero_db() {
+    let redis = blocking(|| {
+        RedisServer::start_with(RedisOptions {
+            password: Some("pw-streams".into()),
+            ..RedisOptions::default()
+        })
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = crate::common::test_config(dir.path());
+    config.limits.max_inflight = 64;
+    config.sinks.push(sink_entry(&format!(
+        "name = \"db2\"\ntype = \"redis_streams\"\nrequired = true\nurl = \"redis://127.0.0.1:{}/2\"\npassword = \"pw-streams\"\ntimeout_ms = 2000",
+        redis.addr().port()
+    )));
+    let relay = crate::common::start_with(config, dir, vec![], Hooks::default()).await;
+    let agents = [("drone-db", 250u64)];
+    send_from_agents(&relay, &agents).await;
+    let key = "contrail:telemetry:drone-db";
+    let len = blocking(|| redis.cmd_in_db(2, &["XLEN", key])).as_int();
+    assert_eq!(len, Some(250));
+    let in_db0 = blocking(|| redis.cmd(&["XLEN", key])).as_int();
+    assert_eq!(in_db0, Some(0), "written to db 0");
+}
+
 /// Sustained frames/s into Redis Streams, end to end and sink alone. Run with
 /// `cargo test --release -p contrail-relay --test sink_redis_streams -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,7 +171,7 @@ async fn benchmark_sustained_frames_per_second() {
         "name = \"redis2\"\ntype = \"redis_streams\"\nurl = \"{}\"\nkey = \"replay:{{agent_id}}\"",
         redis.url()
     ));
-    let factory = redis_streams::factory(redis_streams::settings(&entry).expect("settings"));
+    let factory = redis_streams::factory(crate::sink_support::redis_settings(&entry));
     let alone = bench::sink_only(factory, &batches).await;
     println!(
         "redis_streams: {} agents x {} frames of {} B: end to end {e2e:.0} frames/s; sink alone {alone:.0} frames/s",

@@ -1,5 +1,6 @@
 //! `file` sink: NDJSON lines or length-delimited `StoredFrame` protobuf records, with rotation
-//! by size. A write is accepted once the bytes are handed to the OS (and, with `fsync = true`,
+//! by size (`rotate_bytes`) and by age (`rotate_interval_secs`, counted from when the relay
+//! opened the active file). A write is accepted once the bytes are handed to the OS (and, with `fsync = true`,
 //! synced to disk).
 
 use std::path::{Path, PathBuf};
@@ -9,39 +10,20 @@ use bytes::BytesMut;
 use contrail_protocol::codec::encode_stored_frame;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+
+pub mod config;
+
+pub use config::{FileConfig, FileFormat};
 
 use super::{ndjson, Filter, Sink, SinkBatch, SinkError, SinkFactory};
 
-/// On-disk record format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum FileFormat {
-    /// One JSON object per line.
-    #[default]
-    Ndjson,
-    /// 4-byte big-endian length + `contrail.v1.StoredFrame`, back to back.
-    Protobuf,
-}
-
-/// Settings of a file sink.
-#[derive(Debug, Clone)]
-pub struct FileSettings {
-    /// Active file; rotated files get a `.N` suffix.
-    pub path: PathBuf,
-    /// Record format.
-    pub format: FileFormat,
-    /// Rotate when the active file would exceed this many bytes (0: never).
-    pub rotate_bytes: u64,
-    /// `fdatasync` after every write.
-    pub fsync: bool,
-}
-
 /// The file sink.
 pub struct FileSink {
-    settings: FileSettings,
+    settings: FileConfig,
     file: tokio::fs::File,
+    opened_at: Instant,
     size: u64,
     rotations: u64,
     buf: Vec<u8>,
@@ -49,7 +31,7 @@ pub struct FileSink {
 }
 
 /// Factory for a file sink.
-pub fn factory(settings: FileSettings) -> SinkFactory {
+pub fn factory(settings: FileConfig) -> SinkFactory {
     Arc::new(move || {
         let settings = settings.clone();
         async move { Ok(Box::new(FileSink::open(settings).await?) as Box<dyn Sink>) }.boxed()
@@ -90,7 +72,7 @@ pub fn all_files(path: &Path) -> Vec<PathBuf> {
 }
 
 impl FileSink {
-    async fn open(settings: FileSettings) -> Result<Self, SinkError> {
+    async fn open(settings: FileConfig) -> Result<Self, SinkError> {
         if let Some(dir) = settings.path.parent() {
             if !dir.as_os_str().is_empty() {
                 tokio::fs::create_dir_all(dir).await?;
@@ -110,6 +92,7 @@ impl FileSink {
         Ok(FileSink {
             settings,
             file,
+            opened_at: Instant::now(),
             size,
             rotations,
             buf: Vec::with_capacity(64 * 1024),
@@ -130,6 +113,7 @@ impl FileSink {
             .open(&self.settings.path)
             .await?;
         self.size = 0;
+        self.opened_at = Instant::now();
         metrics::counter!("contrail_file_rotations_total").increment(1);
         Ok(())
     }
@@ -170,10 +154,13 @@ impl Sink for FileSink {
                 return Ok(0);
             }
             let len = self.buf.len() as u64;
-            if self.settings.rotate_bytes > 0
-                && self.size > 0
-                && self.size + len > self.settings.rotate_bytes
-            {
+            let too_big =
+                self.settings.rotate_bytes > 0 && self.size + len > self.settings.rotate_bytes;
+            let too_old = self
+                .settings
+                .rotate_interval()
+                .is_some_and(|age| self.opened_at.elapsed() >= age);
+            if self.size > 0 && (too_big || too_old) {
                 self.rotate().await?;
             }
             self.file.write_all(&self.buf).await?;
@@ -194,5 +181,76 @@ impl Sink for FileSink {
             Ok(())
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::BytesMut;
+    use contrail_protocol::codec::encode_telemetry;
+    use contrail_protocol::{AgentId, FrameCodec, SessionId};
+
+    use super::*;
+    use crate::cursor::AgentCursor;
+    use crate::sink::BatchOrigin;
+
+    fn batch(seq: u64) -> Arc<SinkBatch> {
+        let mut buf = BytesMut::new();
+        encode_telemetry(&mut buf, seq, 1, 1, 33, "f", b"payload", "text/plain");
+        let mut metas = Vec::new();
+        let decoded = FrameCodec::default()
+            .decode_telemetry_batch(&mut buf, &mut metas)
+            .expect("decodes")
+            .expect("one frame");
+        let origin = Arc::new(BatchOrigin {
+            agent_id: AgentId::new("a").expect("id"),
+            session_id: SessionId::from_random_bytes([1; 16]),
+            session_hex: "01".repeat(16),
+        });
+        Arc::new(SinkBatch::new(
+            origin,
+            decoded,
+            std::time::Instant::now(),
+            0,
+            0,
+            Arc::new(AgentCursor::default()),
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rotates_by_age_at_the_next_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.ndjson");
+        let mut cfg = FileConfig::new(&path);
+        cfg.rotate_interval_secs = 60;
+        let mut sink = FileSink::open(cfg).await.expect("open");
+        let filter = Filter::default();
+        assert_eq!(sink.write(&[batch(1)], &filter).await.expect("w1"), 1);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        sink.write(&[batch(2)], &filter).await.expect("w2");
+        assert_eq!(all_files(&path).len(), 1, "younger than the interval");
+        tokio::time::advance(Duration::from_secs(31)).await;
+        sink.write(&[batch(3)], &filter).await.expect("w3");
+        let files = all_files(&path);
+        assert_eq!(files.len(), 2, "{files:?}");
+        let old = std::fs::read_to_string(&files[0]).expect("rotated");
+        let new = std::fs::read_to_string(&files[1]).expect("active");
+        assert_eq!(old.lines().count(), 2, "{old}");
+        assert_eq!(new.lines().count(), 1, "{new}");
+        assert!(new.contains("\"seq\":3"), "{new}");
+    }
+
+    #[tokio::test]
+    async fn no_interval_never_rotates_by_age() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.ndjson");
+        let mut sink = FileSink::open(FileConfig::new(&path)).await.expect("open");
+        let filter = Filter::default();
+        for seq in 1..=3 {
+            sink.write(&[batch(seq)], &filter).await.expect("write");
+        }
+        assert_eq!(all_files(&path).len(), 1);
     }
 }

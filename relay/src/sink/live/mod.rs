@@ -16,6 +16,7 @@
 //! dropping the relay aborts them. A subscriber's slot and registration are released by a guard
 //! however its task ends.
 
+pub mod config;
 mod conn;
 pub mod queue;
 pub mod registry;
@@ -30,14 +31,12 @@ pub use queue::{SubscriberPolicy, SubscriberQueue};
 pub use registry::{SubscriberInfo, SubscriberRegistry};
 
 use super::{Filter, Sink, SinkBatch, SinkError, SinkFactory};
-use crate::config::{Config, ConfigError, SinkConfig};
+use crate::config::Config;
+pub use config::{
+    LiveConfig, DEFAULT_MAX_SUBSCRIBERS, DEFAULT_SUBSCRIBER_QUEUE_FRAMES,
+    MAX_SUBSCRIBER_QUEUE_FRAMES,
+};
 
-/// Default `max_subscribers`.
-pub const DEFAULT_MAX_SUBSCRIBERS: usize = 64;
-/// Default `subscriber_queue_frames`.
-pub const DEFAULT_SUBSCRIBER_QUEUE_FRAMES: usize = 65_536;
-/// Largest accepted `subscriber_queue_frames`.
-pub const MAX_SUBSCRIBER_QUEUE_FRAMES: usize = 1 << 24;
 /// How long `flush` waits for subscriber queues to empty.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
@@ -70,12 +69,10 @@ impl Default for LiveSettings {
 
 /// Settings of the configured live sink: its keys, the token (`subscriber_token`, else
 /// `http.admin_token`), the relay's handshake timeout.
-pub fn settings(cfg: &SinkConfig, config: &Config) -> LiveSettings {
+pub fn settings(cfg: &LiveConfig, config: &Config) -> LiveSettings {
     LiveSettings {
-        max_subscribers: cfg.max_subscribers.unwrap_or(DEFAULT_MAX_SUBSCRIBERS),
-        max_queue_frames: cfg
-            .subscriber_queue_frames
-            .unwrap_or(DEFAULT_SUBSCRIBER_QUEUE_FRAMES),
+        max_subscribers: cfg.max_subscribers,
+        max_queue_frames: cfg.subscriber_queue_frames,
         token: cfg
             .subscriber_token
             .clone()
@@ -83,33 +80,6 @@ pub fn settings(cfg: &SinkConfig, config: &Config) -> LiveSettings {
         handshake_timeout: config.limits.handshake_timeout(),
         max_frame_bytes: 64 * 1024,
     }
-}
-
-/// Checks the live-specific keys of one `[[sinks]]` entry.
-pub fn validate(cfg: &SinkConfig) -> Result<(), ConfigError> {
-    let invalid = |k: &str, reason: &str| ConfigError::Invalid {
-        field: format!("sinks.{}.{k}", cfg.name),
-        reason: reason.into(),
-    };
-    if cfg.path.is_some() || cfg.rotate_bytes.is_some() || cfg.fsync.is_some() {
-        return Err(invalid(
-            "path",
-            "only file sinks take path/rotate_bytes/fsync",
-        ));
-    }
-    if cfg.max_subscribers == Some(0) {
-        return Err(invalid("max_subscribers", "must be at least 1"));
-    }
-    if cfg
-        .subscriber_queue_frames
-        .is_some_and(|n| n == 0 || n > MAX_SUBSCRIBER_QUEUE_FRAMES)
-    {
-        return Err(invalid("subscriber_queue_frames", "must be 1..=16777216"));
-    }
-    if cfg.subscriber_token.as_deref().is_some_and(str::is_empty) {
-        return Err(invalid("subscriber_token", "must not be empty"));
-    }
-    Ok(())
 }
 
 /// The live sink: fans batches out to the registry's current subscribers.

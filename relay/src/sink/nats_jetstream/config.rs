@@ -1,8 +1,10 @@
-//! Settings of the JetStream sink, from a `[[sinks]]` entry with `type = "nats_jetstream"`.
+//! `type = "nats_jetstream"`: settings of the JetStream sink.
 
 use std::time::Duration;
 
-use crate::config::{ConfigError, SinkConfig};
+use serde::Deserialize;
+
+use crate::sink::setting::{check_timeout_ms, invalid, InvalidSetting};
 use crate::sink::template::{Template, AGENT_ID};
 
 /// Default subject template: one subject per agent.
@@ -44,13 +46,6 @@ pub fn subject_token(agent_id: &str, out: &mut String) {
     out.extend(agent_id.chars().map(|c| if c == '.' { '_' } else { c }));
 }
 
-fn invalid(cfg: &SinkConfig, key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field: format!("sinks.{}.{key}", cfg.name),
-        reason: reason.into(),
-    }
-}
-
 fn literal_token_ok(t: &str) -> bool {
     !t.is_empty()
         && !t
@@ -83,105 +78,124 @@ fn stream_subjects(template: &str) -> Result<String, String> {
     }
 }
 
-/// Checks the type-specific keys of a `nats_jetstream` sink (pure; no connection is made).
-pub fn validate(cfg: &SinkConfig) -> Result<(), ConfigError> {
-    let foreign = [
-        ("path", cfg.path.is_some()),
-        ("format", cfg.format.is_some()),
-        ("rotate_bytes", cfg.rotate_bytes.is_some()),
-        ("fsync", cfg.fsync.is_some()),
-        ("key", cfg.key.is_some()),
-        ("maxlen", cfg.maxlen.is_some()),
-    ];
-    if let Some((key, _)) = foreign.iter().find(|(_, set)| *set) {
-        return Err(invalid(cfg, key, "not a nats_jetstream setting"));
+fn default_subject() -> String {
+    DEFAULT_SUBJECT.to_owned()
+}
+fn default_stream() -> String {
+    DEFAULT_STREAM.to_owned()
+}
+fn default_duplicate_window_secs() -> u64 {
+    DEFAULT_DUPLICATE_WINDOW_SECS
+}
+fn default_max_pending_acks() -> usize {
+    DEFAULT_MAX_PENDING_ACKS
+}
+fn default_timeout_ms() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+
+/// Keys of a `nats_jetstream` sink entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsJetstreamConfig {
+    /// `nats://host:port` or `tls://host:port` (credentials in the URL are honoured).
+    pub url: String,
+    /// Auth token.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Subject template (`{agent_id}` a whole token after a literal prefix).
+    #[serde(default = "default_subject")]
+    pub subject: String,
+    /// Stream name, created when missing.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// Duplicate window of a created stream, seconds.
+    #[serde(default = "default_duplicate_window_secs")]
+    pub duplicate_window_secs: u64,
+    /// Publish acks awaited concurrently.
+    #[serde(default = "default_max_pending_acks")]
+    pub max_pending_acks: usize,
+    /// Connect and per-ack timeout, ms.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl NatsJetstreamConfig {
+    /// A config for `url` with every default.
+    pub fn new(url: impl Into<String>) -> Self {
+        NatsJetstreamConfig {
+            url: url.into(),
+            password: None,
+            subject: default_subject(),
+            stream: default_stream(),
+            duplicate_window_secs: DEFAULT_DUPLICATE_WINDOW_SECS,
+            max_pending_acks: DEFAULT_MAX_PENDING_ACKS,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+        }
     }
-    let url = cfg.url.as_deref().ok_or_else(|| {
-        invalid(
-            cfg,
-            "url",
-            "nats_jetstream sinks need a url (nats://host:port)",
-        )
-    })?;
-    if !(url.starts_with("nats://") || url.starts_with("tls://")) || url.len() <= 7 {
-        return Err(invalid(
-            cfg,
-            "url",
-            "must be nats://host:port or tls://host:port",
-        ));
+
+    /// Checks the values (pure; no connection is made).
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        self.settings().map(|_| ())
     }
-    stream_subjects(cfg.subject.as_deref().unwrap_or(DEFAULT_SUBJECT))
-        .map_err(|reason| invalid(cfg, "subject", reason))?;
-    if let Some(s) = &cfg.stream {
+
+    /// Validated runtime settings.
+    pub fn settings(&self) -> Result<JetStreamSettings, InvalidSetting> {
+        let url = &self.url;
+        if !(url.starts_with("nats://") || url.starts_with("tls://")) || url.len() <= 7 {
+            return Err(invalid(
+                "url",
+                "must be nats://host:port or tls://host:port",
+            ));
+        }
+        let stream_subjects =
+            stream_subjects(&self.subject).map_err(|reason| invalid("subject", reason))?;
+        let s = &self.stream;
         if s.is_empty()
             || s.chars()
                 .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
         {
             return Err(invalid(
-                cfg,
                 "stream",
                 "must be non-empty without whitespace, '.', '*', '>', '/' or '\\'",
             ));
         }
+        if self.password.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid("password", "must not be empty"));
+        }
+        if self.max_pending_acks == 0 || self.max_pending_acks > 1 << 20 {
+            return Err(invalid("max_pending_acks", "must be 1..=1048576"));
+        }
+        if self.duplicate_window_secs == 0 {
+            return Err(invalid("duplicate_window_secs", "must be at least 1"));
+        }
+        check_timeout_ms(self.timeout_ms)?;
+        Ok(JetStreamSettings {
+            url: self.url.clone(),
+            token: self.password.clone(),
+            subject: Template::parse(&self.subject),
+            stream: self.stream.clone(),
+            stream_subjects,
+            duplicate_window: Duration::from_secs(self.duplicate_window_secs),
+            max_pending_acks: self.max_pending_acks,
+            timeout: Duration::from_millis(self.timeout_ms),
+        })
     }
-    if cfg.password.as_deref().is_some_and(str::is_empty) {
-        return Err(invalid(cfg, "password", "must not be empty"));
-    }
-    if cfg.max_pending_acks.is_some_and(|n| n == 0 || n > 1 << 20) {
-        return Err(invalid(cfg, "max_pending_acks", "must be 1..=1048576"));
-    }
-    if cfg.duplicate_window_secs == Some(0) {
-        return Err(invalid(cfg, "duplicate_window_secs", "must be at least 1"));
-    }
-    if cfg.timeout_ms.is_some_and(|t| t == 0 || t > 600_000) {
-        return Err(invalid(cfg, "timeout_ms", "must be 1..=600000"));
-    }
-    Ok(())
-}
-
-/// Validated settings of a `nats_jetstream` sink entry.
-pub fn settings(cfg: &SinkConfig) -> Result<JetStreamSettings, ConfigError> {
-    validate(cfg)?;
-    let subject = cfg.subject.as_deref().unwrap_or(DEFAULT_SUBJECT);
-    Ok(JetStreamSettings {
-        url: cfg.url.clone().unwrap_or_default(),
-        token: cfg.password.clone(),
-        subject: Template::parse(subject),
-        stream: cfg
-            .stream
-            .clone()
-            .unwrap_or_else(|| DEFAULT_STREAM.to_owned()),
-        stream_subjects: stream_subjects(subject).map_err(|r| invalid(cfg, "subject", r))?,
-        duplicate_window: Duration::from_secs(
-            cfg.duplicate_window_secs
-                .unwrap_or(DEFAULT_DUPLICATE_WINDOW_SECS),
-        ),
-        max_pending_acks: cfg.max_pending_acks.unwrap_or(DEFAULT_MAX_PENDING_ACKS),
-        timeout: Duration::from_millis(cfg.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
-    fn parse(extra: &str) -> Result<Config, String> {
-        let c = Config::from_toml(&format!(
-            "[[sinks]]\nname = \"js\"\ntype = \"nats_jetstream\"\n{extra}"
-        ))
-        .map_err(|e| e.to_string())?;
-        c.validate().map_err(|e| e.to_string())?;
-        Ok(c)
+    fn parse(text: &str) -> Result<JetStreamSettings, String> {
+        let c: NatsJetstreamConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.settings().map_err(|e| e.to_string())
     }
 
     #[test]
     fn deploy_style_entry_and_defaults() {
-        let c = parse(
-            "required = true\nurl = \"nats://nats:4222\"\nsubject = \"contrail.telemetry.{agent_id}\"",
-        )
-        .expect("valid");
-        let s = settings(&c.sinks[0]).expect("settings");
+        let s = parse("url = \"nats://nats:4222\"\nsubject = \"contrail.telemetry.{agent_id}\"")
+            .expect("valid");
         assert_eq!(s.stream, DEFAULT_STREAM);
         assert_eq!(s.stream_subjects, "contrail.telemetry.>");
         assert_eq!(s.max_pending_acks, 4096);
@@ -203,7 +217,7 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        for (extra, field) in [
+        for (text, key) in [
             ("", "url"),
             ("url = \"redis://x\"", "url"),
             (
@@ -217,9 +231,13 @@ mod tests {
             ),
             ("url = \"nats://x:4222\"\ntimeout_ms = 0", "timeout_ms"),
             ("url = \"nats://x:4222\"\nkey = \"k\"", "key"),
+            (
+                "url = \"nats://x:4222\"\nsubscriber_token = \"k\"",
+                "subscriber_token",
+            ),
         ] {
-            let e = parse(extra).expect_err(extra);
-            assert!(e.contains(&format!("sinks.js.{field}")), "{extra}: {e}");
+            let e = parse(text).expect_err(text);
+            assert!(e.contains(key), "{text}: {e}");
         }
     }
 }

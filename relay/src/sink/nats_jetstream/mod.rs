@@ -8,7 +8,7 @@
 //! then awaits the publish acks in order; it is accepted only when every ack came back. Any
 //! failure fails the whole write; the worker retries it and dedup makes the retry safe.
 
-mod config;
+pub mod config;
 mod sink;
 
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use futures::FutureExt;
 
 pub use config::{
-    settings, subject_token, validate, JetStreamSettings, DEFAULT_STREAM, DEFAULT_SUBJECT,
+    subject_token, JetStreamSettings, NatsJetstreamConfig, DEFAULT_STREAM, DEFAULT_SUBJECT,
 };
 pub use sink::{JetStreamError, JetStreamSink};
 

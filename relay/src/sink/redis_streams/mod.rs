@@ -6,14 +6,14 @@
 //! Entry fields: `agent`, `seq`, `kind`, `flight`, `sent_at`, `device_time`, `received_at`
 //! (Unix ns), `content_type`, `payload` (raw bytes).
 
-mod config;
+pub mod config;
 mod sink;
 
 use std::sync::Arc;
 
 use futures::FutureExt;
 
-pub use config::{settings, validate, RedisStreamsSettings, DEFAULT_KEY, DEFAULT_MAXLEN};
+pub use config::{RedisStreamsConfig, RedisStreamsSettings, DEFAULT_KEY, DEFAULT_MAXLEN};
 pub use sink::{RedisStreamsError, RedisStreamsSink};
 
 use super::{Sink, SinkFactory};

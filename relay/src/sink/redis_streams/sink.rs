@@ -18,6 +18,15 @@ pub enum RedisStreamsError {
     /// The URL or credentials could not be turned into connection settings.
     #[error("redis connection settings: {0}")]
     Settings(#[source] redis::RedisError),
+    /// The TLS CA file could not be read.
+    #[error("reading redis TLS CA file {path}: {source}")]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// Connecting (TCP, AUTH, handshake) failed or timed out.
     #[error("connecting to redis: {0}")]
     Connect(#[source] redis::RedisError),
@@ -63,7 +72,25 @@ fn open_client(settings: &RedisStreamsSettings) -> Result<redis::Client, RedisSt
         let redis = info.redis_settings().clone().set_password(pw);
         info = info.set_redis_settings(redis);
     }
-    redis::Client::open(info).map_err(RedisStreamsError::Settings)
+    if !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        return redis::Client::open(info).map_err(RedisStreamsError::Settings);
+    }
+    // redis builds its rustls config with `ClientConfig::builder()`: give it a process default.
+    contrail_protocol::client::config::install_default_crypto_provider();
+    match &settings.tls_ca_file {
+        None => redis::Client::open(info).map_err(RedisStreamsError::Settings),
+        Some(path) => {
+            let root_cert = std::fs::read(path).map_err(|source| RedisStreamsError::CaFile {
+                path: path.clone(),
+                source,
+            })?;
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            };
+            redis::Client::build_with_tls(info, certs).map_err(RedisStreamsError::Settings)
+        }
+    }
 }
 
 async fn connect(

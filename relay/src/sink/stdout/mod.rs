@@ -1,10 +1,14 @@
 //! `stdout` sink: NDJSON, one line per frame. The default when nothing is configured.
 
+pub mod config;
+
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::io::AsyncWriteExt;
+
+pub use config::StdoutConfig;
 
 use super::{ndjson, Filter, Sink, SinkBatch, SinkError, SinkFactory};
 

@@ -62,6 +62,24 @@ pub fn sink_entry(toml_lines: &str) -> SinkConfig {
     toml::from_str(toml_lines).expect("sink entry parses")
 }
 
+/// The JetStream settings of a `nats_jetstream` entry.
+pub fn js_settings(entry: &SinkConfig) -> contrail_relay::sink::nats_jetstream::JetStreamSettings {
+    match &entry.kind {
+        contrail_relay::config::SinkKind::NatsJetstream(c) => c.settings().expect("settings"),
+        other => panic!("not a nats_jetstream entry: {other:?}"),
+    }
+}
+
+/// The Redis Streams settings of a `redis_streams` entry.
+pub fn redis_settings(
+    entry: &SinkConfig,
+) -> contrail_relay::sink::redis_streams::RedisStreamsSettings {
+    match &entry.kind {
+        contrail_relay::config::SinkKind::RedisStreams(c) => c.settings().expect("settings"),
+        other => panic!("not a redis_streams entry: {other:?}"),
+    }
+}
+
 /// One stored frame, whatever the backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
