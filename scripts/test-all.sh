@@ -9,6 +9,8 @@ need=()
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v nats-server >/dev/null || need+=(nats-server)
+# A real PostgreSQL for the command downlink tests (testsupport runs initdb as `postgres`).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 # loadgen/tests/mqtt.rs drives a real Mosquitto (Debian installs it in /usr/sbin).
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v promtool >/dev/null || need+=(prometheus)

@@ -24,6 +24,9 @@ pub enum ControlError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// The command store's database could not be opened or migrated.
+    #[error("command store: {0}")]
+    Database(#[from] crate::db::DbError),
     /// The control root did not answer during shutdown.
     #[error("control root unavailable during shutdown")]
     RootGone,

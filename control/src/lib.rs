@@ -6,6 +6,8 @@
 //! [`latency::LatencyRecorder`], watches [`lifecycle::Lifecycle`] for drain, and ends with
 //! [`Control::shutdown`].
 
+pub mod commands;
+pub mod db;
 pub mod error;
 pub mod events;
 pub mod fleet;
@@ -57,6 +59,8 @@ pub struct ControlConfig {
     pub max_disconnected_usage: usize,
     /// Period of the gauge exporters and recorder upkeep.
     pub export_period: Duration,
+    /// Command downlink (queue store, API tokens, limits).
+    pub commands: commands::CommandsConfig,
 }
 
 impl Default for ControlConfig {
@@ -68,6 +72,7 @@ impl Default for ControlConfig {
             drain_deadline: Duration::from_secs(10),
             max_disconnected_usage: fleet::DEFAULT_MAX_DISCONNECTED_USAGE,
             export_period: Duration::from_secs(1),
+            commands: commands::CommandsConfig::default(),
         }
     }
 }
@@ -124,7 +129,15 @@ pub fn relay_id_from_env_or_host(explicit: Option<&str>) -> String {
 /// Installs the global Prometheus recorder (the binary's job, once) and returns its handle for
 /// [`Control::start`].
 pub fn install_metrics_recorder() -> Result<PrometheusHandle, ControlError> {
+    // The command latencies are histograms with buckets (aggregatable across relays).
     PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Prefix("contrail_command_".into()),
+            &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ],
+        )
+        .map_err(|e| ControlError::Metrics(e.to_string()))?
         .install_recorder()
         .map_err(|e| ControlError::Metrics(e.to_string()))
 }
@@ -140,6 +153,7 @@ pub struct Control {
     events: ControlEvents,
     relay_id: Arc<str>,
     http_addr: SocketAddr,
+    commands: Arc<commands::CommandService>,
 }
 
 impl Control {
@@ -165,6 +179,18 @@ impl Control {
             queue: Arc::new(RoutingQueue::new(config.routing.queue_capacity)),
             health: health.register("redis", false),
         });
+        let command_svc =
+            commands::CommandService::start(config.commands.clone(), relay_id.clone(), &health)
+                .await?;
+        let command_api = http::commands::CommandApi {
+            svc: command_svc.clone(),
+            fleet: fleet.clone(),
+            hint: config
+                .routing
+                .addr
+                .is_some()
+                .then(|| Arc::new(commands::hint::RouteHint::new(config.routing.clone()))),
+        };
         let events = ControlEvents::new(fleet.clone(), routing.as_ref().map(|r| r.queue.clone()));
         let app = AppState {
             fleet: fleet.clone(),
@@ -191,6 +217,7 @@ impl Control {
             http: HttpArgs {
                 listener: Arc::new(std_listener),
                 state: app,
+                commands: Some(command_api),
             },
             drain_deadline: config.drain_deadline,
         };
@@ -205,6 +232,7 @@ impl Control {
             events,
             relay_id,
             http_addr,
+            commands: command_svc,
         })
     }
 
@@ -236,6 +264,11 @@ impl Control {
     /// This relay's id (`relay_id` in routing values and `Registered`).
     pub fn relay_id(&self) -> &str {
         &self.relay_id
+    }
+
+    /// The command downlink queue.
+    pub fn commands(&self) -> &Arc<commands::CommandService> {
+        &self.commands
     }
 
     /// Address the HTTP server listens on.

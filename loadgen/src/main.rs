@@ -11,6 +11,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod brokers;
+mod commands;
 mod contrail;
 mod ctx;
 mod deliveries;
@@ -57,7 +58,8 @@ enum MqttClientArg {
 #[derive(Debug, Parser)]
 #[command(name = "contrail-loadgen", version, about)]
 struct Cli {
-    /// Built-in scenario (max, fleet, conns, soak, cpu100, cpu10k, mavlink-fleet) or a TOML file.
+    /// Built-in scenario (max, fleet, conns, soak, cpu100, cpu10k, mavlink-fleet, commands) or a
+    /// TOML file.
     #[arg(long)]
     scenario: Option<String>,
     /// Relay (or broker) address, `host:port`; repeat for fail-over (agents rotate through them).
@@ -152,6 +154,23 @@ struct Cli {
     /// pays a first connect's full handshake (certificate verification included).
     #[arg(long)]
     tls_resumption: bool,
+    /// Scenario `commands`: the relay admin API to submit through.
+    #[arg(long, default_value = "http://127.0.0.1:2112")]
+    commands_api: String,
+    /// Scenario `commands`: an operator token of the command API.
+    #[arg(
+        long,
+        env = "CONTRAIL_LOADGEN_COMMANDS_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    commands_token: String,
+    /// Scenario `commands`: commands submitted per second (to random agents).
+    #[arg(long, default_value_t = 100.0)]
+    commands_rate: f64,
+    /// Scenario `commands`: more relay pids whose CPU counts (beside --relay-pid).
+    #[arg(long)]
+    commands_relay_pid: Vec<u32>,
     /// Worker threads (default: the number of CPUs).
     #[arg(long)]
     threads: Option<usize>,
@@ -189,6 +208,9 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<bool> {
+    if cli.scenario.as_deref() == Some("commands") {
+        return commands_main(cli);
+    }
     let file = cli
         .scenario
         .as_deref()
@@ -295,4 +317,38 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
     }
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     Ok(report.verdict.ok)
+}
+
+/// Scenario `commands` (issue 21): agents taking commands, submits through the HTTP API.
+fn commands_main(cli: Cli) -> anyhow::Result<bool> {
+    let relays = cli
+        .relays
+        .iter()
+        .map(|r| resolve(r))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let certs = load_ca_file(&cli.ca)
+        .with_context(|| format!("trust: {} (pass --ca)", cli.ca.display()))?;
+    let mut relay_pids = cli.commands_relay_pid.clone();
+    relay_pids.extend(cli.relay_pid);
+    let opts = commands::Opts {
+        relays,
+        trust: Trust::CaDer(certs),
+        server_name: cli.server_name.clone(),
+        token: cli.token.clone(),
+        agents: cli.agents.unwrap_or(200),
+        rate: cli.commands_rate,
+        duration: cli.duration.unwrap_or(std::time::Duration::from_secs(20)),
+        api: cli.commands_api.trim_end_matches('/').to_owned(),
+        api_token: cli.commands_token.clone(),
+        relay_pids,
+        json: cli.json.clone(),
+    };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(t) = cli.threads {
+        rt.worker_threads(t.max(1));
+    }
+    let rt = rt.enable_all().build()?;
+    let ok = rt.block_on(commands::run(opts))?;
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    Ok(ok)
 }

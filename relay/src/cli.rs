@@ -84,6 +84,7 @@ pub const FILE_KEYS: &[(&str, Option<&str>)] = &[
     ("REDIS_PASSWORD", Some("redis.password")),
     ("REDIS_DB", Some("redis.db")),
     ("CONTRAIL_REDIS_TTL_SECS", Some("redis.ttl_secs")),
+    ("CONTRAIL_DATABASE_URL", Some("commands.database_url")),
     ("CONTRAIL_LOG", None),
 ];
 
@@ -159,6 +160,9 @@ pub struct RunArgs {
     /// Routing key TTL.
     #[arg(long, env = "CONTRAIL_REDIS_TTL_SECS")]
     pub redis_ttl_secs: Option<u64>,
+    /// PostgreSQL URL of the command queue (unset: commands kept in memory, lost on restart).
+    #[arg(long, env = "CONTRAIL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "CONTRAIL_LOG", default_value = "info")]
     pub log: String,
@@ -238,6 +242,9 @@ impl RunArgs {
         if self.jwt_secret.is_some() {
             c.auth.jwt_secret = self.jwt_secret.clone();
         }
+        if self.database_url.is_some() {
+            c.commands.database_url = self.database_url.clone();
+        }
         Ok(c)
     }
 }
@@ -310,6 +317,7 @@ mod tests {
                 ("s3cret", "\"s3cret\"")
             }
             "REDIS_ADDR" => ("rediss://r:6380", "\"rediss://r:6380\""),
+            "CONTRAIL_DATABASE_URL" => ("postgres://db/x", "\"postgres://db/x\""),
             _ => ("7", "7"),
         }
     }

@@ -17,6 +17,7 @@ use crate::sink::WhenFull;
 /// Every environment variable the relay reads (deployment assets are checked against it).
 pub const ENV_VARS: &[&str] = &[
     "CONTRAIL_CONFIG",
+    "CONTRAIL_DATABASE_URL",
     "CONTRAIL_LISTEN",
     "CONTRAIL_TLS_CERT",
     "CONTRAIL_TLS_KEY",
@@ -105,6 +106,8 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     /// MAVLink: the optional lab/SITL UDP endpoint (`mavlink.udp_listen`, off by default).
     pub mavlink: crate::mavlink::MavlinkConfig,
+    /// Command downlink (queue store, API tokens, limits).
+    pub commands: crate::downlink::CommandsSection,
 }
 
 impl Default for Config {
@@ -121,6 +124,7 @@ impl Default for Config {
             quotas: crate::quota::QuotaConfig::default(),
             sinks: Vec::new(),
             mavlink: crate::mavlink::MavlinkConfig::default(),
+            commands: crate::downlink::CommandsSection::default(),
         }
     }
 }
@@ -549,6 +553,9 @@ impl Config {
 
     /// Checks every value; pure, so tests call it directly.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.commands
+            .validate()
+            .map_err(|reason| invalid("commands", reason))?;
         let l = &self.limits;
         if l.max_sessions == 0 {
             return Err(invalid("limits.max_sessions", "must be at least 1"));

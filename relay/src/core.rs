@@ -68,6 +68,8 @@ pub struct RelayCore {
     pub(crate) lifecycle: Lifecycle,
     /// Hooks.
     pub(crate) hooks: Hooks,
+    /// Command downlink: which local session holds which drone.
+    pub(crate) downlink: Option<Arc<crate::downlink::CommandRouter>>,
     pub(crate) auth: crate::auth::Authenticator,
     /// Successful registrations per agent id (reconnect storms).
     pub(crate) reconnects: crate::quota::Damper<AgentId>,
@@ -119,6 +121,7 @@ impl RelayCore {
         latency: Latency,
         lifecycle: Lifecycle,
         hooks: Hooks,
+        downlink: Option<Arc<crate::downlink::CommandRouter>>,
     ) -> Self {
         let limits = &config.limits;
         RelayCore {
@@ -131,6 +134,7 @@ impl RelayCore {
             latency,
             lifecycle,
             hooks,
+            downlink,
             auth,
             reconnects: crate::quota::Damper::new(
                 config.quotas.registrations_per_minute,

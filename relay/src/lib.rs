@@ -9,6 +9,8 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+/// The command downlink's relay side (configuration, store wiring).
+pub mod downlink;
 /// MAVLink decoding where JSON is written (sinks, `contrail-tail`) and the lab UDP endpoint.
 pub mod mavlink;
 pub mod quota;

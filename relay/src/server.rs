@@ -114,6 +114,7 @@ impl RelayBuilder {
                 ..contrail_control::RoutingConfig::default()
             },
             drain_deadline: Duration::from_millis(config.drain.deadline_ms),
+            commands: config.commands.to_control(),
             ..ControlConfig::default()
         };
         let control = Control::start(control_cfg, http, self.metrics).await?;
@@ -146,6 +147,9 @@ impl RelayBuilder {
         }
         let handles: Vec<Arc<SinkHandle>> = sinks.iter().map(|(h, _)| h.clone()).collect();
         let auth = crate::auth::Authenticator::new(&config.auth, config.auth_mode()?)?;
+        let downlink = Arc::new(crate::downlink::CommandRouter::new(
+            control.commands().clone(),
+        ));
         let core = Arc::new(RelayCore::new(
             config,
             relay_id,
@@ -154,6 +158,7 @@ impl RelayBuilder {
             latency,
             control.lifecycle().clone(),
             self.hooks.clone(),
+            Some(downlink.clone()),
         ));
         let (root, root_join) = ractor::Actor::spawn(
             None,
@@ -209,10 +214,12 @@ impl RelayBuilder {
             Some(addr) => Some(crate::mavlink::udp::spawn(ingest.clone(), addr)?),
             None => None,
         };
+        let downlink_task = tokio::spawn(crate::downlink::dispatch(downlink));
         core.lifecycle.mark_ready();
         root_guard.disarm();
         Ok(RunningRelay {
             mavlink_udp,
+            downlink_task: Some(downlink_task),
             core,
             ingest,
             live,
@@ -412,6 +419,7 @@ pub struct RunningRelay {
     root_join: Option<JoinHandle<()>>,
     accept: Option<JoinHandle<()>>,
     mavlink_udp: Option<crate::mavlink::udp::UdpHandle>,
+    downlink_task: Option<JoinHandle<()>>,
     local_addr: SocketAddr,
     dev_cert_path: Option<PathBuf>,
     certificate: CertificateDer<'static>,
@@ -552,6 +560,9 @@ impl RunningRelay {
         if let Some(live) = &self.live {
             live.shutdown(Duration::from_secs(1)).await;
         }
+        if let Some(t) = self.downlink_task.take() {
+            t.abort();
+        }
         if let Some(control) = self.control.take() {
             if let Err(e) = control.shutdown().await {
                 tracing::warn!(error = %e, "control shutdown");
@@ -572,6 +583,9 @@ impl Drop for RunningRelay {
     fn drop(&mut self) {
         if let Some(a) = self.accept.take() {
             a.abort();
+        }
+        if let Some(t) = self.downlink_task.take() {
+            t.abort();
         }
         self.endpoint.close(
             quinn::VarInt::from_u32(ErrorCode::Internal.close_code()),

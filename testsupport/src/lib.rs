@@ -3,6 +3,8 @@
 //! * [`poll_until`] / [`poll_until_async`]: wait for a condition with a deadline instead of sleeping.
 //! * [`RedisServer`] and [`NatsServer`]: real `redis-server` / `nats-server` child processes on free
 //!   loopback ports, each in its own temporary directory, killed on drop.
+//! * [`PostgresServer`]: a real PostgreSQL (`initdb` in a temp dir, run as the `postgres` user
+//!   when root) on a free loopback port, killed on drop.
 //! * [`ImpairmentProxy`]: a seeded userspace UDP proxy that adds loss, duplication, reordering, delay
 //!   and jitter between a QUIC client and server.
 //! * [`ProcessGuard`]: a child process that is killed on drop, with `SIGTERM` / `SIGKILL` helpers.
@@ -13,6 +15,7 @@
 mod launch;
 mod nats;
 mod poll;
+mod postgres;
 mod process;
 mod proxy;
 mod redis;
@@ -20,6 +23,7 @@ mod resp;
 
 pub use nats::NatsServer;
 pub use poll::{poll_until, poll_until_async, Ready, POLL_INTERVAL};
+pub use postgres::PostgresServer;
 pub use process::ProcessGuard;
 pub use proxy::{Impairment, ImpairmentProxy, ProxyHandle, ProxyStats, MAX_FLOWS};
 pub use redis::{RedisOptions, RedisServer};

@@ -2,6 +2,7 @@
 //! so the control root can restart it after a failure without re-binding the port.
 
 pub mod api;
+pub mod commands;
 pub mod error;
 
 use std::net::TcpListener as StdListener;
@@ -24,6 +25,8 @@ pub struct HttpArgs {
     pub listener: Arc<StdListener>,
     /// Handler state.
     pub state: AppState,
+    /// The command API's state (its routes live in [`commands`]).
+    pub commands: Option<commands::CommandApi>,
 }
 
 /// Messages of the HTTP server actor.
@@ -69,7 +72,10 @@ impl Actor for HttpServer {
         std.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(std)?;
         let (tx, rx) = oneshot::channel::<()>();
-        let app = api::router(args.state);
+        let mut app = api::router(args.state);
+        if let Some(c) = args.commands {
+            app = app.merge(commands::router(c));
+        }
         let task = tokio::spawn(async move {
             let res = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {

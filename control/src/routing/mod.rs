@@ -8,7 +8,7 @@
 
 pub mod publisher;
 pub mod schedule;
-mod store;
+pub(crate) mod store;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -35,6 +35,7 @@ pub(super) async fn run(
     owns_endpoint: bool,
     config: ClientConfig,
     shared: Arc<Shared>,
+    commands: Option<Arc<super::commands::Hub>>,
 ) {
     let mut relay_idx = 0usize;
     let mut backoff = config.reconnect_min;
@@ -43,7 +44,7 @@ pub(super) async fn run(
             break;
         }
         let addr = config.relays[relay_idx % config.relays.len()];
-        let outcome = session(&endpoint, addr, &config, &shared).await;
+        let outcome = session(&endpoint, addr, &config, &shared, commands.as_ref()).await;
         shared.set_conn(None);
         match outcome {
             Outcome::Closed => break,
@@ -149,6 +150,7 @@ async fn session(
     addr: SocketAddr,
     config: &ClientConfig,
     shared: &Arc<Shared>,
+    commands: Option<&Arc<super::commands::Hub>>,
 ) -> Outcome {
     let retry = Outcome::Retry {
         delay: None,
@@ -189,6 +191,9 @@ async fn session(
             platform: config.platform.clone(),
             auth_token: config.auth_token.clone(),
             resume,
+            capabilities: commands
+                .map(|_| vec![super::commands::CAPABILITY.to_owned()])
+                .unwrap_or_default(),
             ..Default::default()
         })),
     };
@@ -329,10 +334,23 @@ async fn session(
                         let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
                         tracing::warn!(%code, message = %e.message, "relay reported an error");
                     }
+                    m @ (Msg::Command(_) | Msg::CommandCancel(_)) => {
+                        if let Some(hub) = commands {
+                            hub.on_relay_message(m);
+                        }
+                    }
                     _ => {}
                 },
                 Ok(Some(ControlMessage { msg: None })) => {}
             }
+        }
+    };
+    // The control stream's send half: the pinger and the command side both write on it.
+    let ctl_tx = tokio::sync::Mutex::new(ctl_tx);
+    let command_side = async {
+        match commands {
+            Some(hub) => hub.session(&conn, &ctl_tx).await,
+            None => std::future::pending().await,
         }
     };
     let pinger = async {
@@ -358,7 +376,9 @@ async fn session(
                 })),
             };
             let mut b = BytesMut::new();
-            if codec.encode(&ping, &mut b).is_err() || ctl_tx.write_all(&b).await.is_err() {
+            if codec.encode(&ping, &mut b).is_err()
+                || ctl_tx.lock().await.write_all(&b).await.is_err()
+            {
                 std::future::pending::<()>().await;
             }
         }
@@ -371,6 +391,7 @@ async fn session(
         _ = writer => close_outcome(&conn.closed().await, true),
         o = reader_gate.run(reader) => o,
         _ = pinger => close_outcome(&conn.closed().await, true),
+        _ = command_side => close_outcome(&conn.closed().await, true),
         _ = shared.close_notify.notified() => Outcome::Closed,
     };
     match outcome {

@@ -28,6 +28,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod commands;
 pub mod config;
 mod driver;
 pub mod gate;
@@ -77,6 +78,9 @@ pub enum ClientError {
     /// The on-disk spool failed (open, append or ack).
     #[error("spool: {0}")]
     Spool(#[from] SpoolError),
+    /// The command ledger (`commands.log` in the state directory) could not be read or written.
+    #[error("command ledger: {0}")]
+    CommandLedger(#[source] Arc<std::io::Error>),
 }
 
 /// Why the agent's TLS or QUIC configuration is unusable.
@@ -223,7 +227,19 @@ impl Agent {
     /// `connect_timeout` (retrying relays meanwhile) or on a refusal retrying cannot fix.
     pub async fn connect(config: ClientConfig) -> Result<Agent, ClientError> {
         let endpoint = config::build_endpoint(&config)?;
-        Self::start(config, endpoint, true).await
+        Self::start(config, endpoint, true, None).await
+    }
+
+    /// Like [`connect`](Self::connect), and takes commands from operators: registers with the
+    /// `commands` capability and returns the stream of commands (see [`commands`]).
+    pub async fn connect_with_commands(
+        config: ClientConfig,
+        options: commands::CommandOptions,
+    ) -> Result<(Agent, commands::Commands), ClientError> {
+        let (hub, stream) = commands::Hub::open(options)?;
+        let endpoint = config::build_endpoint(&config)?;
+        let agent = Self::start(config, endpoint, true, Some(hub)).await?;
+        Ok((agent, stream))
     }
 
     /// Like [`connect`](Self::connect), on a socket shared with other agents (see
@@ -235,13 +251,14 @@ impl Agent {
         if config.relays.is_empty() {
             return Err(ClientConfigError::NoRelay.into());
         }
-        Self::start(config, endpoint.endpoint.clone(), false).await
+        Self::start(config, endpoint.endpoint.clone(), false, None).await
     }
 
     async fn start(
         config: ClientConfig,
         endpoint: quinn::Endpoint,
         owns_endpoint: bool,
+        commands: Option<Arc<commands::Hub>>,
     ) -> Result<Agent, ClientError> {
         let timeout = config.connect_timeout;
         let spool = match &config.spool {
@@ -252,7 +269,13 @@ impl Agent {
             None => None,
         };
         let shared = Arc::new(Shared::new(&config, spool));
-        let driver = tokio::spawn(driver::run(endpoint, owns_endpoint, config, shared.clone()));
+        let driver = tokio::spawn(driver::run(
+            endpoint,
+            owns_endpoint,
+            config,
+            shared.clone(),
+            commands,
+        ));
         let agent = Agent {
             shared,
             driver: Some(driver),

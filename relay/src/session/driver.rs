@@ -167,17 +167,21 @@ pub(crate) async fn run(
         }
     };
 
+    let (mut link, side, mut uni_streams) = super::commands::channels();
     let end = {
         // Pinned in place and polled by reference: `select!` on the futures by value would move
         // them into its own state, and this task would hold both copies for the session's life.
-        let mut telemetry = std::pin::pin!(reader::run(&ctx));
-        let mut control = std::pin::pin!(control_loop(&ctx, &mut stream));
+        let mut telemetry = std::pin::pin!(reader::run(&ctx, &mut uni_streams));
+        let mut control = std::pin::pin!(control_loop(&ctx, &mut stream, &mut link));
+        let mut commands =
+            std::pin::pin!(super::commands::run(ctx.core(), &ctx.conn, &ctx.reg, side));
         tokio::select! {
             r = &mut telemetry => match r {
                 ReadEnd::Closed(e) => e,
                 ReadEnd::Violation(e) => e,
             },
             e = &mut control => e,
+            e = &mut commands => e,
         }
     };
     let agent = &ctx.reg.agent_id;
@@ -352,6 +356,7 @@ async fn handshake(
         agent_id: agent_id.clone(),
         session_id,
         cursor: cursor.clone(),
+        commands: register.capabilities.iter().any(|c| c == "commands"),
     };
     shared.set_registration(reg.clone());
     let limits = &core.config.limits;
@@ -409,7 +414,11 @@ async fn handshake(
 
 /// Reads pings, writes acks (coalesced: one per wake-up, covering every batch completed since),
 /// and tells the agent to leave when the relay drains.
-async fn control_loop(ctx: &SessionCtx, stream: &mut ControlStream) -> End {
+async fn control_loop(
+    ctx: &SessionCtx,
+    stream: &mut ControlStream,
+    link: &mut super::commands::Link,
+) -> End {
     let SessionCtx {
         reg,
         stats,
@@ -508,6 +517,11 @@ async fn control_loop(ctx: &SessionCtx, stream: &mut ControlStream) -> End {
                     }
                 }
             }
+            Some(msg) = link.to_agent.recv() => {
+                if !send_control(send, codec, msg).await {
+                    return End::new(ErrorCode::Normal, "control stream closed");
+                }
+            }
             changed = lifecycle.changed(), if !drained => {
                 if changed.is_err() {
                     drained = true;
@@ -527,6 +541,9 @@ async fn control_loop(ctx: &SessionCtx, stream: &mut ControlStream) -> End {
                 Ok(Some(ControlMessage { msg: Some(Msg::Identity(id)) })) => {
                     crate::identity::update(stats, &id, core.config.limits.max_identity_field_bytes);
                 }
+                Ok(Some(ControlMessage {
+                    msg: Some(m @ (Msg::CommandAccepted(_) | Msg::CommandResult(_))),
+                })) if reg.commands => link.hand_over(m),
                 Ok(Some(_)) => {
                     return End::new(ErrorCode::ProtocolViolation, "unexpected control message after Register")
                 }

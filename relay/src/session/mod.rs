@@ -8,6 +8,7 @@
 //! loop), [`actor`] (the session actor that owns the driver task).
 
 pub mod actor;
+mod commands;
 pub mod context;
 pub mod credit;
 pub mod driver;

@@ -95,9 +95,11 @@ impl AckDelayAdapter {
 /// Chunks taken per wake-up (more wait for the next batch).
 const READ_CHUNKS: usize = 32;
 
-pub(crate) async fn run(ctx: &SessionCtx) -> ReadEnd {
+pub(crate) async fn run(
+    ctx: &SessionCtx,
+    streams: &mut tokio::sync::mpsc::Receiver<super::commands::UniStream>,
+) -> ReadEnd {
     let core = ctx.core();
-    let conn = &ctx.conn;
     let limits = &core.config.limits;
     let mut state = ReadState {
         credit: CreditState::new(crate::quota::SessionQuota::new(
@@ -114,9 +116,12 @@ pub(crate) async fn run(ctx: &SessionCtx) -> ReadEnd {
     let cap = limits.read_buffer_bytes;
     let mut metas: Vec<FrameMeta> = Vec::new();
     loop {
-        let mut stream = match conn.accept_uni().await {
-            Ok(s) => s,
-            Err(e) => return ReadEnd::Closed(closed(e)),
+        // Uni streams are accepted by the session's command side, which keeps the command
+        // output stream and hands telemetry streams here.
+        let mut stream = match streams.recv().await {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => return ReadEnd::Closed(closed(e)),
+            None => return ReadEnd::Closed(closed(quinn::ConnectionError::LocallyClosed)),
         };
         // Allocated on the first data, so idle sessions hold no read buffer.
         let mut buf = BytesMut::new();

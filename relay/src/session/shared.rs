@@ -18,6 +18,8 @@ pub struct Registration {
     pub session_id: SessionId,
     /// Resume cursor.
     pub cursor: Arc<AgentCursor>,
+    /// The agent named the `commands` capability.
+    pub commands: bool,
 }
 
 /// State shared between a session actor, its driver task and the supervisor's registry.

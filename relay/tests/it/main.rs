@@ -2,6 +2,7 @@
 //! them links the world once instead of twenty times). Support modules first, then one module
 //! per area.
 
+mod commands_support;
 mod common;
 mod faults_support;
 mod sink_support;
@@ -10,6 +11,7 @@ mod acked_written;
 mod acks;
 mod all_outputs;
 mod backpressure;
+mod commands;
 mod drain;
 mod failures;
 mod faults_cut;
