@@ -45,6 +45,7 @@ pub(super) async fn run(
         let addr = config.relays[relay_idx % config.relays.len()];
         let outcome = session(&endpoint, addr, &config, &shared).await;
         shared.set_conn(None);
+        shared.on_disconnected();
         match outcome {
             Outcome::Closed => break,
             Outcome::Terminal(err) => {
@@ -182,6 +183,7 @@ async fn session(
             last_acked_seq,
             previous_session_id,
         });
+    let (identity, mut identity_sent) = shared.identity();
     let register = ControlMessage {
         msg: Some(Msg::Register(Register {
             agent_id: config.agent_id.as_str().to_string(),
@@ -189,7 +191,8 @@ async fn session(
             platform: config.platform.clone(),
             auth_token: config.auth_token.clone(),
             resume,
-            ..Default::default()
+            identity,
+            capabilities: config.capabilities.clone(),
         })),
     };
     let mut out = BytesMut::new();
@@ -335,30 +338,44 @@ async fn session(
             }
         }
     };
+    // The control stream's writer: heartbeats while no telemetry flows, and the vehicle's
+    // identity whenever it changes after Register.
     let pinger = async {
         let mut nonce = 0u64;
         let mut tick = tokio::time::interval(heartbeat);
         tick.tick().await;
         let mut seen_writes = 0;
         loop {
-            tick.tick().await;
-            let w = writes.load(std::sync::atomic::Ordering::Relaxed);
-            if w != seen_writes {
-                seen_writes = w;
-                continue;
-            }
-            nonce += 1;
-            shared
-                .pings
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let ping = ControlMessage {
-                msg: Some(Msg::Ping(Ping {
-                    nonce,
-                    sent_at_unix_ns: 0,
-                })),
+            let msg = tokio::select! {
+                _ = tick.tick() => {
+                    let w = writes.load(std::sync::atomic::Ordering::Relaxed);
+                    if w != seen_writes {
+                        seen_writes = w;
+                        continue;
+                    }
+                    nonce += 1;
+                    shared
+                        .pings
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Msg::Ping(Ping {
+                        nonce,
+                        sent_at_unix_ns: 0,
+                    })
+                }
+                _ = shared.identity_notify.notified() => {
+                    let (identity, version) = shared.identity();
+                    match identity {
+                        Some(identity) if version != identity_sent => {
+                            identity_sent = version;
+                            Msg::Identity(identity)
+                        }
+                        _ => continue,
+                    }
+                }
             };
             let mut b = BytesMut::new();
-            if codec.encode(&ping, &mut b).is_err() || ctl_tx.write_all(&b).await.is_err() {
+            let msg = ControlMessage { msg: Some(msg) };
+            if codec.encode(&msg, &mut b).is_err() || ctl_tx.write_all(&b).await.is_err() {
                 std::future::pending::<()>().await;
             }
         }

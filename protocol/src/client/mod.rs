@@ -37,7 +37,7 @@ pub mod subscriber;
 mod verify;
 
 pub use config::{ClientAuth, ClientConfig, SharedEndpoint, Trust};
-pub use spool::SpoolConfig;
+pub use spool::{FsyncPolicy, SpoolConfig, WhenFull};
 pub use state::AgentStats;
 
 use std::sync::Arc;
@@ -113,6 +113,8 @@ pub struct SessionInfo {
 pub struct Agent {
     shared: Arc<Shared>,
     driver: Option<tokio::task::JoinHandle<()>>,
+    /// Persists acks and syncs the spool (with a spool only).
+    keeper: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Agent {
@@ -121,6 +123,16 @@ impl Agent {
     pub async fn connect(config: ClientConfig) -> Result<Agent, ClientError> {
         let endpoint = config::build_endpoint(&config)?;
         Self::start(config, endpoint, true).await
+    }
+
+    /// Starts without waiting for a relay (offline first): opens the spool and returns at
+    /// once; the agent connects in the background and keeps retrying (with capped backoff)
+    /// until it is closed. Frames sent meanwhile wait in the spool (or, without one, up to
+    /// `max_buffered` in memory). A refusal retrying cannot fix surfaces as the error of the
+    /// next `send`.
+    pub fn spawn(config: ClientConfig) -> Result<Agent, ClientError> {
+        let endpoint = config::build_endpoint(&config)?;
+        Self::launch(config, endpoint, true)
     }
 
     /// Like [`connect`](Self::connect), on a socket shared with other agents (see
@@ -141,19 +153,7 @@ impl Agent {
         owns_endpoint: bool,
     ) -> Result<Agent, ClientError> {
         let timeout = config.connect_timeout;
-        let spool =
-            match &config.spool {
-                Some(sc) => Some(spool::Spool::open(sc).map_err(|e| {
-                    ClientError::Spool(format!("opening {}: {e}", sc.dir.display()))
-                })?),
-                None => None,
-            };
-        let shared = Arc::new(Shared::new(&config, spool));
-        let driver = tokio::spawn(driver::run(endpoint, owns_endpoint, config, shared.clone()));
-        let agent = Agent {
-            shared,
-            driver: Some(driver),
-        };
+        let agent = Self::launch(config, endpoint, owns_endpoint)?;
         match tokio::time::timeout(timeout, agent.shared.wait_first_session()).await {
             Ok(res) => res.map(|()| agent),
             Err(_) => Err(ClientError::Connect(format!(
@@ -162,7 +162,34 @@ impl Agent {
         }
     }
 
-    /// Sends one frame, awaiting credit when the window is full. Returns its seq.
+    fn launch(
+        config: ClientConfig,
+        endpoint: quinn::Endpoint,
+        owns_endpoint: bool,
+    ) -> Result<Agent, ClientError> {
+        let spool =
+            match &config.spool {
+                Some(sc) => Some(spool::Spool::open(sc).map_err(|e| {
+                    ClientError::Spool(format!("opening {}: {e}", sc.dir.display()))
+                })?),
+                None => None,
+            };
+        let shared = Arc::new(Shared::new(&config, spool));
+        let keeper = shared
+            .spool
+            .is_some()
+            .then(|| tokio::spawn(shared.clone().keep_spool()));
+        let driver = tokio::spawn(driver::run(endpoint, owns_endpoint, config, shared.clone()));
+        Ok(Agent {
+            shared,
+            driver: Some(driver),
+            keeper,
+        })
+    }
+
+    /// Sends one frame. Without a spool it awaits credit when the window is full; with one it
+    /// returns once the frame is in the spool (waiting only for spool room with
+    /// `WhenFull::Block`). Returns its seq.
     pub async fn send(&self, frame: &OutFrame<'_>) -> Result<u64, ClientError> {
         self.shared
             .send_many(1, |_| *frame)
@@ -210,9 +237,21 @@ impl Agent {
         self.shared.session()
     }
 
-    /// Counters: frames sent, acked, nacks, reconnects, resent frames.
+    /// Counters: frames sent, acked, nacks, reconnects, resent frames, spool depth and drops.
     pub fn stats(&self) -> AgentStats {
         self.shared.stats()
+    }
+
+    /// Whether a session is registered now (the link is up), as a watch that changes on every
+    /// connect and disconnect.
+    pub fn link_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shared.link_watch()
+    }
+
+    /// Replaces the vehicle's identity: the next Register carries it, and a live session sends
+    /// it at once as `ControlMessage.identity`. An unchanged identity sends nothing.
+    pub fn set_identity(&self, identity: crate::proto::DroneIdentity) {
+        self.shared.set_identity(identity);
     }
 
     /// QUIC statistics of the current connection (packets, datagrams, frames by type, RTT,
@@ -230,11 +269,20 @@ impl Agent {
     /// Flushes, then closes the session cleanly.
     pub async fn close(mut self) -> Result<(), ClientError> {
         let flushed = self.flush().await;
+        self.shutdown().await;
+        flushed
+    }
+
+    /// Closes at once without waiting for acks; unacked frames stay in the spool (if any) for
+    /// the next start. The spool is synced before this returns.
+    pub async fn shutdown(&mut self) {
         self.shared.close();
         if let Some(driver) = self.driver.take() {
             let _ = driver.await;
         }
-        flushed
+        if let Some(keeper) = self.keeper.take() {
+            let _ = keeper.await;
+        }
     }
 }
 
@@ -243,6 +291,9 @@ impl Drop for Agent {
         self.shared.close();
         if let Some(driver) = &self.driver {
             driver.abort();
+        }
+        if let Some(keeper) = &self.keeper {
+            keeper.abort();
         }
     }
 }

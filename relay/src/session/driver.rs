@@ -472,6 +472,9 @@ async fn control_loop(
                         return End::new(ErrorCode::Normal, "control stream closed");
                     }
                 }
+                // The vehicle's identity, learnt after Register (issue 20; stored and shown by
+                // the relay side of that issue).
+                Ok(Some(ControlMessage { msg: Some(Msg::Identity(_)) })) => {}
                 Ok(Some(_)) => {
                     return End::new(ErrorCode::ProtocolViolation, "unexpected control message after Register")
                 }
