@@ -251,3 +251,96 @@ impl Framer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use contrail_testsupport::{corrupt_crc, garbage, SimVehicle};
+
+    #[test]
+    fn the_crc_matches_the_mavlink_crate() {
+        let data = b"\x09\x00\x00\x07\x01\x01\x00\x00\x00abcdefghi";
+        assert_eq!(crc(data, 50), mavlink::calculate_crc(data, 50));
+    }
+
+    #[test]
+    fn a_stream_in_odd_chunks_yields_every_packet_byte_for_byte() {
+        let pkts = SimVehicle::new(1).advance(3_000);
+        let stream: Vec<u8> = pkts.iter().flat_map(|p| p.raw.clone()).collect();
+        let mut f = Framer::new();
+        let mut out = Vec::new();
+        for chunk in stream.chunks(37) {
+            f.push(chunk);
+            while let Some(p) = f.next_packet() {
+                out.push(p);
+            }
+        }
+        assert_eq!(out.len(), pkts.len());
+        for (got, want) in out.iter().zip(&pkts) {
+            assert_eq!(&got.raw[..], &want.raw[..]);
+            assert_eq!(got.msg_id, want.msg_id);
+            let name = got.parse().map(|m| m.message_name());
+            assert_eq!(name, Some(want.name));
+        }
+        assert!(out.iter().any(|p| p.signed), "signed packets pass");
+        assert!(out.iter().any(|p| !p.v2), "MAVLink 1 packets pass");
+        assert_eq!(f.skipped, SkipCounts::default());
+    }
+
+    #[test]
+    fn junk_bad_checksums_and_unknown_ids_are_counted_and_good_packets_survive() {
+        let pkts = SimVehicle::new(1).advance(2_000);
+        let mut stream = Vec::new();
+        let mut good = Vec::new();
+        let mut bad = 0;
+        for (i, p) in pkts.iter().enumerate() {
+            stream.extend_from_slice(&garbage(40, i as u64 + 1));
+            if i % 10 == 0 {
+                stream.extend_from_slice(&corrupt_crc(&p.raw));
+                bad += 1;
+            } else {
+                stream.extend_from_slice(&p.raw);
+                good.push(p.raw.clone());
+            }
+        }
+        // An id no dialect here defines (v2 id 0xABCDEF), with a plausible layout.
+        stream.extend_from_slice(&[0xFD, 1, 0, 0, 9, 1, 1, 0xEF, 0xCD, 0xAB, 7, 0, 0]);
+        stream.extend_from_slice(&pkts[1].raw);
+        good.push(pkts[1].raw.clone());
+        // A start byte in the junk can claim a length that runs past the end of what has
+        // arrived: a stream framer waits for more bytes before it can tell. More bytes come.
+        stream.extend_from_slice(&[0u8; MAX_PACKET]);
+        let mut f = Framer::new();
+        f.push(&stream);
+        let mut out = Vec::new();
+        while let Some(p) = f.next_packet() {
+            out.push(p.raw.to_vec());
+        }
+        let first_diff = out.iter().zip(&good).position(|(a, b)| a != b);
+        assert!(
+            out.len() == good.len() && first_diff.is_none(),
+            "got {} packets, want {}; first difference at {first_diff:?}",
+            out.len(),
+            good.len()
+        );
+        assert!(f.skipped.bad_crc >= bad, "{:?} (>= {bad})", f.skipped);
+        assert!(f.skipped.unknown_message >= 1, "{:?}", f.skipped);
+        assert!(f.skipped.junk_bytes > 0);
+    }
+
+    #[test]
+    fn a_datagram_cut_short_counts_as_truncated_and_keeps_what_follows() {
+        let pkts = SimVehicle::new(1).advance(1_000);
+        let mut dgram = pkts[0].raw[..pkts[0].raw.len() - 3].to_vec();
+        dgram.extend_from_slice(&pkts[1].raw);
+        let mut f = Framer::new();
+        f.push(&dgram);
+        let mut out = Vec::new();
+        while let Some(p) = f.next_in_datagram() {
+            out.push(p.raw.to_vec());
+        }
+        assert_eq!(out, vec![pkts[1].raw.clone()]);
+        assert!(f.skipped.truncated + f.skipped.bad_crc >= 1, "{:?}", f.skipped);
+        assert_eq!(f.buffered(), 0);
+    }
+}
