@@ -264,11 +264,14 @@ pub async fn run(
         let mut done = 0;
         while done < batch.len() {
             let rest = &batch[done..];
-            let mut i = 0;
+            // Frames are built from their seq: the library may ask for the same seq again
+            // (after making room in a full spool).
+            let mut first: Option<u64> = None;
             let res = agent
-                .send_many(rest.len(), |_| {
-                    let a = &rest[i.min(rest.len() - 1)];
-                    i += 1;
+                .send_many(rest.len(), |seq| {
+                    let first = *first.get_or_insert(seq);
+                    let i = (seq.saturating_sub(first) as usize).min(rest.len() - 1);
+                    let a = &rest[i];
                     OutFrame {
                         kind: a.packet.msg_id,
                         flight_id: &a.flight_id,

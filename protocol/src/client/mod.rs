@@ -197,8 +197,10 @@ impl Agent {
             .map(|(last, _)| last)
     }
 
-    /// Sends up to `count` frames built by `make(seq)`, as many as the credit window allows at
-    /// once (at least one), under one lock. Returns `(last seq sent, how many were sent)`.
+    /// Sends up to `count` frames built by `make(seq)`, as many as the credit window (or, with
+    /// a spool, the spool's room) allows at once (at least one). Returns `(last seq sent, how
+    /// many were sent)`. `make` is called with consecutive seqs and may be called again for
+    /// the same seq (when a full spool had to make room first): build the frame from the seq.
     pub async fn send_many<'a>(
         &self,
         count: usize,
