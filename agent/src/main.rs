@@ -15,7 +15,10 @@ fn main() -> std::process::ExitCode {
     let (config, v) = validated;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
     if cli.check {
         println!("{v:#?}");
         return std::process::ExitCode::SUCCESS;
