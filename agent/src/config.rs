@@ -249,7 +249,10 @@ impl Config {
             relays.push(addr);
         }
         if self.relay.ca_file.as_os_str().is_empty() {
-            return Err(invalid("relay.ca_file", "a CA (or pinned certificate) file is needed"));
+            return Err(invalid(
+                "relay.ca_file",
+                "a CA (or pinned certificate) file is needed",
+            ));
         }
         if self.spool.max_bytes < 64 * 1024 {
             return Err(invalid("spool.max_bytes", "at least 65536"));

@@ -340,7 +340,11 @@ mod tests {
             out.push(p.raw.to_vec());
         }
         assert_eq!(out, vec![pkts[1].raw.clone()]);
-        assert!(f.skipped.truncated + f.skipped.bad_crc >= 1, "{:?}", f.skipped);
+        assert!(
+            f.skipped.truncated + f.skipped.bad_crc >= 1,
+            "{:?}",
+            f.skipped
+        );
         assert_eq!(f.buffered(), 0);
     }
 }

@@ -214,7 +214,11 @@ async fn log_link(agent: Arc<Agent>) {
             let relay = agent.session().map(|x| x.relay_id).unwrap_or_default();
             tracing::info!(%relay, spool_frames = s.spool_frames, spool_bytes = s.spool_bytes, "link up");
         } else {
-            tracing::warn!(spool_frames = s.spool_frames, spool_bytes = s.spool_bytes, "link down");
+            tracing::warn!(
+                spool_frames = s.spool_frames,
+                spool_bytes = s.spool_bytes,
+                "link down"
+            );
         }
     }
 }

@@ -186,7 +186,9 @@ impl Pipeline {
                     .checked_sub(u64::from(t.time_boot_ms) * 1000);
             }
             MavMessage::HEARTBEAT(hb) if hb.autopilot != MavAutopilot::MAV_AUTOPILOT_INVALID => {
-                let armed = hb.base_mode.contains(MavModeFlag::MAV_MODE_FLAG_SAFETY_ARMED);
+                let armed = hb
+                    .base_mode
+                    .contains(MavModeFlag::MAV_MODE_FLAG_SAFETY_ARMED);
                 if armed && !v.armed {
                     v.flight_id = format!("{}-{sys}-{}", config.agent_id, now_unix_ms());
                     tracing::info!(system = sys, flight_id = %v.flight_id, "vehicle armed: new flight");
@@ -283,7 +285,9 @@ pub async fn run(
                 .await;
             match res {
                 Ok((_, n)) => {
-                    stats.frames.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    stats
+                        .frames
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     done += n;
                 }
                 Err(ClientError::Spool(e)) => {

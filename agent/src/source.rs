@@ -184,9 +184,13 @@ pub async fn bind(endpoint: &Endpoint) -> Result<Bound, SourceError> {
                 .next()
                 .ok_or_else(|| err(std::io::Error::other("no address")))?;
             let local: SocketAddr = if target.is_ipv6() {
-                "[::]:0".parse().map_err(|_| err(std::io::Error::other("addr")))?
+                "[::]:0"
+                    .parse()
+                    .map_err(|_| err(std::io::Error::other("addr")))?
             } else {
-                "0.0.0.0:0".parse().map_err(|_| err(std::io::Error::other("addr")))?
+                "0.0.0.0:0"
+                    .parse()
+                    .map_err(|_| err(std::io::Error::other("addr")))?
             };
             Bound::Udp(
                 tokio::net::UdpSocket::bind(local).await.map_err(err)?,

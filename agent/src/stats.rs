@@ -118,12 +118,18 @@ impl Stats {
             out,
             "# HELP contrail_agent_spool_frames Frames in the spool not yet acked.\n# TYPE contrail_agent_spool_frames gauge"
         );
-        line(&mut out, format!("contrail_agent_spool_frames {}", lib.spool_frames));
+        line(
+            &mut out,
+            format!("contrail_agent_spool_frames {}", lib.spool_frames),
+        );
         let _ = writeln!(
             out,
             "# HELP contrail_agent_spool_bytes Bytes of the spool's segment files.\n# TYPE contrail_agent_spool_bytes gauge"
         );
-        line(&mut out, format!("contrail_agent_spool_bytes {}", lib.spool_bytes));
+        line(
+            &mut out,
+            format!("contrail_agent_spool_bytes {}", lib.spool_bytes),
+        );
         let _ = writeln!(
             out,
             "# HELP contrail_agent_dropped_total Messages that did not become frames, or frames dropped unacked, by cause.\n# TYPE contrail_agent_dropped_total counter"
@@ -185,7 +191,10 @@ impl Stats {
                 lib.resent,
             ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         }
         out
     }

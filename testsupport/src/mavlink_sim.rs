@@ -81,7 +81,7 @@ impl SimVehicle {
         let mut out = Vec::new();
         let armed = self.armed_at(t);
         let boot = t as u32;
-        if t % 1000 == 0 {
+        if t.is_multiple_of(1000) {
             let mut base = apm::MavModeFlag::MAV_MODE_FLAG_CUSTOM_MODE_ENABLED;
             if armed {
                 base |= apm::MavModeFlag::MAV_MODE_FLAG_SAFETY_ARMED;
@@ -110,28 +110,30 @@ impl SimVehicle {
                 time_boot_ms: boot,
             }));
         }
-        if t % 5000 == 0 {
-            out.push(apm::MavMessage::AUTOPILOT_VERSION(apm::AUTOPILOT_VERSION_DATA {
-                flight_sw_version: (4 << 24) | (5 << 16) | (7 << 8) | 0xFF,
-                uid: 0x0042_1337_dead_beef,
-                vendor_id: 0x1209,
-                product_id: 0x5740,
-                ..Default::default()
-            }));
+        if t.is_multiple_of(5000) {
+            out.push(apm::MavMessage::AUTOPILOT_VERSION(
+                apm::AUTOPILOT_VERSION_DATA {
+                    flight_sw_version: (4 << 24) | (5 << 16) | (7 << 8) | 0xFF,
+                    uid: 0x0042_1337_dead_beef,
+                    vendor_id: 0x1209,
+                    product_id: 0x5740,
+                    ..Default::default()
+                },
+            ));
         }
-        if t % 20 == 0 {
+        if t.is_multiple_of(20) {
             let a = t as f32 / 1000.0;
             out.push(apm::MavMessage::ATTITUDE(apm::ATTITUDE_DATA {
                 time_boot_ms: boot,
                 roll: (a * 0.7).sin() * 0.2,
                 pitch: (a * 0.5).cos() * 0.1,
-                yaw: a % 6.28,
+                yaw: a % std::f32::consts::TAU,
                 rollspeed: 0.01,
                 pitchspeed: -0.02,
                 yawspeed: 0.03,
             }));
         }
-        if t % 100 == 0 {
+        if t.is_multiple_of(100) {
             out.push(apm::MavMessage::GLOBAL_POSITION_INT(
                 apm::GLOBAL_POSITION_INT_DATA {
                     time_boot_ms: boot,
@@ -154,7 +156,7 @@ impl SimVehicle {
                 throttle: if armed { 55 } else { 0 },
             }));
         }
-        if t % 200 == 0 {
+        if t.is_multiple_of(200) {
             out.push(apm::MavMessage::GPS_RAW_INT(apm::GPS_RAW_INT_DATA {
                 time_usec: t * 1000,
                 fix_type: apm::GpsFixType::GPS_FIX_TYPE_3D_FIX,
@@ -166,7 +168,6 @@ impl SimVehicle {
                 vel: 510,
                 cog: 9_000,
                 satellites_visible: 14,
-                ..Default::default()
             }));
         }
         out
@@ -183,17 +184,20 @@ impl SimVehicle {
         self.seq = self.seq.wrapping_add(1);
         self.count += 1;
         let mut out = Vec::new();
-        if self.v1_every > 0 && self.count % self.v1_every == 0 && msg.message_id() < 256 {
+        if self.v1_every > 0 && self.count.is_multiple_of(self.v1_every) && msg.message_id() < 256 {
             let _ = mavlink::write_v1_msg(&mut out, header, msg);
             return out;
         }
         let _ = mavlink::write_v2_msg(&mut out, header, msg);
-        if self.signed_every > 0 && self.count % self.signed_every == 0 {
+        if self.signed_every > 0 && self.count.is_multiple_of(self.signed_every) {
             // Signed: incompat flag 0x01, the checksum over the new header, then link id,
             // 48-bit timestamp and a 48-bit signature (fixed bytes: nobody here checks it).
             out[2] |= 0x01;
             let body_end = out.len() - 2;
-            let crc = x25(&out[1..body_end], apm::MavMessage::extra_crc(msg.message_id()));
+            let crc = x25(
+                &out[1..body_end],
+                apm::MavMessage::extra_crc(msg.message_id()),
+            );
             out[body_end..].copy_from_slice(&crc.to_le_bytes());
             out.push(1);
             out.extend_from_slice(&(self.t_ms * 100).to_le_bytes()[..6]);

@@ -17,7 +17,12 @@ struct Proc {
 
 /// Starts the binary with `toml` (an `udpout:` source pointing at `socket`); returns once its
 /// HTTP address is logged and its first heartbeat arrived.
-async fn spawn(toml: &str, dir: &std::path::Path, name: &str, socket: &tokio::net::UdpSocket) -> Proc {
+async fn spawn(
+    toml: &str,
+    dir: &std::path::Path,
+    name: &str,
+    socket: &tokio::net::UdpSocket,
+) -> Proc {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, toml).expect("write config");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_contrail-agent"));
@@ -74,9 +79,11 @@ async fn feed(p: &Proc, socket: &tokio::net::UdpSocket, packets: &[SimPacket], b
         }
         sent += chunk.len() as u64;
         let http = p.http;
-        poll_until_async(Duration::from_secs(10), "the agent spooled the packets", async || {
-            metric(http, "contrail_agent_frames_total").await >= sent
-        })
+        poll_until_async(
+            Duration::from_secs(10),
+            "the agent spooled the packets",
+            async || metric(http, "contrail_agent_frames_total").await >= sent,
+        )
         .await;
     }
 }
@@ -84,7 +91,9 @@ async fn feed(p: &Proc, socket: &tokio::net::UdpSocket, packets: &[SimPacket], b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_agent_loses_nothing_it_spooled_and_resumes_exactly_once() {
     let rig = Rig::start().await;
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let spool = rig.dir.path().join("spool");
     let url = format!("udpout:{}", socket.local_addr().expect("addr"));
     let toml = rig.agent_toml("drone-kill", &[url.as_str()], &spool, "");
@@ -95,7 +104,13 @@ async fn a_sigkilled_agent_loses_nothing_it_spooled_and_resumes_exactly_once() {
 
     let mut p = spawn(&toml, rig.dir.path(), "agent#1", &socket).await;
     feed(&p, &socket, &first, 0).await;
-    wait_records(&rig.sink, "drone-kill", first.len(), Duration::from_secs(20)).await;
+    wait_records(
+        &rig.sink,
+        "drone-kill",
+        first.len(),
+        Duration::from_secs(20),
+    )
+    .await;
     // The link goes dark: frames pile up in the spool, unacked; then SIGKILL.
     rig.proxy.blackhole(true);
     feed(&p, &socket, &dark, first.len() as u64).await;
@@ -118,7 +133,9 @@ async fn a_sigkilled_agent_loses_nothing_it_spooled_and_resumes_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_20000_messages_a_second_keeps_memory_bounded() {
     let rig = Rig::start().await;
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let spool = rig.dir.path().join("spool");
     let url = format!("udpout:{}", socket.local_addr().expect("addr"));
     let toml = rig.agent_toml("drone-burst", &[url.as_str()], &spool, "");
@@ -144,7 +161,13 @@ async fn a_burst_of_20000_messages_a_second_keeps_memory_bounded() {
     .await;
     let frames = metric(http, "contrail_agent_frames_total").await;
     assert!(frames >= 15_000, "most of the burst was taken: {frames}");
-    let recs = wait_records(&rig.sink, "drone-burst", frames as usize, Duration::from_secs(30)).await;
+    let recs = wait_records(
+        &rig.sink,
+        "drone-burst",
+        frames as usize,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(recs.len() as u64, frames);
     let status = std::fs::read_to_string(format!("/proc/{}/status", p.guard.id())).expect("status");
     let peak_kib: u64 = status

@@ -54,7 +54,13 @@ impl Rig {
 
     /// An agent configuration (TOML) against this rig's proxy, with `sources` and `extra`
     /// lines appended under the top level.
-    pub fn agent_toml(&self, agent_id: &str, sources: &[&str], spool: &Path, extra: &str) -> String {
+    pub fn agent_toml(
+        &self,
+        agent_id: &str,
+        sources: &[&str],
+        spool: &Path,
+        extra: &str,
+    ) -> String {
         let mut t = format!(
             "agent_id = {agent_id:?}\n\
              [relay]\naddresses = [\"{}\"]\nca_file = {:?}\nconnect_timeout_ms = 1000\nreconnect_max_ms = 300\n\
@@ -124,7 +130,11 @@ pub fn read_sink(path: &Path) -> Vec<Rec> {
 /// Waits until the sink holds `n` records of `agent`.
 pub async fn wait_records(path: &Path, agent: &str, n: usize, within: Duration) -> Vec<Rec> {
     poll_until_async(within, "records in the sink", async || {
-        read_sink(path).iter().filter(|r| r.agent_id == agent).count() >= n
+        read_sink(path)
+            .iter()
+            .filter(|r| r.agent_id == agent)
+            .count()
+            >= n
     })
     .await;
     read_sink(path)
@@ -145,7 +155,11 @@ pub fn assert_exactly(recs: &[Rec], packets: &[SimPacket]) {
         assert_eq!(r.seq, i as u64 + 1, "seq of record {i}");
         assert_eq!(r.kind, p.msg_id, "kind of record {i} ({})", p.name);
         assert_eq!(r.content_type, "application/x-mavlink");
-        assert!(r.payload == p.raw, "raw bytes of record {i} ({}) differ", p.name);
+        assert!(
+            r.payload == p.raw,
+            "raw bytes of record {i} ({}) differ",
+            p.name
+        );
     }
 }
 
@@ -165,9 +179,11 @@ pub async fn send_udp(
             socket.send_to(d, to).await.expect("udp send");
             sent += per_packet(d);
         }
-        poll_until_async(Duration::from_secs(10), "the agent took the datagrams", async || {
-            taken() >= sent
-        })
+        poll_until_async(
+            Duration::from_secs(10),
+            "the agent took the datagrams",
+            async || taken() >= sent,
+        )
         .await;
     }
 }

@@ -17,7 +17,9 @@ async fn the_link_drops_mid_flight_and_comes_back_nothing_lost_and_the_spool_dra
         .agent(&rig.agent_toml("drone-outage", &["udpin:127.0.0.1:0"], &spool, ""))
         .await;
     let to = agent.source_addrs()[0].expect("udpin");
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let mut vehicle = SimVehicle::new(1);
     let before = vehicle.advance(3_000);
     let during = vehicle.advance(5_000);
@@ -26,7 +28,13 @@ async fn the_link_drops_mid_flight_and_comes_back_nothing_lost_and_the_spool_dra
         p.iter().map(|p| p.raw.clone()).collect()
     };
     send_udp(&socket, to, &dgrams(&before), || taken(&agent), |_| 1).await;
-    wait_records(&rig.sink, "drone-outage", before.len(), Duration::from_secs(20)).await;
+    wait_records(
+        &rig.sink,
+        "drone-outage",
+        before.len(),
+        Duration::from_secs(20),
+    )
+    .await;
 
     rig.proxy.blackhole(true);
     let mut link = agent.agent().link_watch();
@@ -43,7 +51,10 @@ async fn the_link_drops_mid_flight_and_comes_back_nothing_lost_and_the_spool_dra
         .await
         .expect("link down within the idle timeout")
         .expect("watch");
-    assert!(agent.agent().stats().spool_frames > 0, "frames wait in the spool");
+    assert!(
+        agent.agent().stats().spool_frames > 0,
+        "frames wait in the spool"
+    );
 
     rig.proxy.blackhole(false);
     send_udp(
@@ -54,8 +65,19 @@ async fn the_link_drops_mid_flight_and_comes_back_nothing_lost_and_the_spool_dra
         |_| 1,
     )
     .await;
-    let all: Vec<_> = before.iter().chain(&during).chain(&after).cloned().collect();
-    let recs = wait_records(&rig.sink, "drone-outage", all.len(), Duration::from_secs(30)).await;
+    let all: Vec<_> = before
+        .iter()
+        .chain(&during)
+        .chain(&after)
+        .cloned()
+        .collect();
+    let recs = wait_records(
+        &rig.sink,
+        "drone-outage",
+        all.len(),
+        Duration::from_secs(30),
+    )
+    .await;
     assert_exactly(&recs, &all);
     poll_until_async(Duration::from_secs(10), "the spool drains", async || {
         agent.agent().stats().spool_frames == 0
@@ -75,7 +97,9 @@ async fn an_agent_started_with_no_relay_delivers_everything_from_its_first_secon
         .await;
     assert!(!*agent.agent().link_watch().borrow(), "no relay reachable");
     let to = agent.source_addrs()[0].expect("udpin");
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let packets = SimVehicle::new(1).advance(3_000);
     let dgrams: Vec<Vec<u8>> = packets.iter().map(|p| p.raw.clone()).collect();
     send_udp(&socket, to, &dgrams, || taken(&agent), |_| 1).await;
@@ -85,7 +109,13 @@ async fn an_agent_started_with_no_relay_delivers_everything_from_its_first_secon
         "everything spooled while offline"
     );
     rig.proxy.blackhole(false);
-    let recs = wait_records(&rig.sink, "drone-offline", packets.len(), Duration::from_secs(30)).await;
+    let recs = wait_records(
+        &rig.sink,
+        "drone-offline",
+        packets.len(),
+        Duration::from_secs(30),
+    )
+    .await;
     assert_exactly(&recs, &packets);
     agent.stop().await;
 }
@@ -101,14 +131,19 @@ async fn a_full_spool_drops_the_oldest_counted_and_the_newest_still_arrives() {
         .replace("fsync = \"never\"", "fsync = \"never\"\nmax_bytes = 65536");
     let agent = rig.agent(&toml).await;
     let to = agent.source_addrs()[0].expect("udpin");
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     // About 200 KiB of frames into a 64 KiB spool.
     let packets = SimVehicle::new(1).advance(30_000);
     let dgrams: Vec<Vec<u8>> = packets.iter().map(|p| p.raw.clone()).collect();
     send_udp(&socket, to, &dgrams, || taken(&agent), |_| 1).await;
     let stats = agent.agent().stats();
     assert_eq!(agent.stats().dropped(DropCause::QueueFull), 0);
-    assert!(stats.dropped > 0, "the oldest frames were dropped: {stats:?}");
+    assert!(
+        stats.dropped > 0,
+        "the oldest frames were dropped: {stats:?}"
+    );
     assert!(stats.spool_bytes <= 65_536, "{stats:?}");
     let metrics = reqwest::get(format!(
         "http://{}/metrics",
@@ -153,7 +188,9 @@ async fn garbage_and_bad_checksums_are_counted_and_every_good_packet_arrives() {
         .agent(&rig.agent_toml("drone-noisy", &["udpin:127.0.0.1:0"], &spool, ""))
         .await;
     let to = agent.source_addrs()[0].expect("udpin");
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let packets = SimVehicle::new(1).advance(5_000);
     // Datagrams of a few packets, with junk between them and every 9th packet corrupted.
     let mut good = Vec::new();
@@ -189,7 +226,13 @@ async fn garbage_and_bad_checksums_are_counted_and_every_good_packet_arrives() {
         })
         .await;
     }
-    let recs = wait_records(&rig.sink, "drone-noisy", good.len(), Duration::from_secs(20)).await;
+    let recs = wait_records(
+        &rig.sink,
+        "drone-noisy",
+        good.len(),
+        Duration::from_secs(20),
+    )
+    .await;
     assert_exactly(&recs, &good);
     let s = agent.stats();
     assert!(

@@ -9,7 +9,11 @@ use crate::common::*;
 use contrail_testsupport::{poll_until_async, Pty, SimVehicle};
 
 /// Flight ids: empty while disarmed, one per arming cycle; device time from SYSTEM_TIME.
-fn assert_flights_and_clock(recs: &[Rec], packets: &[contrail_testsupport::SimPacket], v: &SimVehicle) {
+fn assert_flights_and_clock(
+    recs: &[Rec],
+    packets: &[contrail_testsupport::SimPacket],
+    v: &SimVehicle,
+) {
     let mut ids = BTreeSet::new();
     let mut transitions = 0;
     let mut was_armed = false;
@@ -53,10 +57,18 @@ async fn a_vehicle_over_udp_arrives_exactly_once_in_order_byte_for_byte() {
     let to = agent.source_addrs()[0].expect("udpin address");
     let mut vehicle = SimVehicle::new(1);
     let packets = vehicle.advance(10_000);
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let datagrams: Vec<Vec<u8>> = packets.iter().map(|p| p.raw.clone()).collect();
     send_udp(&socket, to, &datagrams, || taken(&agent), |_| 1).await;
-    let recs = wait_records(&rig.sink, "drone-udp", packets.len(), Duration::from_secs(20)).await;
+    let recs = wait_records(
+        &rig.sink,
+        "drone-udp",
+        packets.len(),
+        Duration::from_secs(20),
+    )
+    .await;
     assert_exactly(&recs, &packets);
     assert_flights_and_clock(&recs, &packets, &vehicle);
     assert_eq!(agent.stats().received_of("ATTITUDE"), 500);
@@ -117,14 +129,22 @@ async fn a_vehicle_over_a_serial_line_arrives_exactly_once_in_order_byte_for_byt
         .await
         .expect("writer");
         let whole = packets_before.iter().filter(|b| **b <= end).count() as u64;
-        poll_until_async(Duration::from_secs(10), "the agent read the serial bytes", async || {
-            taken(&agent) >= whole
-        })
+        poll_until_async(
+            Duration::from_secs(10),
+            "the agent read the serial bytes",
+            async || taken(&agent) >= whole,
+        )
         .await;
         off = end;
     }
     assert_eq!(taken(&agent), total);
-    let recs = wait_records(&rig.sink, "drone-serial", packets.len(), Duration::from_secs(20)).await;
+    let recs = wait_records(
+        &rig.sink,
+        "drone-serial",
+        packets.len(),
+        Duration::from_secs(20),
+    )
+    .await;
     assert_exactly(&recs, &packets);
     assert_flights_and_clock(&recs, &packets, &vehicle);
     agent.stop().await;
@@ -141,7 +161,9 @@ async fn filters_and_rate_limits_apply_by_message_name() {
         .await;
     let to = agent.source_addrs()[0].expect("udpin address");
     let packets = SimVehicle::new(1).advance(2_000);
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     // Real time matters for the rate limit: 50 Hz ATTITUDE sent over ~1 s of wall clock.
     let mut sent = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -151,7 +173,10 @@ async fn filters_and_rate_limits_apply_by_message_name() {
             socket.send_to(&p.raw, to).await.expect("send");
             sent += 1;
         }
-        poll_until_async(Duration::from_secs(5), "taken", async || taken(&agent) >= sent).await;
+        poll_until_async(Duration::from_secs(5), "taken", async || {
+            taken(&agent) >= sent
+        })
+        .await;
     }
     let attitude = packets.iter().filter(|p| p.name == "ATTITUDE").count() as u64;
     let vfr = packets.iter().filter(|p| p.name == "VFR_HUD").count() as u64;
@@ -164,7 +189,16 @@ async fn filters_and_rate_limits_apply_by_message_name() {
         "ATTITUDE at 50 Hz limited to 10 Hz: {limited} of {attitude} dropped"
     );
     let expect = packets.len() as u64 - vfr - limited;
-    let recs = wait_records(&rig.sink, "drone-filter", expect as usize, Duration::from_secs(20)).await;
-    assert!(recs.iter().all(|r| r.kind != 74), "no VFR_HUD (id 74) in the sink");
+    let recs = wait_records(
+        &rig.sink,
+        "drone-filter",
+        expect as usize,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(
+        recs.iter().all(|r| r.kind != 74),
+        "no VFR_HUD (id 74) in the sink"
+    );
     agent.stop().await;
 }

@@ -10,8 +10,8 @@ use tokio::sync::{watch, Notify};
 
 use super::spool::{Recovered, Spool, WhenFull};
 use super::{ClientConfig, ClientError, OutFrame, SessionInfo};
-use crate::proto::DroneIdentity;
 use crate::codec::{encode_telemetry, LEN_PREFIX};
+use crate::proto::DroneIdentity;
 
 /// Largest chunk the writer hands to quinn at once (see `Shared::next_chunks`).
 const COALESCE_BYTES: usize = 64 * 1024;
@@ -155,7 +155,10 @@ impl Shared {
         let mut first = config.first_seq.max(1);
         let mut acked = first - 1;
         let mut unacked = VecDeque::new();
-        let when_full = config.spool.as_ref().map_or(WhenFull::Block, |s| s.when_full);
+        let when_full = config
+            .spool
+            .as_ref()
+            .map_or(WhenFull::Block, |s| s.when_full);
         let (spool, resumed_from_spool) = match spool {
             Some((spool, rec)) if rec.existed => {
                 // Continue the stream the spool holds: resume after its ack mark, resend the rest.
@@ -546,7 +549,8 @@ impl Shared {
 
     /// The connection ended: the link is down until the next Register.
     pub(super) fn on_disconnected(&self) {
-        self.link_tx.send_if_modified(|up| std::mem::replace(up, false));
+        self.link_tx
+            .send_if_modified(|up| std::mem::replace(up, false));
     }
 
     /// The identity for the next Register, and its version.
