@@ -300,3 +300,66 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framer::Framer;
+    use contrail_testsupport::SimVehicle;
+
+    fn packets(ms: u64) -> Vec<Packet> {
+        let mut f = Framer::new();
+        for p in SimVehicle::new(3).advance(ms) {
+            f.push(&p.raw);
+        }
+        std::iter::from_fn(|| f.next_packet()).collect()
+    }
+
+    #[test]
+    fn identity_comes_from_heartbeat_and_autopilot_version_once_per_change() {
+        let mut pl = Pipeline::new(
+            PipelineConfig {
+                agent_id: "d".into(),
+                ..Default::default()
+            },
+            Arc::new(Stats::default()),
+        );
+        let now = Instant::now();
+        for p in packets(100) {
+            pl.accept(p, now);
+        }
+        let id = pl.identity_update().expect("an identity");
+        assert_eq!(id.vehicle_type, "MAV_TYPE_QUADROTOR");
+        assert_eq!(id.autopilot, "MAV_AUTOPILOT_ARDUPILOTMEGA");
+        assert_eq!(id.firmware_version, "4.5.7");
+        assert_eq!(id.mavlink_system_id, 3);
+        assert_eq!(id.hardware_uid, "00421337deadbeef");
+        assert_eq!(pl.identity_update(), None, "unchanged: nothing new to send");
+    }
+
+    #[test]
+    fn a_fixed_flight_id_wins_over_arming_cycles() {
+        let mut pl = Pipeline::new(
+            PipelineConfig {
+                agent_id: "d".into(),
+                flight_id: Some("survey-7".into()),
+                ..Default::default()
+            },
+            Arc::new(Stats::default()),
+        );
+        let now = Instant::now();
+        let all: Vec<_> = packets(5_000)
+            .into_iter()
+            .filter_map(|p| pl.accept(p, now))
+            .collect();
+        assert!(all.iter().all(|a| a.flight_id == "survey-7"));
+    }
+
+    #[test]
+    fn versions_read_major_minor_patch() {
+        assert_eq!(
+            version_string((1 << 24) | (14 << 16) | (3 << 8) | 0xFF),
+            "1.14.3"
+        );
+    }
+}

@@ -229,7 +229,14 @@ pub async fn run(bound: Bound, label: String, ctx: SourceCtx) {
     }
 }
 
+/// Kernel receive buffer asked for on UDP sources (best effort: capped by `net.core.rmem_max`),
+/// so an autopilot's burst (a parameter or log download) is not lost in the kernel.
+const UDP_RECV_BUFFER: usize = 4 << 20;
+
 async fn run_udp(socket: tokio::net::UdpSocket, target: Option<SocketAddr>, ctx: SourceCtx) {
+    if let Err(e) = socket2::SockRef::from(&socket).set_recv_buffer_size(UDP_RECV_BUFFER) {
+        tracing::debug!(error = %e, "could not size the UDP receive buffer");
+    }
     let mut buf = vec![0u8; 65_536];
     let mut framer = Framer::new();
     let mut beat = tokio::time::interval(Duration::from_secs(1));

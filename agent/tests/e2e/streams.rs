@@ -72,6 +72,8 @@ async fn a_vehicle_over_udp_arrives_exactly_once_in_order_byte_for_byte() {
     assert_exactly(&recs, &packets);
     assert_flights_and_clock(&recs, &packets, &vehicle);
     assert_eq!(agent.stats().received_of("ATTITUDE"), 500);
+    // The identity updates the agent sent (HEARTBEAT, AUTOPILOT_VERSION) kept the session up.
+    assert_eq!(agent.agent().stats().reconnects, 0);
     // Local observability: link up, nothing dropped.
     let http = agent.http_addr().expect("http");
     let metrics = reqwest::get(format!("http://{http}/metrics"))

@@ -635,4 +635,51 @@ mod tests {
         assert_eq!(rec.frames.first().map(|(s, _)| *s), Some(4));
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
+
+    #[test]
+    fn drop_oldest_frees_the_oldest_segment_and_persists_the_mark() {
+        let dir = tempdir();
+        let max = 32 * 1024;
+        let (mut s, _) = Spool::open(&cfg(&dir, max)).expect("open");
+        let mut seq = 0u64;
+        while s.has_room(40) {
+            seq += 1;
+            s.append(seq, &frame(seq)).expect("append");
+        }
+        s.flush().expect("flush");
+        let before = s.bytes();
+        let through = s.drop_oldest().expect("drop").expect("a segment");
+        assert!(
+            through > 0 && through < seq,
+            "dropped a prefix: 1..={through} of {seq}"
+        );
+        assert!(s.bytes() < before);
+        assert!(s.has_room(40));
+        assert_eq!(s.frames(), seq - through);
+        drop(s);
+        // A restart resumes after the dropped frames, with every later one intact.
+        let (_s, rec) = Spool::open(&cfg(&dir, max)).expect("reopen");
+        assert_eq!(rec.acked, through);
+        let seqs: Vec<u64> = rec.frames.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (through + 1..=seq).collect::<Vec<_>>());
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn interval_policy_syncs_only_when_due() {
+        let dir = tempdir();
+        let mut c = cfg(&dir, 1 << 20);
+        c.fsync = FsyncPolicy::Interval(std::time::Duration::from_secs(3600));
+        let (mut s, _) = Spool::open(&c).expect("open");
+        s.append(1, &frame(1)).expect("append");
+        s.flush().expect("flush");
+        assert!(s.unsynced, "not due yet: waits for the keeper");
+        s.sync().expect("sync");
+        assert!(!s.unsynced);
+        assert_eq!(
+            s.sync_interval(),
+            Some(std::time::Duration::from_secs(3600))
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
 }
