@@ -11,19 +11,22 @@ use contrail_testsupport::{poll_until_async, ProcessGuard, SimPacket, SimVehicle
 struct Proc {
     guard: ProcessGuard,
     http: std::net::SocketAddr,
-    /// The agent's udpout: source address (learnt from its heartbeat).
+    /// The vehicle's end of the agent's `udpout:` source.
+    socket: tokio::net::UdpSocket,
+    /// The agent's `udpout:` source address (learnt from its heartbeat).
     mav: std::net::SocketAddr,
 }
 
-/// Starts the binary with `toml` (an `udpout:` source pointing at `socket`); returns once its
-/// HTTP address is logged and its first heartbeat arrived.
-async fn spawn(
-    toml: &str,
-    dir: &std::path::Path,
-    name: &str,
-    socket: &tokio::net::UdpSocket,
-) -> Proc {
-    let path = dir.join(format!("{name}.toml"));
+/// Starts the binary as agent `agent_id` on spool `spool`, with one `udpout:` source pointing
+/// at a socket of its own (a restarted agent's heartbeats never mix with its predecessor's);
+/// returns once its HTTP address is logged and its first heartbeat arrived.
+async fn spawn(rig: &Rig, agent_id: &str, spool: &std::path::Path, name: &str) -> Proc {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("udpout:{}", socket.local_addr().expect("addr"));
+    let toml = rig.agent_toml(agent_id, &[url.as_str()], spool, "");
+    let path = rig.dir.path().join(format!("{name}.toml"));
     std::fs::write(&path, toml).expect("write config");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_contrail-agent"));
     cmd.env_clear()
@@ -57,7 +60,12 @@ async fn spawn(
         .await
         .expect("a heartbeat from the agent's udpout source")
         .expect("recv");
-    Proc { guard, http, mav }
+    Proc {
+        guard,
+        http,
+        socket,
+        mav,
+    }
 }
 
 async fn metric(http: std::net::SocketAddr, name: &str) -> u64 {
@@ -71,11 +79,11 @@ async fn metric(http: std::net::SocketAddr, name: &str) -> u64 {
 }
 
 /// Sends packets to the process, `batch` at a time, waiting until it spooled them.
-async fn feed(p: &Proc, socket: &tokio::net::UdpSocket, packets: &[SimPacket], base: u64) {
+async fn feed(p: &Proc, packets: &[SimPacket], base: u64) {
     let mut sent = base;
     for chunk in packets.chunks(64) {
         for pk in chunk {
-            socket.send_to(&pk.raw, p.mav).await.expect("send");
+            p.socket.send_to(&pk.raw, p.mav).await.expect("send");
         }
         sent += chunk.len() as u64;
         let http = p.http;
@@ -91,19 +99,14 @@ async fn feed(p: &Proc, socket: &tokio::net::UdpSocket, packets: &[SimPacket], b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_agent_loses_nothing_it_spooled_and_resumes_exactly_once() {
     let rig = Rig::start().await;
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
     let spool = rig.dir.path().join("spool");
-    let url = format!("udpout:{}", socket.local_addr().expect("addr"));
-    let toml = rig.agent_toml("drone-kill", &[url.as_str()], &spool, "");
     let mut vehicle = SimVehicle::new(1);
     let first = vehicle.advance(2_000);
     let dark = vehicle.advance(3_000);
     let last = vehicle.advance(2_000);
 
-    let mut p = spawn(&toml, rig.dir.path(), "agent#1", &socket).await;
-    feed(&p, &socket, &first, 0).await;
+    let mut p = spawn(&rig, "drone-kill", &spool, "agent#1").await;
+    feed(&p, &first, 0).await;
     wait_records(
         &rig.sink,
         "drone-kill",
@@ -113,7 +116,7 @@ async fn a_sigkilled_agent_loses_nothing_it_spooled_and_resumes_exactly_once() {
     .await;
     // The link goes dark: frames pile up in the spool, unacked; then SIGKILL.
     rig.proxy.blackhole(true);
-    feed(&p, &socket, &dark, first.len() as u64).await;
+    feed(&p, &dark, first.len() as u64).await;
     assert!(
         metric(p.http, "contrail_agent_spool_frames").await > 0,
         "frames wait in the spool when the agent is killed"
@@ -122,8 +125,8 @@ async fn a_sigkilled_agent_loses_nothing_it_spooled_and_resumes_exactly_once() {
     rig.proxy.blackhole(false);
 
     // Restarted on the same spool: resends what was not acked, then carries on.
-    let p2 = spawn(&toml, rig.dir.path(), "agent#2", &socket).await;
-    feed(&p2, &socket, &last, 0).await;
+    let p2 = spawn(&rig, "drone-kill", &spool, "agent#2").await;
+    feed(&p2, &last, 0).await;
     let all: Vec<_> = first.iter().chain(&dark).chain(&last).cloned().collect();
     let recs = wait_records(&rig.sink, "drone-kill", all.len(), Duration::from_secs(30)).await;
     assert_exactly(&recs, &all);
@@ -133,13 +136,8 @@ async fn a_sigkilled_agent_loses_nothing_it_spooled_and_resumes_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_20000_messages_a_second_keeps_memory_bounded() {
     let rig = Rig::start().await;
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
     let spool = rig.dir.path().join("spool");
-    let url = format!("udpout:{}", socket.local_addr().expect("addr"));
-    let toml = rig.agent_toml("drone-burst", &[url.as_str()], &spool, "");
-    let p = spawn(&toml, rig.dir.path(), "agent-burst", &socket).await;
+    let p = spawn(&rig, "drone-burst", &spool, "agent-burst").await;
     let packets = SimVehicle::new(1).advance(256_000);
     assert!(packets.len() >= 20_000);
     let packets = &packets[..20_000];
@@ -148,7 +146,7 @@ async fn a_burst_of_20000_messages_a_second_keeps_memory_bounded() {
     for chunk in packets.chunks(200) {
         tick.tick().await;
         for pk in chunk {
-            socket.send_to(&pk.raw, p.mav).await.expect("send");
+            p.socket.send_to(&pk.raw, p.mav).await.expect("send");
         }
     }
     let http = p.http;

@@ -460,10 +460,11 @@ impl Shared {
         let mut tick = tokio::time::interval(every.unwrap_or(Duration::from_secs(3600)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Woken by acks, the tick, and `close` (which touches the ack watch; the close
+            // notify's single permit is the driver's).
             let closing = tokio::select! {
                 r = rx.changed() => r.is_err(),
                 _ = tick.tick() => false,
-                _ = self.close_notify.notified() => true,
             };
             let closing = closing || self.is_closed();
             let acked = self.acked();
