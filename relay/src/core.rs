@@ -121,7 +121,6 @@ impl RelayCore {
         latency: Latency,
         lifecycle: Lifecycle,
         hooks: Hooks,
-        downlink: Option<Arc<crate::downlink::CommandRouter>>,
     ) -> Self {
         let limits = &config.limits;
         RelayCore {
@@ -134,7 +133,7 @@ impl RelayCore {
             latency,
             lifecycle,
             hooks,
-            downlink,
+            downlink: None,
             auth,
             reconnects: crate::quota::Damper::new(
                 config.quotas.registrations_per_minute,

@@ -150,7 +150,7 @@ impl RelayBuilder {
         let downlink = Arc::new(crate::downlink::CommandRouter::new(
             control.commands().clone(),
         ));
-        let core = Arc::new(RelayCore::new(
+        let mut core = RelayCore::new(
             config,
             relay_id,
             auth,
@@ -158,8 +158,9 @@ impl RelayBuilder {
             latency,
             control.lifecycle().clone(),
             self.hooks.clone(),
-            Some(downlink.clone()),
-        ));
+        );
+        core.downlink = Some(downlink.clone());
+        let core = Arc::new(core);
         let (root, root_join) = ractor::Actor::spawn(
             None,
             RelayRoot,

@@ -9,10 +9,13 @@
 //!   and jitter between a QUIC client and server.
 //! * [`ProcessGuard`]: a child process that is killed on drop, with `SIGTERM` / `SIGKILL` helpers.
 //! * [`RespValue`]: a tiny RESP client used to inspect Redis state without a Redis crate.
+//! * [`SimVehicle`]: a simulated MAVLink vehicle (a realistic message mix, arming cycles), and
+//!   [`Pty`], a pseudo-terminal pair standing in for a serial port.
 
 #![warn(missing_docs)]
 
 mod launch;
+mod mavlink_sim;
 mod nats;
 mod poll;
 mod postgres;
@@ -21,6 +24,7 @@ mod proxy;
 mod redis;
 mod resp;
 
+pub use mavlink_sim::{corrupt_crc, garbage, x25, Pty, SimPacket, SimVehicle};
 pub use nats::NatsServer;
 pub use poll::{poll_until, poll_until_async, Ready, POLL_INTERVAL};
 pub use postgres::PostgresServer;

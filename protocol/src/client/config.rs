@@ -90,6 +90,11 @@ pub struct ClientConfig {
     pub first_seq: u64,
     /// Optional on-disk spool of unacked frames, so a process restart loses nothing.
     pub spool: Option<super::spool::SpoolConfig>,
+    /// The vehicle's identity sent at Register (`Register.identity`); update it later with
+    /// [`Agent::set_identity`](super::Agent::set_identity).
+    pub identity: Option<crate::proto::DroneIdentity>,
+    /// Optional features named at Register (`Register.capabilities`).
+    pub capabilities: Vec<String>,
     /// Keep the relay's TLS session tickets and offer them when reconnecting (TLS 1.3
     /// resumption, still with a fresh key exchange): a reconnect skips verifying the relay's
     /// certificate chain and the relay skips signing. On by default. Agents on a
@@ -120,6 +125,8 @@ impl ClientConfig {
             reconnect_max: Duration::from_secs(5),
             first_seq: 1,
             spool: None,
+            identity: None,
+            capabilities: Vec::new(),
             tls_resumption: true,
         }
     }

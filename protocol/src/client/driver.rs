@@ -46,6 +46,7 @@ pub(super) async fn run(
         let addr = config.relays[relay_idx % config.relays.len()];
         let outcome = session(&endpoint, addr, &config, &shared, commands.as_ref()).await;
         shared.set_conn(None);
+        shared.on_disconnected();
         match outcome {
             Outcome::Closed => break,
             Outcome::Terminal(err) => {
@@ -184,6 +185,7 @@ async fn session(
             last_acked_seq,
             previous_session_id,
         });
+    let (identity, mut identity_sent) = shared.identity();
     let register = ControlMessage {
         msg: Some(Msg::Register(Register {
             agent_id: config.agent_id.as_str().to_string(),
@@ -191,10 +193,14 @@ async fn session(
             platform: config.platform.clone(),
             auth_token: config.auth_token.clone(),
             resume,
-            capabilities: commands
-                .map(|_| vec![super::commands::CAPABILITY.to_owned()])
-                .unwrap_or_default(),
-            ..Default::default()
+            identity,
+            capabilities: {
+                let mut caps = config.capabilities.clone();
+                if commands.is_some() && !caps.iter().any(|c| c == super::commands::CAPABILITY) {
+                    caps.push(super::commands::CAPABILITY.to_owned());
+                }
+                caps
+            },
         })),
     };
     let mut out = BytesMut::new();
@@ -345,7 +351,9 @@ async fn session(
             }
         }
     };
-    // The control stream's send half: the pinger and the command side both write on it.
+    // The control stream's send half: the pinger (heartbeats while no telemetry flows, and the
+    // vehicle's identity whenever it changes after Register) and the command side both write
+    // on it.
     let ctl_tx = tokio::sync::Mutex::new(ctl_tx);
     let command_side = async {
         match commands {
@@ -359,24 +367,36 @@ async fn session(
         tick.tick().await;
         let mut seen_writes = 0;
         loop {
-            tick.tick().await;
-            let w = writes.load(std::sync::atomic::Ordering::Relaxed);
-            if w != seen_writes {
-                seen_writes = w;
-                continue;
-            }
-            nonce += 1;
-            shared
-                .pings
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let ping = ControlMessage {
-                msg: Some(Msg::Ping(Ping {
-                    nonce,
-                    sent_at_unix_ns: 0,
-                })),
+            let msg = tokio::select! {
+                _ = tick.tick() => {
+                    let w = writes.load(std::sync::atomic::Ordering::Relaxed);
+                    if w != seen_writes {
+                        seen_writes = w;
+                        continue;
+                    }
+                    nonce += 1;
+                    shared
+                        .pings
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Msg::Ping(Ping {
+                        nonce,
+                        sent_at_unix_ns: 0,
+                    })
+                }
+                _ = shared.identity_notify.notified() => {
+                    let (identity, version) = shared.identity();
+                    match identity {
+                        Some(identity) if version != identity_sent => {
+                            identity_sent = version;
+                            Msg::Identity(identity)
+                        }
+                        _ => continue,
+                    }
+                }
             };
             let mut b = BytesMut::new();
-            if codec.encode(&ping, &mut b).is_err()
+            let msg = ControlMessage { msg: Some(msg) };
+            if codec.encode(&msg, &mut b).is_err()
                 || ctl_tx.lock().await.write_all(&b).await.is_err()
             {
                 std::future::pending::<()>().await;

@@ -38,7 +38,7 @@ pub mod subscriber;
 mod verify;
 
 pub use config::{ClientAuth, ClientConfig, SharedEndpoint, Trust};
-pub use spool::SpoolConfig;
+pub use spool::{FsyncPolicy, SpoolConfig, WhenFull};
 pub use state::AgentStats;
 
 use std::sync::Arc;
@@ -176,6 +176,9 @@ pub enum SpoolError {
     /// Appending a frame failed.
     #[error("append: {0}")]
     Append(#[source] Arc<std::io::Error>),
+    /// Dropping the oldest segment of a full spool (`WhenFull::DropOldest`) failed.
+    #[error("dropping the oldest segment: {0}")]
+    DropOldest(#[source] Arc<std::io::Error>),
     /// Flushing appended frames failed; frames up to `last` are queued in memory only.
     #[error("flush (frames up to {last} are queued in memory only): {source}")]
     Flush {
@@ -220,6 +223,8 @@ pub struct SessionInfo {
 pub struct Agent {
     shared: Arc<Shared>,
     driver: Option<tokio::task::JoinHandle<()>>,
+    /// Persists acks and syncs the spool (with a spool only).
+    keeper: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Agent {
@@ -242,6 +247,16 @@ impl Agent {
         Ok((agent, stream))
     }
 
+    /// Starts without waiting for a relay (offline first): opens the spool and returns at
+    /// once; the agent connects in the background and keeps retrying (with capped backoff)
+    /// until it is closed. Frames sent meanwhile wait in the spool (or, without one, up to
+    /// `max_buffered` in memory). A refusal retrying cannot fix surfaces as the error of the
+    /// next `send`.
+    pub fn spawn(config: ClientConfig) -> Result<Agent, ClientError> {
+        let endpoint = config::build_endpoint(&config)?;
+        Self::launch(config, endpoint, true, None)
+    }
+
     /// Like [`connect`](Self::connect), on a socket shared with other agents (see
     /// [`SharedEndpoint`]). Closing or dropping this agent closes only its own connection.
     pub async fn connect_shared(
@@ -261,6 +276,19 @@ impl Agent {
         commands: Option<Arc<commands::Hub>>,
     ) -> Result<Agent, ClientError> {
         let timeout = config.connect_timeout;
+        let agent = Self::launch(config, endpoint, owns_endpoint, commands)?;
+        match tokio::time::timeout(timeout, agent.shared.wait_first_session()).await {
+            Ok(res) => res.map(|()| agent),
+            Err(_) => Err(ConnectError::Timeout(timeout).into()),
+        }
+    }
+
+    fn launch(
+        config: ClientConfig,
+        endpoint: quinn::Endpoint,
+        owns_endpoint: bool,
+        commands: Option<Arc<commands::Hub>>,
+    ) -> Result<Agent, ClientError> {
         let spool = match &config.spool {
             Some(sc) => Some(spool::Spool::open(sc).map_err(|e| SpoolError::Open {
                 dir: sc.dir.clone(),
@@ -269,6 +297,10 @@ impl Agent {
             None => None,
         };
         let shared = Arc::new(Shared::new(&config, spool));
+        let keeper = shared
+            .spool
+            .is_some()
+            .then(|| tokio::spawn(shared.clone().keep_spool()));
         let driver = tokio::spawn(driver::run(
             endpoint,
             owns_endpoint,
@@ -276,17 +308,16 @@ impl Agent {
             shared.clone(),
             commands,
         ));
-        let agent = Agent {
+        Ok(Agent {
             shared,
             driver: Some(driver),
-        };
-        match tokio::time::timeout(timeout, agent.shared.wait_first_session()).await {
-            Ok(res) => res.map(|()| agent),
-            Err(_) => Err(ConnectError::Timeout(timeout).into()),
-        }
+            keeper,
+        })
     }
 
-    /// Sends one frame, awaiting credit when the window is full. Returns its seq.
+    /// Sends one frame. Without a spool it awaits credit when the window is full; with one it
+    /// returns once the frame is in the spool (waiting only for spool room with
+    /// `WhenFull::Block`). Returns its seq.
     pub async fn send(&self, frame: &OutFrame<'_>) -> Result<u64, ClientError> {
         self.shared
             .send_many(1, |_| *frame)
@@ -294,8 +325,10 @@ impl Agent {
             .map(|(last, _)| last)
     }
 
-    /// Sends up to `count` frames built by `make(seq)`, as many as the credit window allows at
-    /// once (at least one), under one lock. Returns `(last seq sent, how many were sent)`.
+    /// Sends up to `count` frames built by `make(seq)`, as many as the credit window (or, with
+    /// a spool, the spool's room) allows at once (at least one). Returns `(last seq sent, how
+    /// many were sent)`. `make` is called with consecutive seqs and may be called again for
+    /// the same seq (when a full spool had to make room first): build the frame from the seq.
     pub async fn send_many<'a>(
         &self,
         count: usize,
@@ -334,9 +367,21 @@ impl Agent {
         self.shared.session()
     }
 
-    /// Counters: frames sent, acked, nacks, reconnects, resent frames.
+    /// Counters: frames sent, acked, nacks, reconnects, resent frames, spool depth and drops.
     pub fn stats(&self) -> AgentStats {
         self.shared.stats()
+    }
+
+    /// Whether a session is registered now (the link is up), as a watch that changes on every
+    /// connect and disconnect.
+    pub fn link_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shared.link_watch()
+    }
+
+    /// Replaces the vehicle's identity: the next Register carries it, and a live session sends
+    /// it at once as `ControlMessage.identity`. An unchanged identity sends nothing.
+    pub fn set_identity(&self, identity: crate::proto::DroneIdentity) {
+        self.shared.set_identity(identity);
     }
 
     /// QUIC statistics of the current connection (packets, datagrams, frames by type, RTT,
@@ -354,11 +399,20 @@ impl Agent {
     /// Flushes, then closes the session cleanly.
     pub async fn close(mut self) -> Result<(), ClientError> {
         let flushed = self.flush().await;
+        self.shutdown().await;
+        flushed
+    }
+
+    /// Closes at once without waiting for acks; unacked frames stay in the spool (if any) for
+    /// the next start. The spool is synced before this returns.
+    pub async fn shutdown(&mut self) {
         self.shared.close();
         if let Some(driver) = self.driver.take() {
             let _ = driver.await;
         }
-        flushed
+        if let Some(keeper) = self.keeper.take() {
+            let _ = keeper.await;
+        }
     }
 }
 
@@ -367,6 +421,9 @@ impl Drop for Agent {
         self.shared.close();
         if let Some(driver) = &self.driver {
             driver.abort();
+        }
+        if let Some(keeper) = &self.keeper {
+            keeper.abort();
         }
     }
 }

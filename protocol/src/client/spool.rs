@@ -9,15 +9,25 @@
 //!   written alternately; the valid slot with the higher seq wins, so a torn slot write never
 //!   loses the previous mark.
 //!
-//! Every frame is appended (and handed to the OS; with `fsync` also synced) before `send`
-//! returns, and before the connection driver can write it to the network. An ack rewrites the
-//! mark, then deletes segments that hold only acked records. On open the spool reads the mark
-//! and every intact record after it; a torn or corrupt tail is cut off. The bound `max_bytes`
-//! counts every byte in segment files (acked records in a segment that still holds unacked ones
-//! included), so the disk use never exceeds it by more than one record.
+//! Every frame is appended (handed to the OS, and synced as the [`FsyncPolicy`] says) before
+//! the connection driver may write it to the network: a seq that reached the relay is always in
+//! the spool, so a restarted agent never reuses it for another frame. Appends and syncs run
+//! under the spool's own lock, never the agent's state lock, so an ack arriving meanwhile is not
+//! held up by the disk. Acks are persisted (the mark rewritten, then segments that hold only
+//! acked records deleted) by the agent's spool keeper task and before each append.
 //!
-//! Guarantee: a process crash (SIGKILL, panic, OOM kill) loses nothing `send` returned for. A
-//! power loss can lose the tail unless `fsync` is on.
+//! On open the spool reads the mark and every intact record after it; a torn or corrupt tail is
+//! cut off. The bound `max_bytes` counts every byte in segment files (acked records in a segment
+//! that still holds unacked ones included), so the disk use never exceeds it by more than one
+//! record. When it is full, [`WhenFull`] decides: wait for acks (the sender pauses), or drop the
+//! oldest segment's unacked frames (counted; the agent then resumes after them).
+//!
+//! What a crash can lose, by [`FsyncPolicy`]:
+//! * a process crash (SIGKILL, panic, OOM kill) loses nothing `send` returned for, whatever the
+//!   policy: the bytes are in the OS page cache;
+//! * a power cut or kernel crash loses nothing `send` returned for with `Always`; up to the
+//!   interval's worth of frames with `Interval`; with `Never`, whatever the OS had not yet
+//!   written back (on Linux dirty pages are written within about 30 s by default).
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -26,24 +36,52 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
+/// When the spool's appends reach the disk (`fdatasync`); see the module documentation for what
+/// each one can lose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Sync every append (each `send` call) and every ack mark: survives a power cut; costs a
+    /// disk flush per call.
+    Always,
+    /// Sync at most once per interval (and when the agent closes): a power cut loses at most
+    /// the last interval's frames.
+    Interval(std::time::Duration),
+    /// Never sync; the OS writes back when it likes. A process crash still loses nothing.
+    Never,
+}
+
+/// What `send` does when the spool is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Wait for acks to make room (the caller pauses; for sources that can be paused).
+    Block,
+    /// Drop the oldest unacked frames (one segment, about 1/16 of the spool), counted in
+    /// [`AgentStats::dropped`](super::AgentStats::dropped); the stream resumes after them.
+    DropOldest,
+}
+
 /// Spool settings (see [`ClientConfig::spool`](super::ClientConfig::spool)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolConfig {
     /// Directory of the spool (created when missing). One agent per directory.
     pub dir: PathBuf,
-    /// Most bytes the spool's segment files may hold; `send` waits for acks when full.
+    /// Most bytes the spool's segment files may hold (at least 1024). The unacked frames are
+    /// held in memory too, so this also bounds the agent's frame memory.
     pub max_bytes: u64,
-    /// `fdatasync` after every append and ack (survives power loss; much slower).
-    pub fsync: bool,
+    /// When appends are synced to the disk.
+    pub fsync: FsyncPolicy,
+    /// What `send` does when the spool is full.
+    pub when_full: WhenFull,
 }
 
 impl SpoolConfig {
-    /// A spool in `dir` bounded to `max_bytes`, without fsync.
+    /// A spool in `dir` bounded to `max_bytes`, never synced, waiting for acks when full.
     pub fn new(dir: impl Into<PathBuf>, max_bytes: u64) -> Self {
         SpoolConfig {
             dir: dir.into(),
             max_bytes,
-            fsync: false,
+            fsync: FsyncPolicy::Never,
+            when_full: WhenFull::Block,
         }
     }
 }
@@ -92,7 +130,10 @@ pub(super) struct Spool {
     dir: PathBuf,
     max_bytes: u64,
     seg_bytes: u64,
-    fsync: bool,
+    fsync: FsyncPolicy,
+    /// When the active segment was last synced (`Interval`), and whether appends since wait.
+    last_sync: std::time::Instant,
+    unsynced: bool,
     segments: VecDeque<Segment>,
     active: Option<BufWriter<File>>,
     ack_file: File,
@@ -196,8 +237,11 @@ impl Spool {
         let spool = Spool {
             dir: config.dir.clone(),
             max_bytes: config.max_bytes,
-            seg_bytes: (config.max_bytes / 4).clamp(4096, 64 << 20),
+            // Sixteen segments: dropping the oldest when full frees about 1/16 of the spool.
+            seg_bytes: (config.max_bytes / 16).clamp(1024, 64 << 20),
             fsync: config.fsync,
+            last_sync: std::time::Instant::now(),
+            unsynced: false,
             segments,
             active: None,
             ack_file,
@@ -220,6 +264,7 @@ impl Spool {
     }
 
     /// Whether a record of `data_len` bytes fits under the bound now.
+    #[cfg(test)]
     pub(super) fn has_room(&self, data_len: usize) -> bool {
         self.bytes + record_len(data_len) <= self.max_bytes
     }
@@ -267,15 +312,62 @@ impl Spool {
         Ok(())
     }
 
-    /// Hands buffered records to the OS (and syncs them with `fsync`).
+    /// Hands buffered records to the OS, and syncs them as the policy says.
     pub(super) fn flush(&mut self) -> io::Result<()> {
         if let Some(w) = self.active.as_mut() {
             w.flush()?;
-            if self.fsync {
-                w.get_ref().sync_data()?;
+            match self.fsync {
+                FsyncPolicy::Always => w.get_ref().sync_data()?,
+                FsyncPolicy::Interval(every) => {
+                    self.unsynced = true;
+                    if self.last_sync.elapsed() >= every {
+                        self.sync()?;
+                    }
+                }
+                FsyncPolicy::Never => {}
             }
         }
         Ok(())
+    }
+
+    /// Syncs the active segment and the ack mark if appends since the last sync wait
+    /// (`Interval`: the keeper calls it every interval, and at close).
+    pub(super) fn sync(&mut self) -> io::Result<()> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        if let Some(w) = self.active.as_mut() {
+            w.flush()?;
+            w.get_ref().sync_data()?;
+        }
+        self.ack_file.sync_data()?;
+        self.unsynced = false;
+        self.last_sync = std::time::Instant::now();
+        Ok(())
+    }
+
+    /// The sync interval, with `Interval`.
+    pub(super) fn sync_interval(&self) -> Option<std::time::Duration> {
+        match self.fsync {
+            FsyncPolicy::Interval(every) => Some(every),
+            _ => None,
+        }
+    }
+
+    /// Drops the oldest segment's records (acked or not): persists the mark at its last seq and
+    /// deletes it. Returns that seq, or `None` when the spool holds no segment.
+    pub(super) fn drop_oldest(&mut self) -> io::Result<Option<u64>> {
+        let Some(last) = self.segments.front().map(|s| s.last) else {
+            return Ok(None);
+        };
+        let last = last.max(self.acked);
+        self.ack(last)?;
+        Ok(Some(last))
+    }
+
+    /// Records appended and not yet acked (by the persisted mark).
+    pub(super) fn frames(&self) -> u64 {
+        self.last_appended.saturating_sub(self.acked)
     }
 
     /// Persists the ack mark `seq`, then deletes segments holding only acked records.
@@ -291,8 +383,10 @@ impl Spool {
         self.ack_writes += 1;
         self.ack_file.seek(SeekFrom::Start(offset))?;
         self.ack_file.write_all(&slot)?;
-        if self.fsync {
-            self.ack_file.sync_data()?;
+        match self.fsync {
+            FsyncPolicy::Always => self.ack_file.sync_data()?,
+            FsyncPolicy::Interval(_) => self.unsynced = true,
+            FsyncPolicy::Never => {}
         }
         while self.segments.front().is_some_and(|s| s.last <= seq) {
             let is_active = self.segments.len() == 1 && self.active.is_some();
@@ -539,6 +633,53 @@ mod tests {
         let (_s, rec) = Spool::open(&cfg(&dir, 1 << 20)).expect("reopen");
         assert_eq!(rec.acked, 3);
         assert_eq!(rec.frames.first().map(|(s, _)| *s), Some(4));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn drop_oldest_frees_the_oldest_segment_and_persists_the_mark() {
+        let dir = tempdir();
+        let max = 32 * 1024;
+        let (mut s, _) = Spool::open(&cfg(&dir, max)).expect("open");
+        let mut seq = 0u64;
+        while s.has_room(40) {
+            seq += 1;
+            s.append(seq, &frame(seq)).expect("append");
+        }
+        s.flush().expect("flush");
+        let before = s.bytes();
+        let through = s.drop_oldest().expect("drop").expect("a segment");
+        assert!(
+            through > 0 && through < seq,
+            "dropped a prefix: 1..={through} of {seq}"
+        );
+        assert!(s.bytes() < before);
+        assert!(s.has_room(40));
+        assert_eq!(s.frames(), seq - through);
+        drop(s);
+        // A restart resumes after the dropped frames, with every later one intact.
+        let (_s, rec) = Spool::open(&cfg(&dir, max)).expect("reopen");
+        assert_eq!(rec.acked, through);
+        let seqs: Vec<u64> = rec.frames.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (through + 1..=seq).collect::<Vec<_>>());
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn interval_policy_syncs_only_when_due() {
+        let dir = tempdir();
+        let mut c = cfg(&dir, 1 << 20);
+        c.fsync = FsyncPolicy::Interval(std::time::Duration::from_secs(3600));
+        let (mut s, _) = Spool::open(&c).expect("open");
+        s.append(1, &frame(1)).expect("append");
+        s.flush().expect("flush");
+        assert!(s.unsynced, "not due yet: waits for the keeper");
+        s.sync().expect("sync");
+        assert!(!s.unsynced);
+        assert_eq!(
+            s.sync_interval(),
+            Some(std::time::Duration::from_secs(3600))
+        );
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

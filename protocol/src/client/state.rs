@@ -2,15 +2,16 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{watch, Notify};
 
-use super::spool::{Recovered, Spool};
+use super::spool::{Recovered, Spool, WhenFull};
 use super::{ClientConfig, ClientError, OutFrame, SessionInfo, SpoolError};
 use crate::codec::{encode_telemetry, LEN_PREFIX};
+use crate::proto::DroneIdentity;
 
 /// Largest chunk the writer hands to quinn at once (see `Shared::next_chunks`).
 const COALESCE_BYTES: usize = 64 * 1024;
@@ -62,6 +63,12 @@ pub struct AgentStats {
     pub drains: u64,
     /// Heartbeat pings sent (none while telemetry flows: frames are the heartbeat then).
     pub pings: u64,
+    /// Frames dropped unacked because the spool was full (`WhenFull::DropOldest`).
+    pub dropped: u64,
+    /// Frames in the spool not yet acked (0 without a spool).
+    pub spool_frames: u64,
+    /// Bytes of the spool's segment files (0 without a spool).
+    pub spool_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -73,7 +80,16 @@ pub(super) enum Phase {
 
 struct State {
     next_seq: u64,
+    /// Highest seq acked by the relay, or dropped by the spool (everything up to it is settled).
     acked: u64,
+    /// Highest seq the writer may put on the wire: appended to the spool (without a spool,
+    /// every frame handed out).
+    spooled: u64,
+    /// The writer stopped at the credit window with frames left (an ack must wake it).
+    window_blocked: bool,
+    /// Frames were dropped while a connection was up: write nothing more on it; the next
+    /// session resumes after them.
+    need_reconnect: bool,
     window: u64,
     max_buffered: u64,
     max_frame_bytes: usize,
@@ -87,10 +103,20 @@ struct State {
     paused_until: Option<tokio::time::Instant>,
     session: Option<SessionInfo>,
     ever_registered: bool,
-    /// The on-disk spool, when configured.
-    spool: Option<Spool>,
     /// The stream continues one from before a process restart (spool state was found).
     resumed_from_spool: bool,
+    /// The identity sent at Register, and a version bumped by every update.
+    identity: Option<DroneIdentity>,
+    identity_version: u64,
+}
+
+/// The spool, behind a lock of its own: appends and syncs never hold the state lock.
+pub(super) struct SpoolCell {
+    pub(super) spool: tokio::sync::Mutex<Spool>,
+    when_full: WhenFull,
+    /// Copies of the spool's depth for `stats` (which never waits on the spool's lock).
+    frames: AtomicU64,
+    bytes: AtomicU64,
 }
 
 pub(super) struct Shared {
@@ -107,19 +133,15 @@ pub(super) struct Shared {
     drains: AtomicU64,
     pub(super) pings: AtomicU64,
     sent: AtomicU64,
+    dropped: AtomicU64,
+    pub(super) spool: Option<SpoolCell>,
+    /// Woken when the identity changes (the session's control writer sends it).
+    pub(super) identity_notify: Notify,
+    link_tx: watch::Sender<bool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Persists an ack mark; a failure only means more resends after a restart, so it is logged.
-fn spool_ack(spool: &mut Option<Spool>, seq: u64) {
-    if let Some(spool) = spool.as_mut() {
-        if let Err(e) = spool.ack(seq) {
-            tracing::warn!(error = %e, seq, "spool: could not persist the ack mark");
-        }
-    }
 }
 
 fn now_unix_ns() -> u64 {
@@ -133,6 +155,10 @@ impl Shared {
         let mut first = config.first_seq.max(1);
         let mut acked = first - 1;
         let mut unacked = VecDeque::new();
+        let when_full = config
+            .spool
+            .as_ref()
+            .map_or(WhenFull::Block, |s| s.when_full);
         let (spool, resumed_from_spool) = match spool {
             Some((spool, rec)) if rec.existed => {
                 // Continue the stream the spool holds: resume after its ack mark, resend the rest.
@@ -144,10 +170,19 @@ impl Shared {
             Some((spool, _)) => (Some(spool), false),
             None => (None, false),
         };
+        let spool = spool.map(|sp| SpoolCell {
+            frames: AtomicU64::new(sp.frames()),
+            bytes: AtomicU64::new(sp.bytes()),
+            spool: tokio::sync::Mutex::new(sp),
+            when_full,
+        });
         Shared {
             state: Mutex::new(State {
                 next_seq: first,
                 acked,
+                spooled: first - 1,
+                window_blocked: false,
+                need_reconnect: false,
                 window: 1,
                 max_buffered: config.max_buffered.max(1) as u64,
                 max_frame_bytes: crate::codec::DEFAULT_MAX_FRAME_BYTES,
@@ -161,8 +196,9 @@ impl Shared {
                 paused_until: None,
                 session: None,
                 ever_registered: false,
-                spool,
                 resumed_from_spool,
+                identity: config.identity.clone(),
+                identity_version: 0,
             }),
             work: Notify::new(),
             close_notify: Notify::new(),
@@ -176,6 +212,10 @@ impl Shared {
             drains: AtomicU64::new(0),
             pings: AtomicU64::new(0),
             sent: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            spool,
+            identity_notify: Notify::new(),
+            link_tx: watch::Sender::new(false),
         }
     }
 
@@ -196,98 +236,253 @@ impl Shared {
     pub(super) async fn send_many<'a>(
         &self,
         count: usize,
-        mut make: impl FnMut(u64) -> OutFrame<'a>,
+        make: impl FnMut(u64) -> OutFrame<'a>,
     ) -> Result<(u64, usize), ClientError> {
         if count == 0 {
             return Ok((self.last_seq(), 0));
         }
+        match &self.spool {
+            None => self.send_in_memory(count, make).await,
+            Some(cell) => self.send_spooled(cell, count, make).await,
+        }
+    }
+
+    /// Checks that the agent can still send.
+    fn check_open(st: &State) -> Result<(), ClientError> {
+        if let Some(e) = &st.terminal {
+            return Err(e.clone());
+        }
+        if st.closed {
+            return Err(ClientError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Encodes the frame for `seq` at the end of the arena; returns its length with prefix.
+    fn encode(st: &mut State, seq: u64, f: &OutFrame<'_>, now: u64) -> Result<usize, ClientError> {
+        let need = LEN_PREFIX + 64 + f.payload.len() + f.flight_id.len();
+        if st.arena.capacity() - st.arena.len() < need {
+            st.arena.reserve(need.max(64 * 1024));
+        }
+        encode_telemetry(
+            &mut st.arena,
+            seq,
+            now,
+            f.device_time,
+            f.kind,
+            f.flight_id,
+            f.payload,
+            f.content_type,
+        );
+        let len = st.arena.len() - LEN_PREFIX;
+        if len > st.max_frame_bytes {
+            st.arena.clear();
+            return Err(ClientError::FrameTooLarge {
+                len,
+                max: st.max_frame_bytes,
+            });
+        }
+        Ok(st.arena.len())
+    }
+
+    /// Without a spool: at most `min(window, max_buffered)` frames unacked; waits for credit.
+    async fn send_in_memory<'a>(
+        &self,
+        count: usize,
+        mut make: impl FnMut(u64) -> OutFrame<'a>,
+    ) -> Result<(u64, usize), ClientError> {
         loop {
             let mut rx = self.acked_tx.subscribe();
             {
                 let mut st = lock(&self.state);
-                if let Some(e) = &st.terminal {
-                    return Err(e.clone());
-                }
-                if st.closed {
-                    return Err(ClientError::Closed);
-                }
+                Self::check_open(&st)?;
                 let inflight = st.next_seq - 1 - st.acked;
                 let cap = st.window.min(st.max_buffered);
                 if inflight < cap {
                     let want = (count as u64).min(cap - inflight) as usize;
                     let now = now_unix_ns();
-                    let mut n = 0usize;
-                    while n < want {
+                    for _ in 0..want {
                         let seq = st.next_seq;
-                        let f = make(seq);
-                        let need = LEN_PREFIX + 64 + f.payload.len() + f.flight_id.len();
-                        if st.arena.capacity() - st.arena.len() < need {
-                            st.arena.reserve(need.max(64 * 1024));
-                        }
-                        encode_telemetry(
-                            &mut st.arena,
-                            seq,
-                            now,
-                            f.device_time,
-                            f.kind,
-                            f.flight_id,
-                            f.payload,
-                            f.content_type,
-                        );
-                        let len = st.arena.len() - LEN_PREFIX;
-                        if len > st.max_frame_bytes {
-                            st.arena.clear();
-                            return Err(ClientError::FrameTooLarge {
-                                len,
-                                max: st.max_frame_bytes,
-                            });
-                        }
-                        let st = &mut *st;
-                        if let Some(spool) = st.spool.as_mut() {
-                            if !spool.has_room(st.arena.len()) {
-                                // Full: hand out what fits; the caller waits for acks below.
-                                if spool.bytes() == 0 {
-                                    st.arena.clear();
-                                    return Err(SpoolError::FrameTooLarge {
-                                        len,
-                                        max: spool.max_bytes(),
-                                    }
-                                    .into());
-                                }
-                                st.arena.clear();
-                                break;
-                            }
-                            if let Err(e) = spool.append(seq, &st.arena) {
-                                st.arena.clear();
-                                return Err(SpoolError::Append(std::sync::Arc::new(e)).into());
-                            }
-                        }
+                        Self::encode(&mut st, seq, &make(seq), now)?;
                         let bytes = st.arena.split().freeze();
                         st.unacked.push_back((seq, bytes));
                         st.next_seq += 1;
-                        n += 1;
                     }
-                    if n > 0 {
-                        // On disk (in the OS) before the driver can put it on the wire.
-                        let flushed = st.spool.as_mut().map_or(Ok(()), Spool::flush);
-                        let last = st.next_seq - 1;
-                        drop(st);
-                        self.sent.fetch_add(n as u64, Ordering::Relaxed);
-                        self.work.notify_one();
-                        if let Err(e) = flushed {
-                            return Err(SpoolError::Flush {
-                                last,
-                                source: std::sync::Arc::new(e),
-                            }
-                            .into());
-                        }
-                        return Ok((last, n));
-                    }
+                    let last = st.next_seq - 1;
+                    st.spooled = last;
+                    drop(st);
+                    self.sent.fetch_add(want as u64, Ordering::Relaxed);
+                    self.work.notify_one();
+                    return Ok((last, want));
                 }
             }
             self.credit_waits.fetch_add(1, Ordering::Relaxed);
             if rx.changed().await.is_err() {
                 return Err(ClientError::Closed);
+            }
+        }
+    }
+
+    /// With a spool: never waits for the credit window, only for spool room (`Block`), or
+    /// drops the oldest frames to make room (`DropOldest`). The frames are encoded under the
+    /// state lock, appended and synced under the spool's lock only, and become writable once
+    /// appended.
+    async fn send_spooled<'a>(
+        &self,
+        cell: &SpoolCell,
+        count: usize,
+        mut make: impl FnMut(u64) -> OutFrame<'a>,
+    ) -> Result<(u64, usize), ClientError> {
+        let mut batch: Vec<(u64, Bytes)> = Vec::new();
+        loop {
+            let mut rx = self.acked_tx.subscribe();
+            let mut sp = cell.spool.lock().await;
+            // Acks free room: persist them before judging it.
+            let acked = self.acked();
+            if let Err(e) = sp.ack(acked) {
+                tracing::warn!(error = %e, seq = acked, "spool: could not persist the ack mark");
+            }
+            {
+                let mut st = lock(&self.state);
+                Self::check_open(&st)?;
+                let now = now_unix_ns();
+                let mut pending = 0u64;
+                for _ in 0..count {
+                    let seq = st.next_seq;
+                    let len = Self::encode(&mut st, seq, &make(seq), now)?;
+                    let rec = super::spool::record_len(len);
+                    if sp.bytes() + pending + rec > sp.max_bytes() {
+                        st.arena.clear();
+                        if sp.bytes() == 0 && pending == 0 {
+                            return Err(SpoolError::FrameTooLarge {
+                                len,
+                                max: sp.max_bytes() as u64,
+                            }
+                            .into());
+                        }
+                        break;
+                    }
+                    pending += rec;
+                    let bytes = st.arena.split().freeze();
+                    st.unacked.push_back((seq, bytes.clone()));
+                    batch.push((seq, bytes));
+                    st.next_seq += 1;
+                }
+            }
+            if batch.is_empty() {
+                // Full.
+                match cell.when_full {
+                    WhenFull::DropOldest => {
+                        let dropped = sp
+                            .drop_oldest()
+                            .map_err(|e| ClientError::from(SpoolError::DropOldest(Arc::new(e))))?;
+                        if let Some(through) = dropped {
+                            self.on_dropped(through);
+                        }
+                        self.publish_spool_depth(cell, &sp);
+                        continue;
+                    }
+                    WhenFull::Block => {
+                        drop(sp);
+                        self.credit_waits.fetch_add(1, Ordering::Relaxed);
+                        if rx.changed().await.is_err() {
+                            return Err(ClientError::Closed);
+                        }
+                        continue;
+                    }
+                }
+            }
+            // The disk work, outside the state lock.
+            let mut res = Ok(());
+            for (seq, data) in &batch {
+                res = sp.append(*seq, data);
+                if res.is_err() {
+                    break;
+                }
+            }
+            let res = res.and_then(|()| sp.flush());
+            let last = batch.last().map_or(0, |(s, _)| *s);
+            let n = batch.len();
+            self.publish_spool_depth(cell, &sp);
+            drop(sp);
+            self.sent.fetch_add(n as u64, Ordering::Relaxed);
+            if let Err(e) = res {
+                return Err(SpoolError::Flush {
+                    last,
+                    source: Arc::new(e),
+                }
+                .into());
+            }
+            lock(&self.state).spooled = last;
+            self.work.notify_one();
+            return Ok((last, n));
+        }
+    }
+
+    fn publish_spool_depth(&self, cell: &SpoolCell, sp: &Spool) {
+        cell.frames.store(sp.frames(), Ordering::Relaxed);
+        cell.bytes.store(sp.bytes(), Ordering::Relaxed);
+    }
+
+    /// The spool dropped every frame up to `through` to make room: they are settled (not
+    /// acked); a connection that is up is closed so the next Register resumes after them.
+    fn on_dropped(&self, through: u64) {
+        let reconnect = {
+            let mut st = lock(&self.state);
+            if through <= st.acked {
+                return;
+            }
+            let n = through.min(st.next_seq - 1) - st.acked;
+            self.dropped.fetch_add(n, Ordering::Relaxed);
+            st.acked = through;
+            while st.unacked.front().is_some_and(|(s, _)| *s <= through) {
+                st.unacked.pop_front();
+            }
+            st.written = st.written.max(through);
+            st.max_written = st.max_written.max(through);
+            st.spooled = st.spooled.max(through);
+            let up = lock(&self.conn).is_some();
+            if up {
+                st.need_reconnect = true;
+            }
+            up
+        };
+        tracing::warn!(through, "spool full: dropped the oldest unacked frames");
+        self.acked_tx.send_replace(through);
+        if reconnect {
+            self.drop_connection();
+        }
+    }
+
+    /// The spool keeper: persists acks (mark + segment deletion) off the ack path, syncs with
+    /// `FsyncPolicy::Interval`, and persists and syncs once more when the agent closes.
+    pub(super) async fn keep_spool(self: std::sync::Arc<Self>) {
+        let Some(cell) = &self.spool else { return };
+        let mut rx = self.acked_tx.subscribe();
+        let every = cell.spool.lock().await.sync_interval();
+        let mut tick = tokio::time::interval(every.unwrap_or(Duration::from_secs(3600)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Woken by acks, the tick, and `close` (which touches the ack watch; the close
+            // notify's single permit is the driver's).
+            let closing = tokio::select! {
+                r = rx.changed() => r.is_err(),
+                _ = tick.tick() => false,
+            };
+            let closing = closing || self.is_closed();
+            let acked = self.acked();
+            let mut sp = cell.spool.lock().await;
+            if let Err(e) = sp.ack(acked) {
+                tracing::warn!(error = %e, seq = acked, "spool: could not persist the ack mark");
+            }
+            if every.is_some() || closing {
+                if let Err(e) = sp.sync() {
+                    tracing::warn!(error = %e, "spool: sync failed");
+                }
+            }
+            self.publish_spool_depth(cell, &sp);
+            if closing {
+                return;
             }
         }
     }
@@ -339,7 +534,46 @@ impl Shared {
             credit_waits: self.credit_waits.load(Ordering::Relaxed),
             drains: self.drains.load(Ordering::Relaxed),
             pings: self.pings.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            spool_frames: self
+                .spool
+                .as_ref()
+                .map_or(0, |c| c.frames.load(Ordering::Relaxed)),
+            spool_bytes: self
+                .spool
+                .as_ref()
+                .map_or(0, |c| c.bytes.load(Ordering::Relaxed)),
         }
+    }
+
+    /// Whether a session is registered now.
+    pub(super) fn link_watch(&self) -> watch::Receiver<bool> {
+        self.link_tx.subscribe()
+    }
+
+    /// The connection ended: the link is down until the next Register.
+    pub(super) fn on_disconnected(&self) {
+        self.link_tx
+            .send_if_modified(|up| std::mem::replace(up, false));
+    }
+
+    /// The identity for the next Register, and its version.
+    pub(super) fn identity(&self) -> (Option<DroneIdentity>, u64) {
+        let st = lock(&self.state);
+        (st.identity.clone(), st.identity_version)
+    }
+
+    /// Replaces the identity; a live session sends it at once (`ControlMessage.identity`).
+    pub(super) fn set_identity(&self, identity: DroneIdentity) {
+        {
+            let mut st = lock(&self.state);
+            if st.identity.as_ref() == Some(&identity) {
+                return;
+            }
+            st.identity = Some(identity);
+            st.identity_version += 1;
+        }
+        self.identity_notify.notify_one();
     }
 
     /// The resume claim for the next Register: `None` for a brand-new stream.
@@ -374,15 +608,17 @@ impl Shared {
                 while st.unacked.front().is_some_and(|(s, _)| *s <= resume) {
                     st.unacked.pop_front();
                 }
-                spool_ack(&mut st.spool, resume);
             }
             st.written = st.acked;
+            st.need_reconnect = false;
+            st.window_blocked = false;
             st.draining = false;
             st.paused_until = None;
             st.session = Some(info);
         }
         self.acked_tx.send_replace(self.acked());
         self.phase_tx.send_replace(Phase::Registered);
+        self.link_tx.send_replace(true);
         self.work.notify_one();
     }
 
@@ -397,10 +633,14 @@ impl Shared {
             while st.unacked.front().is_some_and(|(s, _)| *s <= up_to) {
                 st.unacked.pop_front();
             }
-            spool_ack(&mut st.spool, up_to);
-            up_to
+            (up_to, std::mem::take(&mut st.window_blocked))
         };
+        let (acked, wake_writer) = acked;
+        // The spool keeper persists the mark: this path never waits on the disk.
         self.acked_tx.send_replace(acked);
+        if wake_writer {
+            self.work.notify_one();
+        }
     }
 
     /// The relay discarded frames from `seq` on: write them again after `after`.
@@ -442,7 +682,7 @@ impl Shared {
         max: usize,
     ) -> Option<tokio::time::Instant> {
         let mut st = lock(&self.state);
-        if st.draining {
+        if st.draining || st.need_reconnect {
             return None;
         }
         if let Some(until) = st.paused_until {
@@ -456,7 +696,13 @@ impl Shared {
             st.written = front - 1;
         }
         let start = (st.written + 1 - front) as usize;
-        let end = st.unacked.len().min(start + max);
+        // Only what the spool holds, and within the credit window counted from the acks.
+        let limit = st.spooled.min(st.acked + st.window);
+        let allowed = limit.saturating_sub(st.written) as usize;
+        let end = st.unacked.len().min(start + max.min(allowed));
+        if end < st.unacked.len() && st.written + (end - start) as u64 >= st.acked + st.window {
+            st.window_blocked = true;
+        }
         frames.clear();
         frames.extend(st.unacked.range(start..end).map(|(_, b)| b.clone()));
         if end > start {
