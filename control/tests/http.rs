@@ -175,7 +175,7 @@ async fn drain_endpoint_requires_the_bearer_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_include_latency_summaries() {
+async fn metrics_include_latency_histograms() {
     let c = start(ControlConfig::default()).await;
     c.latency()
         .record_many(Hist::AckLatency, [1_000_000, 2_000_000, 3_000_000]);
@@ -185,15 +185,28 @@ async fn metrics_include_latency_summaries() {
     assert_eq!(resp.status().as_u16(), 200);
     let text = resp.text().await.expect("body");
     assert!(
-        text.contains("# TYPE contrail_ack_latency_seconds summary"),
+        text.contains("# TYPE contrail_ack_latency_seconds histogram"),
         "{text}"
     );
+    assert!(text.contains("contrail_ack_latency_seconds_bucket{le=\"0.001\"} 1"));
+    assert!(text.contains("contrail_ack_latency_seconds_bucket{le=\"0.0025\"} 2"));
+    assert!(text.contains("contrail_ack_latency_seconds_bucket{le=\"+Inf\"} 3"));
     assert!(
         text.contains("contrail_ack_latency_seconds_count 3"),
         "{text}"
     );
-    assert!(text.contains("contrail_sink_write_latency_seconds{sink=\"redis\",quantile=\"0.999\"}"));
+    assert!(
+        text.contains("contrail_sink_write_latency_seconds_bucket{sink=\"redis\",le=\"0.005\"} 1")
+    );
     assert!(text.contains("contrail_frame_age_seconds_count 0"));
+    // The windowed views for the fleet page.
+    let (status, v) = get(&c, "/v1/latency").await;
+    assert_eq!(status, 200, "{v}");
+    let ack = v["stages"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["stage"] == "ack"))
+        .expect("ack stage");
+    assert_eq!(ack["last_1m"]["count"], 3);
     c.shutdown().await.expect("shutdown");
 }
 

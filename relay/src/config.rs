@@ -25,6 +25,7 @@ pub const ENV_VARS: &[&str] = &[
     "CONTRAIL_HEARTBEAT_INTERVAL_MS",
     "CONTRAIL_HTTP_LISTEN",
     "CONTRAIL_ADMIN_TOKEN",
+    "CONTRAIL_VIEWER_TOKEN",
     "CONTRAIL_DRAIN_DEADLINE_MS",
     "CONTRAIL_AUTH_MODE",
     "CONTRAIL_AUTH_TOKENS_FILE",
@@ -98,6 +99,10 @@ pub struct Config {
     pub quotas: crate::quota::QuotaConfig,
     /// Sinks; empty means one `stdout` sink.
     pub sinks: Vec<SinkConfig>,
+    /// Region this relay runs in (published in `relay:{id}` and shown on the fleet page).
+    pub region: Option<String>,
+    /// Zone within the region.
+    pub zone: Option<String>,
 }
 
 impl Default for Config {
@@ -113,6 +118,8 @@ impl Default for Config {
             auth: crate::auth::AuthConfig::default(),
             quotas: crate::quota::QuotaConfig::default(),
             sinks: Vec::new(),
+            region: None,
+            zone: None,
         }
     }
 }
@@ -267,6 +274,8 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Bearer token for state-changing endpoints; none disables them.
     pub admin_token: Option<String>,
+    /// Token the fleet page (`/`) and the read API require; none leaves them open.
+    pub viewer_token: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -274,6 +283,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 2112)),
             admin_token: None,
+            viewer_token: None,
         }
     }
 }

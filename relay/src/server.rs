@@ -262,6 +262,7 @@ impl RelayBuilder {
         let control_cfg = ControlConfig {
             http_listen: http.local_addr()?,
             admin_token: config.http.admin_token.clone(),
+            viewer_token: config.http.viewer_token.clone(),
             routing: contrail_control::RoutingConfig {
                 addr: config.redis.addr.clone(),
                 password: config.redis.password.clone(),
@@ -311,13 +312,14 @@ impl RelayBuilder {
             sink_actors.push((actor, join));
         }
 
+        let handles_for_report = handles.clone();
         let (supervisor, supervisor_join) = Actor::spawn(None, SessionSupervisor, ())
             .await
             .map_err(|e| RelayError::Actor(e.to_string()))?;
         let limits = &config.limits;
         let core = Arc::new(RelayCore {
             relay_id,
-            fanout: FanOut::new(handles),
+            fanout: FanOut::new(handles.clone()),
             resume: ResumeTable::new(
                 limits.resume_max_agents,
                 Duration::from_secs(limits.resume_ttl_secs),
@@ -373,6 +375,22 @@ impl RelayBuilder {
             Arc::new(quinn::TokioRuntime),
         )?;
         let local_addr = endpoint.local_addr()?;
+        {
+            let c = &control;
+            c.local().set_facts(contrail_control::registry::RelayFacts {
+                address: local_addr.to_string(),
+                http_address: c.http_addr().to_string(),
+                region: core.config.region.clone(),
+                zone: core.config.zone.clone(),
+                soft_max_sessions: core.config.limits.max_sessions as u64,
+                max_sessions: core.config.limits.max_sessions as u64,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            });
+            c.local()
+                .set_sink_report(Arc::new(crate::sink::worker::SinkReporter(
+                    handles_for_report,
+                )));
+        }
         let accept = tokio::spawn(accept_loop(
             core.clone(),
             endpoint.clone(),

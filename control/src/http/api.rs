@@ -41,19 +41,38 @@ pub struct AppState {
     pub admin_token: Option<Arc<str>>,
     /// Prometheus recorder handle, if the binary installed one.
     pub metrics: Option<PrometheusHandle>,
+    /// Token of the page and read API (`None`: open).
+    pub viewer_token: Option<Arc<str>>,
+    /// This relay (sinks, CPU, facts).
+    pub local: Arc<crate::registry::LocalRelay>,
+    /// Fleet-wide view.
+    pub fleet_reader: Arc<crate::registry::FleetReader>,
+    /// Period of the page's live updates.
+    pub page_interval: std::time::Duration,
+    /// Event streams open (bounded by [`super::page::MAX_PAGE_STREAMS`]).
+    pub page_streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    // Reads: behind the viewer token when one is configured.
+    let reads = Router::new()
         .route("/v1/drones", get(list_drones))
         .route("/v1/drones/{id}", get(get_drone))
         .route("/v1/usage", get(list_usage))
         .route("/v1/usage/{agent_id}", get(get_usage))
+        .merge(super::page::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            super::viewer::require_viewer,
+        ));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/v1/admin/drain", post(drain))
+        .merge(reads)
+        .merge(super::viewer::login_routes())
         .with_state(state)
 }
 
@@ -103,9 +122,9 @@ fn page(q: Result<Query<Page>, QueryRejection>) -> Result<(usize, usize), ApiErr
 /// Status of one drone as served by the API.
 #[derive(Debug, Serialize)]
 pub struct DroneStatus {
-    session_id: String,
-    agent_id: String,
-    relay_id: String,
+    pub(crate) session_id: String,
+    pub(crate) agent_id: String,
+    pub(crate) relay_id: String,
     flight_id: Option<String>,
     /// Registration time, ms since the Unix epoch.
     connected_since: u64,
@@ -118,7 +137,7 @@ pub struct DroneStatus {
     remote_addr: SocketAddr,
 }
 
-fn status(s: &SessionInfo, relay_id: &str) -> DroneStatus {
+pub(crate) fn status(s: &SessionInfo, relay_id: &str) -> DroneStatus {
     let snap = s.snapshot();
     DroneStatus {
         session_id: snap.session_id,
@@ -220,7 +239,7 @@ struct DrainAnswer {
     reason: Option<String>,
 }
 
-fn authorize(expected: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(expected: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
     let expected = expected.ok_or(ApiError::Disabled)?;
     let given = headers
         .get(header::AUTHORIZATION)

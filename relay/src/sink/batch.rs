@@ -69,12 +69,15 @@ impl SinkBatch {
 
     /// A required sink accepted this batch. When the last one does, the agent's ack point
     /// moves to this batch's last seq (sinks complete in order, so every earlier batch is done).
-    pub fn complete(&self) {
+    /// Returns whether this call completed the batch (it was the last required sink).
+    pub fn complete(&self) -> bool {
         if let Some(c) = &self.completion {
             if c.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                 c.cursor
                     .complete_batch(self.frames.last_seq(), self.received_at);
+                return true;
             }
         }
+        false
     }
 }

@@ -25,6 +25,7 @@ pub struct SinkHandle {
     healthy: AtomicBool,
     frames_written: AtomicU64,
     frames_dropped: AtomicU64,
+    dropped_full: AtomicU64,
     flush_tx: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
     flush_rx: Mutex<mpsc::Receiver<oneshot::Sender<Result<(), String>>>>,
     m_accepted: Counter,
@@ -61,6 +62,7 @@ impl SinkHandle {
             healthy: AtomicBool::new(false),
             frames_written: AtomicU64::new(0),
             frames_dropped: AtomicU64::new(0),
+            dropped_full: AtomicU64::new(0),
             flush_tx,
             flush_rx: Mutex::new(flush_rx),
             m_accepted: metrics::counter!("contrail_sink_accepted_total", "sink" => name.clone()),
@@ -72,6 +74,22 @@ impl SinkHandle {
             latency,
             health,
             common,
+        }
+    }
+
+    /// The sink's state for the fleet page.
+    pub fn status(&self) -> contrail_control::registry::SinkStatus {
+        let dropped = self.frames_dropped();
+        let full = self.dropped_full.load(Ordering::Relaxed);
+        contrail_control::registry::SinkStatus {
+            name: self.common.name.clone(),
+            required: self.common.required,
+            healthy: self.is_healthy(),
+            queue_depth: self.queue.len() as u64,
+            queue_capacity: self.queue.capacity() as u64,
+            frames_written: self.frames_written(),
+            dropped_queue_full: full,
+            dropped_write_failed: dropped.saturating_sub(full),
         }
     }
 
@@ -93,6 +111,7 @@ impl SinkHandle {
     fn count_dropped(&self, frames: u64, full: bool) {
         self.frames_dropped.fetch_add(frames, Ordering::Relaxed);
         if full {
+            self.dropped_full.fetch_add(frames, Ordering::Relaxed);
             self.m_dropped_full.increment(frames);
         } else {
             self.m_dropped_error.increment(frames);
@@ -201,14 +220,14 @@ async fn write_items(
                 handle
                     .frames_written
                     .fetch_add(written as u64, Ordering::Relaxed);
-                if handle.common.required {
-                    for b in items.iter() {
-                        b.complete();
-                    }
-                }
+                let committed: Vec<bool> = if handle.common.required {
+                    items.iter().map(|b| b.complete()).collect()
+                } else {
+                    Vec::new()
+                };
                 handle
                     .latency
-                    .sink_written(&handle.common.name, items.iter().map(|b| b.received_at));
+                    .sink_written(&handle.common.name, items, &committed);
                 items.clear();
                 return;
             }
@@ -240,5 +259,14 @@ async fn write_items(
 impl From<SinkError> for String {
     fn from(e: SinkError) -> String {
         e.to_string()
+    }
+}
+
+/// Reports every sink to the control plane's fleet page.
+pub struct SinkReporter(pub Vec<Arc<SinkHandle>>);
+
+impl contrail_control::registry::SinkReport for SinkReporter {
+    fn sinks(&self) -> Vec<contrail_control::registry::SinkStatus> {
+        self.0.iter().map(|h| h.status()).collect()
     }
 }
