@@ -25,4 +25,5 @@ mod security;
 mod sink_jetstream;
 mod sink_outage;
 mod sink_redis_streams;
+mod sre;
 mod tls_resume;
