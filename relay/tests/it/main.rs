@@ -26,4 +26,5 @@ mod sink_jetstream;
 mod sink_outage;
 mod sink_redis_streams;
 mod sre;
+mod sre_page;
 mod tls_resume;
