@@ -9,6 +9,7 @@
 pub mod error;
 pub mod events;
 pub mod fleet;
+pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod latency;
@@ -171,6 +172,9 @@ pub struct Control {
     local: Arc<registry::LocalRelay>,
     fleet_reader: Arc<registry::FleetReader>,
     registry_publisher: Option<registry::publisher::RegistryPublisher>,
+    grpc: Option<grpc::GrpcServer>,
+    viewer_token: Option<Arc<str>>,
+    admin_token: Option<Arc<str>>,
 }
 
 impl Control {
@@ -267,7 +271,26 @@ impl Control {
             local,
             fleet_reader,
             registry_publisher,
+            grpc: None,
+            viewer_token: config.viewer_token.as_deref().map(Arc::from),
+            admin_token: config.admin_token.as_deref().map(Arc::from),
         })
+    }
+
+    /// Serves seed 003's gRPC RelayControl on `listener` (already bound), with the HTTP API's
+    /// auth; stopped by [`shutdown`](Self::shutdown).
+    pub fn serve_grpc(&mut self, listener: tokio::net::TcpListener) {
+        let svc = grpc::RelayControlService::new(
+            self.fleet.clone(),
+            self.fleet_reader.clone(),
+            self.relay_id.clone(),
+        );
+        self.grpc = Some(grpc::GrpcServer::spawn(
+            listener,
+            svc,
+            self.viewer_token.clone(),
+            self.admin_token.clone(),
+        ));
     }
 
     /// This relay as the registry and the page see it: set its facts and sink reporter here.
@@ -338,6 +361,9 @@ impl Control {
     /// `Stopped`, and stop the HTTP server last so `/readyz` answers 503 throughout.
     pub async fn shutdown(mut self) -> Result<ShutdownReport, ControlError> {
         self.lifecycle.begin_drain("shutdown");
+        if let Some(g) = self.grpc.take() {
+            g.stop().await;
+        }
         let res = self.root.call(RootMsg::Shutdown, None).await;
         self.root.stop(None);
         if let Some(j) = self.root_join.take() {

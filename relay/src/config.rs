@@ -26,6 +26,7 @@ pub const ENV_VARS: &[&str] = &[
     "CONTRAIL_HTTP_LISTEN",
     "CONTRAIL_ADMIN_TOKEN",
     "CONTRAIL_VIEWER_TOKEN",
+    "CONTRAIL_GRPC_LISTEN",
     "CONTRAIL_DRAIN_DEADLINE_MS",
     "CONTRAIL_AUTH_MODE",
     "CONTRAIL_AUTH_TOKENS_FILE",
@@ -99,6 +100,8 @@ pub struct Config {
     pub quotas: crate::quota::QuotaConfig,
     /// Sinks; empty means one `stdout` sink.
     pub sinks: Vec<SinkConfig>,
+    /// Seed 003's gRPC RelayControl.
+    pub grpc: GrpcConfig,
     /// Region this relay runs in (published in `relay:{id}` and shown on the fleet page).
     pub region: Option<String>,
     /// Zone within the region.
@@ -118,6 +121,7 @@ impl Default for Config {
             auth: crate::auth::AuthConfig::default(),
             quotas: crate::quota::QuotaConfig::default(),
             sinks: Vec::new(),
+            grpc: GrpcConfig::default(),
             region: None,
             zone: None,
         }
@@ -286,6 +290,14 @@ impl Default for HttpConfig {
             viewer_token: None,
         }
     }
+}
+
+/// gRPC RelayControl (seed 003): off unless `listen` is set (the seed's port is 50051).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// TCP listen address, e.g. `0.0.0.0:50051`.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Graceful drain.

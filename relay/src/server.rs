@@ -218,6 +218,7 @@ pub struct RelayBuilder {
     extra_sinks: Vec<SinkSpec>,
     hooks: Hooks,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    grpc: Option<tokio::net::TcpListener>,
 }
 
 impl RelayBuilder {
@@ -228,6 +229,7 @@ impl RelayBuilder {
             extra_sinks: Vec::new(),
             hooks: Hooks::default(),
             metrics: None,
+            grpc: None,
         }
     }
 
@@ -240,6 +242,12 @@ impl RelayBuilder {
     /// Installs hooks.
     pub fn hooks(mut self, hooks: Hooks) -> Self {
         self.hooks = hooks;
+        self
+    }
+
+    /// Serves seed 003's gRPC RelayControl on this (already bound) listener.
+    pub fn grpc(mut self, listener: tokio::net::TcpListener) -> Self {
+        self.grpc = Some(listener);
         self
     }
 
@@ -274,7 +282,10 @@ impl RelayBuilder {
             drain_deadline: Duration::from_millis(config.drain.deadline_ms),
             ..ControlConfig::default()
         };
-        let control = Control::start(control_cfg, http, self.metrics).await?;
+        let mut control = Control::start(control_cfg, http, self.metrics).await?;
+        if let Some(grpc) = self.grpc {
+            control.serve_grpc(grpc);
+        }
         let latency = Latency::new(control.latency().clone());
 
         let live = config
