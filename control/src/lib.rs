@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod registry;
 pub mod root;
 pub mod routing;
+pub mod usage;
 pub mod watchers;
 
 use std::collections::HashMap;
@@ -58,6 +59,8 @@ pub struct ControlConfig {
     pub registry: registry::RegistryConfig,
     /// Period of the fleet page's live updates (SSE), at least 250 ms.
     pub page_interval: Duration,
+    /// Hourly usage buckets (in memory).
+    pub usage: usage::UsageConfig,
     /// Redis routing.
     pub routing: RoutingConfig,
     /// Bound on removing routing keys during shutdown.
@@ -76,6 +79,7 @@ impl Default for ControlConfig {
             viewer_token: None,
             registry: registry::RegistryConfig::default(),
             page_interval: Duration::from_secs(1),
+            usage: usage::UsageConfig::default(),
             routing: RoutingConfig::default(),
             drain_deadline: Duration::from_secs(10),
             max_disconnected_usage: fleet::DEFAULT_MAX_DISCONNECTED_USAGE,
@@ -102,6 +106,9 @@ impl ControlConfig {
         }
         if self.page_interval < Duration::from_millis(250) {
             return bad("page_interval", "must be at least 250 ms");
+        }
+        if self.usage.period.is_zero() || self.usage.max_buckets == 0 {
+            return bad("usage", "period and max_buckets must be > 0");
         }
         let g = &self.registry;
         if g.refresh.is_zero() || g.refresh > g.ttl / 2 || g.scan_chunk == 0 || g.max_scan_keys == 0
@@ -173,6 +180,7 @@ pub struct Control {
     fleet_reader: Arc<registry::FleetReader>,
     registry_publisher: Option<registry::publisher::RegistryPublisher>,
     grpc: Option<grpc::GrpcServer>,
+    usage_sampler: Option<usage::UsageSampler>,
     viewer_token: Option<Arc<str>>,
     admin_token: Option<Arc<str>>,
 }
@@ -224,6 +232,8 @@ impl Control {
             redis,
             reg_cfg,
         ));
+        let usage = Arc::new(usage::UsageLedger::new(config.usage.clone()));
+        let usage_sampler = Some(usage::UsageSampler::spawn(usage.clone(), fleet.clone()));
         let app = AppState {
             fleet: fleet.clone(),
             lifecycle: lifecycle.clone(),
@@ -237,6 +247,7 @@ impl Control {
             fleet_reader: fleet_reader.clone(),
             page_interval: config.page_interval,
             page_streams: Arc::default(),
+            usage,
         };
         let args = RootArgs {
             lifecycle: lifecycle.clone(),
@@ -272,6 +283,7 @@ impl Control {
             fleet_reader,
             registry_publisher,
             grpc: None,
+            usage_sampler,
             viewer_token: config.viewer_token.as_deref().map(Arc::from),
             admin_token: config.admin_token.as_deref().map(Arc::from),
         })
@@ -371,6 +383,9 @@ impl Control {
         }
         if let Some(p) = self.registry_publisher.take() {
             p.stop().await;
+        }
+        if let Some(u) = self.usage_sampler.take() {
+            u.stop().await;
         }
         match res {
             Ok(ractor::rpc::CallResult::Success(r)) => Ok(r),

@@ -236,3 +236,75 @@ async fn crashed_http_server_and_children_are_restarted() {
         .expect("shutdown in time")
         .expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_hourly_buckets_as_json_and_csv_behind_viewer_token() {
+    let c = start(ControlConfig {
+        viewer_token: Some("v".into()),
+        usage: contrail_control::usage::UsageConfig {
+            period: Duration::from_millis(20),
+            ..Default::default()
+        },
+        ..ControlConfig::default()
+    })
+    .await;
+    let s = session("u-1", "s-1");
+    s.stats.frames.store(7, Ordering::Relaxed);
+    s.stats.bytes.store(700, Ordering::Relaxed);
+    c.events().session_up(s);
+    let http = reqwest::Client::new();
+    let q = url(&c, "/v1/usage?agent=u-1&from=0");
+    let denied = http.get(&q).send().await.expect("request");
+    assert_eq!(denied.status().as_u16(), 401, "viewer token required");
+    let v: Value = poll_until_async(DEADLINE, "usage sampled", async || {
+        let v: Value = http
+            .get(&q)
+            .bearer_auth("v")
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (v["total_frames"] == 7).then_some(v)
+    })
+    .await;
+    assert_eq!(v["storage"], "memory");
+    assert_eq!(v["persistent"], false);
+    assert_eq!(v["total_bytes"], 700);
+    assert_eq!(v["hours"][0]["agent_id"], "u-1");
+    let csv = http
+        .get(url(&c, "/v1/usage?agent=u-1&format=csv"))
+        .bearer_auth("v")
+        .send()
+        .await
+        .expect("csv")
+        .text()
+        .await
+        .expect("body");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "agent_id,hour_start_unix_ms,frames,bytes");
+    assert!(
+        lines[1].starts_with("u-1,") && lines[1].ends_with(",7,700"),
+        "{csv}"
+    );
+    let bad = http
+        .get(url(&c, "/v1/usage?from=5&to=5"))
+        .bearer_auth("v")
+        .send()
+        .await
+        .expect("bad");
+    assert_eq!(bad.status().as_u16(), 400);
+    // Without parameters: the running totals, as before.
+    let v: Value = http
+        .get(url(&c, "/v1/usage"))
+        .bearer_auth("v")
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["agents"][0]["total_frames"], 7);
+    c.shutdown().await.expect("shutdown");
+}

@@ -49,6 +49,8 @@ pub struct AppState {
     pub fleet_reader: Arc<crate::registry::FleetReader>,
     /// Period of the page's live updates.
     pub page_interval: std::time::Duration,
+    /// Hourly usage buckets.
+    pub usage: Arc<crate::usage::UsageLedger>,
     /// Event streams open (bounded by [`super::page::MAX_PAGE_STREAMS`]).
     pub page_streams: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -59,7 +61,7 @@ pub fn router(state: AppState) -> Router {
     let reads = Router::new()
         .route("/v1/drones", get(list_drones))
         .route("/v1/drones/{id}", get(get_drone))
-        .route("/v1/usage", get(list_usage))
+        .route("/v1/usage", get(super::usage::usage))
         .route("/v1/usage/{agent_id}", get(get_usage))
         .merge(super::page::routes())
         .route_layer(axum::middleware::from_fn_with_state(
@@ -188,28 +190,6 @@ async fn get_drone(
         Some(d) => Ok(Json(status(&d, &s.relay_id))),
         None => Err(ApiError::NotFound { what: "drone", id }),
     }
-}
-
-#[derive(Serialize)]
-struct UsageList {
-    total: usize,
-    offset: usize,
-    limit: usize,
-    agents: Vec<AgentUsage>,
-}
-
-async fn list_usage(
-    State(s): State<AppState>,
-    q: Result<Query<Page>, QueryRejection>,
-) -> Result<Json<impl Serialize>, ApiError> {
-    let (offset, limit) = page(q)?;
-    let agents = s.fleet.usage_list(offset, limit);
-    Ok(Json(UsageList {
-        total: s.fleet.usage_len(),
-        offset,
-        limit,
-        agents,
-    }))
 }
 
 async fn get_usage(

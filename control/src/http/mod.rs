@@ -4,6 +4,7 @@
 pub mod api;
 pub mod error;
 pub mod page;
+pub mod usage;
 pub mod viewer;
 
 use std::net::TcpListener as StdListener;
