@@ -32,14 +32,10 @@ for i in $(seq 1 "${RUNS:-3}"); do
     python3 - "$out" "$i" "$page" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-def find(d, *names):
-    for n in names:
-        if isinstance(d, dict) and n in d: return d[n]
-    return None
-fps = find(r, "throughput_fps", "frames_per_sec", "acked_per_sec")
-cpu = find(r, "relay_cpu_ns_per_frame")
-ack = find(r.get("ack_latency_ms", r.get("ack_latency", {})) or {}, "p99", "p99_ms")
-print(f"{sys.argv[2]:<5} {sys.argv[3]:<4} {fps or 0:12.0f} {cpu or 0:12.0f} {ack or 0:10.2f}")
+fps = r["throughput"].get("acked_per_s") or r["throughput"]["sent_per_s"]
+cpu = (r.get("relay") or {}).get("cpu_ns_per_frame") or 0
+ack = ((r.get("ack_latency") or {}).get("p99_us") or 0) / 1000
+print(f"{sys.argv[2]:<5} {sys.argv[3]:<4} {fps:12.0f} {cpu:12.0f} {ack:10.2f}")
 PY
   done
 done

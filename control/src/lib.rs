@@ -223,7 +223,6 @@ impl Control {
         reg_cfg.ttl = config.routing.ttl;
         let fleet_reader = Arc::new(registry::FleetReader::new(
             local.clone(),
-            fleet.clone(),
             redis.clone(),
             reg_cfg.clone(),
         ));

@@ -162,35 +162,43 @@ async fn drone_page(
     p: &Paging,
     prev: Option<&mut Prev>,
 ) -> (DronePage, Arc<crate::registry::FleetSnapshot>) {
+    /// A drone on this relay (full status) or on another one (its route).
+    enum Entry<'a> {
+        Local(Arc<crate::fleet::SessionInfo>),
+        Remote(&'a crate::registry::DroneRoute),
+    }
+    impl Entry<'_> {
+        fn agent(&self) -> &str {
+            match self {
+                Entry::Local(i) => &i.agent_id,
+                Entry::Remote(d) => &d.agent_id,
+            }
+        }
+    }
     let snap = s.fleet_reader.snapshot().await;
     let me = &*s.local.relay_id;
-    let live = s.fleet.live_session_ids();
-    // This relay is authoritative for its own drones: drop its stale routes, add fresh ones.
-    let mut all: Vec<(&str, &str, &str)> = snap
+    let needle = p.q.to_lowercase();
+    let matches = |a: &str| needle.is_empty() || a.to_lowercase().contains(&needle);
+    // This relay is authoritative for its own drones (its Fleet, ordered by agent id); the
+    // registry adds the other relays'. Only the requested page is turned into rows.
+    let mut all: Vec<Entry<'_>> = s
+        .fleet
+        .all()
+        .into_iter()
+        .filter(|i| matches(&i.agent_id))
+        .map(Entry::Local)
+        .collect();
+    let remote = snap
         .drones
         .iter()
-        .filter(|d| d.relay_id != me || live.contains_key(&d.agent_id))
-        .map(|d| {
-            (
-                d.agent_id.as_str(),
-                d.relay_id.as_str(),
-                d.session_id.as_str(),
-            )
-        })
-        .collect();
-    let known: std::collections::HashSet<&str> = all.iter().map(|d| d.0).collect();
-    let extra: Vec<(&str, &str, &str)> = live
-        .iter()
-        .filter(|(a, _)| !known.contains(a.as_str()))
-        .map(|(a, sid)| (a.as_str(), me, sid.as_str()))
-        .collect();
-    all.extend(extra);
-    if !p.q.is_empty() {
-        let needle = p.q.to_lowercase();
-        all.retain(|d| d.0.to_lowercase().contains(&needle));
+        .filter(|d| d.relay_id != me && matches(&d.agent_id));
+    let had_remote = remote.clone().next().is_some();
+    if had_remote {
+        all.extend(remote.map(Entry::Remote));
+        // Stable: a drone listed by this relay and (stale) by another keeps the local entry.
+        all.sort_by(|a, b| a.agent().cmp(b.agent()));
+        all.dedup_by(|a, b| a.agent() == b.agent());
     }
-    all.sort_unstable();
-    all.dedup_by(|a, b| a.0 == b.0);
     let total = all.len();
     let now = Instant::now();
     let mut next_prev = Prev::new();
@@ -198,11 +206,16 @@ async fn drone_page(
         .iter()
         .skip(p.offset)
         .take(p.limit)
-        .map(|&(agent, relay, sid)| {
-            let local = (relay == me)
-                .then(|| s.fleet.get(agent))
-                .flatten()
-                .map(|i| i.snapshot());
+        .map(|e| {
+            let (local, relay, sid) = match e {
+                Entry::Local(i) => {
+                    let snap = i.snapshot();
+                    let sid = snap.session_id.clone();
+                    (Some(snap), me.to_owned(), sid)
+                }
+                Entry::Remote(d) => (None, d.relay_id.clone(), d.session_id.clone()),
+            };
+            let agent = e.agent();
             let mut fps = None;
             let mut bps = None;
             if let (Some(l), Some(prev)) = (&local, prev.as_ref()) {
@@ -220,10 +233,8 @@ async fn drone_page(
             }
             DroneRow {
                 agent_id: agent.to_owned(),
-                relay_id: relay.to_owned(),
-                session_id: local
-                    .as_ref()
-                    .map_or_else(|| sid.to_owned(), |l| l.session_id.clone()),
+                relay_id: relay,
+                session_id: sid,
                 local,
                 frames_per_s: fps,
                 bytes_per_s: bps,

@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use super::publisher::connect;
 use super::{unix_ms, LocalRelay, RegistryConfig, RelayRecord, RELAY_KEY_PREFIX};
 use crate::error::RoutingError;
-use crate::fleet::Fleet;
 use crate::routing::RoutingConfig;
 
 /// Which relay holds a drone (the value of `drone:{id}`).
@@ -38,7 +37,8 @@ pub struct FleetSnapshot {
     pub source: &'static str,
     /// Relays ordered by id.
     pub relays: Vec<RelayRecord>,
-    /// Drones ordered by agent id.
+    /// Drones ordered by agent id, from the Redis routing keys (empty without Redis: this
+    /// relay's own drones are in its [`crate::Fleet`], which callers merge in).
     pub drones: Vec<DroneRoute>,
     /// Whether `max_scan_keys` cut the drone list short.
     pub truncated: bool,
@@ -51,7 +51,6 @@ pub struct FleetSnapshot {
 /// Cached reader of the fleet.
 pub struct FleetReader {
     local: Arc<LocalRelay>,
-    fleet: Arc<Fleet>,
     routing: Option<RoutingConfig>,
     cfg: RegistryConfig,
     conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
@@ -68,13 +67,11 @@ impl FleetReader {
     /// A reader; `routing` is `None` without Redis.
     pub fn new(
         local: Arc<LocalRelay>,
-        fleet: Arc<Fleet>,
         routing: Option<RoutingConfig>,
         cfg: RegistryConfig,
     ) -> Self {
         FleetReader {
             local,
-            fleet,
             routing,
             cfg,
             conn: tokio::sync::Mutex::new(None),
@@ -105,22 +102,13 @@ impl FleetReader {
         self.snapshot().await.relays.clone()
     }
 
+    /// This relay alone. Its drones are not copied here: callers read them from the [`crate::Fleet`]
+    /// (which is authoritative for this relay's sessions) and use `drones` for other relays'.
     fn local_only(&self, error: Option<String>) -> FleetSnapshot {
-        let relay_id = self.local.relay_id.to_string();
-        let drones = self
-            .fleet
-            .live_session_ids()
-            .into_iter()
-            .map(|(agent_id, session_id)| DroneRoute {
-                agent_id,
-                relay_id: relay_id.clone(),
-                session_id,
-            })
-            .collect::<std::collections::BTreeSet<_>>();
         FleetSnapshot {
             source: "local",
             relays: vec![self.local.record()],
-            drones: drones.into_iter().collect(),
+            drones: Vec::new(),
             truncated: false,
             taken_unix_ms: unix_ms(),
             error,
