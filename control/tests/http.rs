@@ -308,3 +308,32 @@ async fn usage_hourly_buckets_as_json_and_csv_behind_viewer_token() {
     assert_eq!(v["agents"][0]["total_frames"], 7);
     c.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_state_pages_and_searches_ten_thousand_drones_on_the_server() {
+    let c = start(ControlConfig::default()).await;
+    for i in 0..10_000 {
+        c.events()
+            .session_up(session(&format!("drone-{i:05}"), &format!("s{i}")));
+    }
+    poll_until_async(DEADLINE, "10k sessions", async || {
+        (c.fleet().len() == 10_000).then_some(())
+    })
+    .await;
+    let (status, v) = get(&c, "/v1/page/state?offset=9990&limit=50").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["drones"]["total"], 10_000);
+    let rows = v["drones"]["drones"].as_array().expect("rows");
+    assert_eq!(rows.len(), 10, "only the last page is sent");
+    assert_eq!(rows[0]["agent_id"], "drone-09990");
+    assert_eq!(rows[0]["local"]["session_id"], "s9990");
+    assert_eq!(v["relays"][0]["sessions"], 10_000);
+    let (_, v) = get(&c, "/v1/page/state?q=DRONE-0999&limit=50").await;
+    assert_eq!(
+        v["drones"]["total"], 11,
+        "0999 and 09990..09999, case-insensitive"
+    );
+    let (status, _) = get(&c, "/v1/page/state?limit=5000").await;
+    assert_eq!(status, 400, "page size is bounded");
+    c.shutdown().await.expect("shutdown");
+}
