@@ -27,6 +27,8 @@ pub struct SessionStats {
     pub last_heartbeat_unix_ms: AtomicU64,
     /// Flight id of the most recent frame, if any.
     pub flight_id: Mutex<Option<String>>,
+    /// Receive → ack of the latest ack, µs (0 = none yet).
+    pub ack_latency_us: AtomicU64,
     /// The vehicle's identity (from `Register`, replaced by identity updates); `None` for
     /// sessions that have none (e.g. the MAVLink UDP endpoint's).
     pub identity: Mutex<Option<Arc<DroneIdentity>>>,
@@ -110,6 +112,8 @@ pub struct SessionSnapshot {
     pub remote_addr: SocketAddr,
     /// The vehicle's identity, when the agent sent one.
     pub identity: Option<DroneIdentity>,
+    /// Receive → ack of the latest ack (µs), `None` before the first.
+    pub ack_latency_us: Option<u64>,
 }
 
 impl SessionInfo {
@@ -127,6 +131,10 @@ impl SessionInfo {
             inflight: self.stats.inflight.load(Ordering::Relaxed),
             remote_addr: self.remote_addr,
             identity: self.stats.identity.lock().as_deref().cloned(),
+            ack_latency_us: match self.stats.ack_latency_us.load(Ordering::Relaxed) {
+                0 => None,
+                v => Some(v),
+            },
         }
     }
 }

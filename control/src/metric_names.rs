@@ -19,11 +19,13 @@ pub const REDIS_PUBLISH_ERRORS: &str = "contrail_redis_publish_errors_total";
 pub const REDIS_COMMANDS: &str = "contrail_redis_commands_total";
 /// Gauge 0/1: the routing publisher holds a Redis connection.
 pub const REDIS_CONNECTED: &str = "contrail_redis_connected";
-/// Summary: age of frames when the relay read them.
+/// Histogram: age of frames when the relay read them (sane agent clocks only).
 pub const FRAME_AGE: &str = "contrail_frame_age_seconds";
-/// Summary: from receiving a frame to sending its ack.
+/// Histogram: from receiving a frame to every required sink having accepted it.
+pub const COMMIT_LATENCY: &str = "contrail_commit_latency_seconds";
+/// Histogram: from receiving a frame to sending its ack.
 pub const ACK_LATENCY: &str = "contrail_ack_latency_seconds";
-/// Summary `{sink}`: one sink write.
+/// Histogram `{sink}`: one sink write.
 pub const SINK_WRITE_LATENCY: &str = "contrail_sink_write_latency_seconds";
 
 // Sessions (relay).
@@ -94,6 +96,7 @@ pub const SUBSCRIBERS_REJECTED: &str = "contrail_subscribers_rejected_total";
 
 /// Every name above.
 pub const ALL: &[&str] = &[
+    COMMIT_LATENCY,
     READY,
     DRAINING,
     SESSIONS_ACTIVE,

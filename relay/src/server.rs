@@ -60,6 +60,7 @@ pub struct RelayBuilder {
     extra_sinks: Vec<SinkSpec>,
     hooks: Hooks,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    grpc: Option<tokio::net::TcpListener>,
 }
 
 impl RelayBuilder {
@@ -70,6 +71,7 @@ impl RelayBuilder {
             extra_sinks: Vec::new(),
             hooks: Hooks::default(),
             metrics: None,
+            grpc: None,
         }
     }
 
@@ -82,6 +84,12 @@ impl RelayBuilder {
     /// Installs hooks.
     pub fn hooks(mut self, hooks: Hooks) -> Self {
         self.hooks = hooks;
+        self
+    }
+
+    /// Serves seed 003's gRPC RelayControl on this (already bound) listener.
+    pub fn grpc(mut self, listener: tokio::net::TcpListener) -> Self {
+        self.grpc = Some(listener);
         self
     }
 
@@ -104,6 +112,7 @@ impl RelayBuilder {
         let control_cfg = ControlConfig {
             http_listen: http.local_addr()?,
             admin_token: config.http.admin_token.clone(),
+            viewer_token: config.http.viewer_token.clone(),
             routing: contrail_control::RoutingConfig {
                 addr: config.redis.addr.clone(),
                 password: config.redis.password.clone(),
@@ -117,7 +126,10 @@ impl RelayBuilder {
             commands: config.commands.to_control(),
             ..ControlConfig::default()
         };
-        let control = Control::start(control_cfg, http, self.metrics).await?;
+        let mut control = Control::start(control_cfg, http, self.metrics).await?;
+        if let Some(grpc) = self.grpc {
+            control.serve_grpc(grpc);
+        }
         let latency = Latency::new(control.latency().clone());
 
         let live = config
@@ -146,6 +158,7 @@ impl RelayBuilder {
             sinks.push((handle, spec.factory));
         }
         let handles: Vec<Arc<SinkHandle>> = sinks.iter().map(|(h, _)| h.clone()).collect();
+        let handles_for_report = handles.clone();
         let auth = crate::auth::Authenticator::new(&config.auth, config.auth_mode()?)?;
         let downlink = Arc::new(crate::downlink::CommandRouter::new(
             control.commands().clone(),
@@ -210,6 +223,23 @@ impl RelayBuilder {
             Arc::new(quinn::TokioRuntime),
         )?;
         let local_addr = endpoint.local_addr()?;
+        {
+            let c = &control;
+            let cfg = &ingest.core.config;
+            c.local().set_facts(contrail_control::registry::RelayFacts {
+                address: local_addr.to_string(),
+                http_address: c.http_addr().to_string(),
+                region: cfg.region.clone(),
+                zone: cfg.zone.clone(),
+                soft_max_sessions: cfg.limits.max_sessions as u64,
+                max_sessions: cfg.limits.max_sessions as u64,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            });
+            c.local()
+                .set_sink_report(Arc::new(crate::sink::worker::SinkReporter(
+                    handles_for_report,
+                )));
+        }
         let accept = tokio::spawn(accept_loop(ingest.clone(), endpoint.clone(), live.clone()));
         let mavlink_udp = match ingest.core.config.mavlink.udp_listen {
             Some(addr) => Some(crate::mavlink::udp::spawn(ingest.clone(), addr)?),

@@ -8,12 +8,14 @@
 //! * [`ImpairmentProxy`]: a seeded userspace UDP proxy that adds loss, duplication, reordering, delay
 //!   and jitter between a QUIC client and server.
 //! * [`ProcessGuard`]: a child process that is killed on drop, with `SIGTERM` / `SIGKILL` helpers.
+//! * [`Browser`]: headless Chromium over WebDriver (Debian's `chromium` + `chromium-driver`).
 //! * [`RespValue`]: a tiny RESP client used to inspect Redis state without a Redis crate.
 //! * [`SimVehicle`]: a simulated MAVLink vehicle (a realistic message mix, arming cycles), and
 //!   [`Pty`], a pseudo-terminal pair standing in for a serial port.
 
 #![warn(missing_docs)]
 
+mod browser;
 mod launch;
 mod mavlink_sim;
 mod nats;
@@ -24,6 +26,7 @@ mod proxy;
 mod redis;
 mod resp;
 
+pub use browser::{Browser, BrowserError, CHROMIUM};
 pub use mavlink_sim::{corrupt_crc, garbage, x25, Pty, SimPacket, SimVehicle};
 pub use nats::NatsServer;
 pub use poll::{poll_until, poll_until_async, Ready, POLL_INTERVAL};

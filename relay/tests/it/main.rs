@@ -29,5 +29,8 @@ mod security;
 mod sink_jetstream;
 mod sink_outage;
 mod sink_redis_streams;
+mod sre;
+mod sre_grpc;
+mod sre_page;
 mod structure;
 mod tls_resume;
