@@ -190,10 +190,10 @@ def load_metric_names() -> set[str]:
     text = (ROOT / "CONTRACTS.md").read_text()
     m = re.search(r"## Metric names.*?\n(.*?)(?:\n## |\Z)", text, re.S)
     names = set(re.findall(r"\b(contrail_[a-z0-9_]+)", m.group(1) if m else ""))
-    summaries = {"contrail_frame_age_seconds", "contrail_ack_latency_seconds",
-                 "contrail_sink_write_latency_seconds"}
-    for s in summaries & names:
-        names |= {s + "_sum", s + "_count"}
+    histograms = {"contrail_frame_age_seconds", "contrail_ack_latency_seconds",
+                  "contrail_commit_latency_seconds", "contrail_sink_write_latency_seconds"}
+    for s in histograms & names:
+        names |= {s + "_bucket", s + "_sum", s + "_count"}
     return names
 
 
@@ -865,12 +865,13 @@ def check_observability(metrics: set[str]) -> None:
     used = set()
     for e in exprs:
         used |= promql_metrics(e)
+    families = {re.sub(r"_(bucket|sum|count)$", "", m) for m in used}
     for m in sorted(used):
         R.check(m in metrics, f"dashboard metric {m} is a contract metric")
     for need in ("contrail_frames_received_total", "contrail_sessions_active", "contrail_credits_exhausted_total",
                  "contrail_sink_queue_depth", "contrail_sink_dropped_total", "contrail_frame_age_seconds",
                  "contrail_ack_latency_seconds", "contrail_sink_write_latency_seconds"):
-        R.check(need in used, f"dashboard shows {need}")
+        R.check(need in used or need in families, f"dashboard shows {need}")
     ids = [p["id"] for p in dash["panels"]]
     R.check(len(ids) == len(set(ids)), "dashboard panel ids unique")
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole Contrail test suite, from a fresh Debian machine: installs what the tests need
-# (real redis-server, nats-server, promtool), then format, lint, tests, deployment validation.
+# (real redis-server, nats-server, promtool, headless chromium), then format, lint, tests, deployment validation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,9 @@ command -v python3 >/dev/null || need+=(python3)
 # deploy/validate.sh makes a venv for PyYAML/python-hcl2: Debian ships venv support separately.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 command -v openssl >/dev/null || need+=(openssl)
+# The fleet page's browser tests (relay/tests/it/sre_page.rs) drive Debian's headless Chromium.
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "== installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

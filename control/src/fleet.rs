@@ -27,6 +27,8 @@ pub struct SessionStats {
     pub last_heartbeat_unix_ms: AtomicU64,
     /// Flight id of the most recent frame, if any.
     pub flight_id: Mutex<Option<String>>,
+    /// Receive → ack of the latest ack, µs (0 = none yet).
+    pub ack_latency_us: AtomicU64,
 }
 
 /// A live session as the relay registered it.
@@ -65,6 +67,8 @@ pub struct SessionSnapshot {
     pub inflight: u64,
     /// Remote address.
     pub remote_addr: SocketAddr,
+    /// Receive → ack of the latest ack (µs), `None` before the first.
+    pub ack_latency_us: Option<u64>,
 }
 
 impl SessionInfo {
@@ -81,6 +85,10 @@ impl SessionInfo {
             bytes: self.stats.bytes.load(Ordering::Relaxed),
             inflight: self.stats.inflight.load(Ordering::Relaxed),
             remote_addr: self.remote_addr,
+            ack_latency_us: match self.stats.ack_latency_us.load(Ordering::Relaxed) {
+                0 => None,
+                v => Some(v),
+            },
         }
     }
 }

@@ -9,12 +9,15 @@
 pub mod error;
 pub mod events;
 pub mod fleet;
+pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod latency;
 pub mod lifecycle;
+pub mod registry;
 pub mod root;
 pub mod routing;
+pub mod usage;
 pub mod watchers;
 
 use std::collections::HashMap;
@@ -48,6 +51,16 @@ pub struct ControlConfig {
     pub http_listen: SocketAddr,
     /// Bearer token of `POST /v1/admin/drain`; `None` disables the endpoint.
     pub admin_token: Option<String>,
+    /// Token the fleet page and the read API (`/`, `/v1/…` GETs) require (as a bearer token or
+    /// the page's cookie); the admin token is accepted too. `None`: open to anyone who reaches
+    /// the admin port.
+    pub viewer_token: Option<String>,
+    /// Fleet-wide relay registry (`relay:{id}` in the routing Redis).
+    pub registry: registry::RegistryConfig,
+    /// Period of the fleet page's live updates (SSE), at least 250 ms.
+    pub page_interval: Duration,
+    /// Hourly usage buckets (in memory).
+    pub usage: usage::UsageConfig,
     /// Redis routing.
     pub routing: RoutingConfig,
     /// Bound on removing routing keys during shutdown.
@@ -63,6 +76,10 @@ impl Default for ControlConfig {
         Self {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 2112)),
             admin_token: None,
+            viewer_token: None,
+            registry: registry::RegistryConfig::default(),
+            page_interval: Duration::from_secs(1),
+            usage: usage::UsageConfig::default(),
             routing: RoutingConfig::default(),
             drain_deadline: Duration::from_secs(10),
             max_disconnected_usage: fleet::DEFAULT_MAX_DISCONNECTED_USAGE,
@@ -79,6 +96,26 @@ impl ControlConfig {
             return bad(
                 "admin_token",
                 "must not be empty (omit it to disable the drain endpoint)",
+            );
+        }
+        if self.viewer_token.as_deref().is_some_and(str::is_empty) {
+            return bad(
+                "viewer_token",
+                "must not be empty (omit it to leave the page open)",
+            );
+        }
+        if self.page_interval < Duration::from_millis(250) {
+            return bad("page_interval", "must be at least 250 ms");
+        }
+        if self.usage.period.is_zero() || self.usage.max_buckets == 0 {
+            return bad("usage", "period and max_buckets must be > 0");
+        }
+        let g = &self.registry;
+        if g.refresh.is_zero() || g.refresh > g.ttl / 2 || g.scan_chunk == 0 || g.max_scan_keys == 0
+        {
+            return bad(
+                "registry",
+                "refresh must be in (0, ttl/2]; scan_chunk and max_scan_keys > 0",
             );
         }
         let r = &self.routing;
@@ -139,6 +176,13 @@ pub struct Control {
     events: ControlEvents,
     relay_id: Arc<str>,
     http_addr: SocketAddr,
+    local: Arc<registry::LocalRelay>,
+    fleet_reader: Arc<registry::FleetReader>,
+    registry_publisher: Option<registry::publisher::RegistryPublisher>,
+    grpc: Option<grpc::GrpcServer>,
+    usage_sampler: Option<usage::UsageSampler>,
+    viewer_token: Option<Arc<str>>,
+    admin_token: Option<Arc<str>>,
 }
 
 impl Control {
@@ -165,6 +209,30 @@ impl Control {
             health: health.register("redis", false),
         });
         let events = ControlEvents::new(fleet.clone(), routing.as_ref().map(|r| r.queue.clone()));
+        let local = Arc::new(registry::LocalRelay::new(
+            relay_id.clone(),
+            fleet.clone(),
+            lifecycle.clone(),
+        ));
+        let redis = config
+            .routing
+            .addr
+            .is_some()
+            .then(|| config.routing.clone());
+        let mut reg_cfg = config.registry.clone();
+        reg_cfg.ttl = config.routing.ttl;
+        let fleet_reader = Arc::new(registry::FleetReader::new(
+            local.clone(),
+            redis.clone(),
+            reg_cfg.clone(),
+        ));
+        let registry_publisher = Some(registry::publisher::RegistryPublisher::spawn(
+            local.clone(),
+            redis,
+            reg_cfg,
+        ));
+        let usage = Arc::new(usage::UsageLedger::new(config.usage.clone()));
+        let usage_sampler = Some(usage::UsageSampler::spawn(usage.clone(), fleet.clone()));
         let app = AppState {
             fleet: fleet.clone(),
             lifecycle: lifecycle.clone(),
@@ -172,7 +240,13 @@ impl Control {
             latency: latency.clone(),
             relay_id: relay_id.clone(),
             admin_token: config.admin_token.as_deref().map(Arc::from),
+            viewer_token: config.viewer_token.as_deref().map(Arc::from),
             metrics: metrics.clone(),
+            local: local.clone(),
+            fleet_reader: fleet_reader.clone(),
+            page_interval: config.page_interval,
+            page_streams: Arc::default(),
+            usage,
         };
         let args = RootArgs {
             lifecycle: lifecycle.clone(),
@@ -204,7 +278,40 @@ impl Control {
             events,
             relay_id,
             http_addr,
+            local,
+            fleet_reader,
+            registry_publisher,
+            grpc: None,
+            usage_sampler,
+            viewer_token: config.viewer_token.as_deref().map(Arc::from),
+            admin_token: config.admin_token.as_deref().map(Arc::from),
         })
+    }
+
+    /// Serves seed 003's gRPC RelayControl on `listener` (already bound), with the HTTP API's
+    /// auth; stopped by [`shutdown`](Self::shutdown).
+    pub fn serve_grpc(&mut self, listener: tokio::net::TcpListener) {
+        let svc = grpc::RelayControlService::new(
+            self.fleet.clone(),
+            self.fleet_reader.clone(),
+            self.relay_id.clone(),
+        );
+        self.grpc = Some(grpc::GrpcServer::spawn(
+            listener,
+            svc,
+            self.viewer_token.clone(),
+            self.admin_token.clone(),
+        ));
+    }
+
+    /// This relay as the registry and the page see it: set its facts and sink reporter here.
+    pub fn local(&self) -> &Arc<registry::LocalRelay> {
+        &self.local
+    }
+
+    /// The cached fleet-wide view (every relay and drone when Redis is configured).
+    pub fn fleet_reader(&self) -> &Arc<registry::FleetReader> {
+        &self.fleet_reader
     }
 
     /// Lifecycle latch: `mark_ready`, `begin_drain`, `subscribe`.
@@ -265,10 +372,19 @@ impl Control {
     /// `Stopped`, and stop the HTTP server last so `/readyz` answers 503 throughout.
     pub async fn shutdown(mut self) -> Result<ShutdownReport, ControlError> {
         self.lifecycle.begin_drain("shutdown");
+        if let Some(g) = self.grpc.take() {
+            g.stop().await;
+        }
         let res = self.root.call(RootMsg::Shutdown, None).await;
         self.root.stop(None);
         if let Some(j) = self.root_join.take() {
             let _ = j.await;
+        }
+        if let Some(p) = self.registry_publisher.take() {
+            p.stop().await;
+        }
+        if let Some(u) = self.usage_sampler.take() {
+            u.stop().await;
         }
         match res {
             Ok(ractor::rpc::CallResult::Success(r)) => Ok(r),

@@ -175,7 +175,7 @@ async fn drain_endpoint_requires_the_bearer_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_include_latency_summaries() {
+async fn metrics_include_latency_histograms() {
     let c = start(ControlConfig::default()).await;
     c.latency()
         .record_many(Hist::AckLatency, [1_000_000, 2_000_000, 3_000_000]);
@@ -185,15 +185,28 @@ async fn metrics_include_latency_summaries() {
     assert_eq!(resp.status().as_u16(), 200);
     let text = resp.text().await.expect("body");
     assert!(
-        text.contains("# TYPE contrail_ack_latency_seconds summary"),
+        text.contains("# TYPE contrail_ack_latency_seconds histogram"),
         "{text}"
     );
+    assert!(text.contains("contrail_ack_latency_seconds_bucket{le=\"0.001\"} 1"));
+    assert!(text.contains("contrail_ack_latency_seconds_bucket{le=\"0.0025\"} 2"));
+    assert!(text.contains("contrail_ack_latency_seconds_bucket{le=\"+Inf\"} 3"));
     assert!(
         text.contains("contrail_ack_latency_seconds_count 3"),
         "{text}"
     );
-    assert!(text.contains("contrail_sink_write_latency_seconds{sink=\"redis\",quantile=\"0.999\"}"));
+    assert!(
+        text.contains("contrail_sink_write_latency_seconds_bucket{sink=\"redis\",le=\"0.005\"} 1")
+    );
     assert!(text.contains("contrail_frame_age_seconds_count 0"));
+    // The windowed views for the fleet page.
+    let (status, v) = get(&c, "/v1/latency").await;
+    assert_eq!(status, 200, "{v}");
+    let ack = v["stages"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["stage"] == "ack"))
+        .expect("ack stage");
+    assert_eq!(ack["last_1m"]["count"], 3);
     c.shutdown().await.expect("shutdown");
 }
 
@@ -222,4 +235,105 @@ async fn crashed_http_server_and_children_are_restarted() {
         .await
         .expect("shutdown in time")
         .expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_hourly_buckets_as_json_and_csv_behind_viewer_token() {
+    let c = start(ControlConfig {
+        viewer_token: Some("v".into()),
+        usage: contrail_control::usage::UsageConfig {
+            period: Duration::from_millis(20),
+            ..Default::default()
+        },
+        ..ControlConfig::default()
+    })
+    .await;
+    let s = session("u-1", "s-1");
+    s.stats.frames.store(7, Ordering::Relaxed);
+    s.stats.bytes.store(700, Ordering::Relaxed);
+    c.events().session_up(s);
+    let http = reqwest::Client::new();
+    let q = url(&c, "/v1/usage?agent=u-1&from=0");
+    let denied = http.get(&q).send().await.expect("request");
+    assert_eq!(denied.status().as_u16(), 401, "viewer token required");
+    let v: Value = poll_until_async(DEADLINE, "usage sampled", async || {
+        let v: Value = http
+            .get(&q)
+            .bearer_auth("v")
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (v["total_frames"] == 7).then_some(v)
+    })
+    .await;
+    assert_eq!(v["storage"], "memory");
+    assert_eq!(v["persistent"], false);
+    assert_eq!(v["total_bytes"], 700);
+    assert_eq!(v["hours"][0]["agent_id"], "u-1");
+    let csv = http
+        .get(url(&c, "/v1/usage?agent=u-1&format=csv"))
+        .bearer_auth("v")
+        .send()
+        .await
+        .expect("csv")
+        .text()
+        .await
+        .expect("body");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "agent_id,hour_start_unix_ms,frames,bytes");
+    assert!(
+        lines[1].starts_with("u-1,") && lines[1].ends_with(",7,700"),
+        "{csv}"
+    );
+    let bad = http
+        .get(url(&c, "/v1/usage?from=5&to=5"))
+        .bearer_auth("v")
+        .send()
+        .await
+        .expect("bad");
+    assert_eq!(bad.status().as_u16(), 400);
+    // Without parameters: the running totals, as before.
+    let v: Value = http
+        .get(url(&c, "/v1/usage"))
+        .bearer_auth("v")
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["agents"][0]["total_frames"], 7);
+    c.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_state_pages_and_searches_ten_thousand_drones_on_the_server() {
+    let c = start(ControlConfig::default()).await;
+    for i in 0..10_000 {
+        c.events()
+            .session_up(session(&format!("drone-{i:05}"), &format!("s{i}")));
+    }
+    poll_until_async(DEADLINE, "10k sessions", async || {
+        (c.fleet().len() == 10_000).then_some(())
+    })
+    .await;
+    let (status, v) = get(&c, "/v1/page/state?offset=9990&limit=50").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["drones"]["total"], 10_000);
+    let rows = v["drones"]["drones"].as_array().expect("rows");
+    assert_eq!(rows.len(), 10, "only the last page is sent");
+    assert_eq!(rows[0]["agent_id"], "drone-09990");
+    assert_eq!(rows[0]["local"]["session_id"], "s9990");
+    assert_eq!(v["relays"][0]["sessions"], 10_000);
+    let (_, v) = get(&c, "/v1/page/state?q=DRONE-0999&limit=50").await;
+    assert_eq!(
+        v["drones"]["total"], 10,
+        "drone-09990..09999, case-insensitive"
+    );
+    let (status, _) = get(&c, "/v1/page/state?limit=5000").await;
+    assert_eq!(status, 400, "page size is bounded");
+    c.shutdown().await.expect("shutdown");
 }

@@ -74,6 +74,8 @@ pub const FILE_KEYS: &[(&str, Option<&str>)] = &[
     ),
     ("CONTRAIL_HTTP_LISTEN", Some("http.listen")),
     ("CONTRAIL_ADMIN_TOKEN", Some("http.admin_token")),
+    ("CONTRAIL_VIEWER_TOKEN", Some("http.viewer_token")),
+    ("CONTRAIL_GRPC_LISTEN", Some("grpc.listen")),
     ("CONTRAIL_DRAIN_DEADLINE_MS", Some("drain.deadline_ms")),
     ("CONTRAIL_AUTH_MODE", Some("auth.mode")),
     ("CONTRAIL_AUTH_TOKENS_FILE", Some("auth.tokens_file")),
@@ -126,9 +128,15 @@ pub struct RunArgs {
     /// HTTP admin/metrics listen address.
     #[arg(long, env = "CONTRAIL_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// gRPC RelayControl listen address (seed 003; off unless set).
+    #[arg(long, env = "CONTRAIL_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
     /// Admin bearer token.
     #[arg(long, env = "CONTRAIL_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Viewer token of the fleet page and the read API.
+    #[arg(long, env = "CONTRAIL_VIEWER_TOKEN", hide_env_values = true)]
+    pub viewer_token: Option<String>,
     /// Drain deadline.
     #[arg(long, env = "CONTRAIL_DRAIN_DEADLINE_MS")]
     pub drain_deadline_ms: Option<u64>,
@@ -199,6 +207,12 @@ impl RunArgs {
         set!(self.idle_timeout_ms => limits.idle_timeout_ms);
         set!(self.heartbeat_interval_ms => limits.heartbeat_interval_ms);
         set!(self.http_listen => http.listen);
+        if self.grpc_listen.is_some() {
+            c.grpc.listen = self.grpc_listen;
+        }
+        if self.viewer_token.is_some() {
+            c.http.viewer_token = self.viewer_token.clone();
+        }
         if self.admin_token.is_some() {
             c.http.admin_token = self.admin_token.clone();
         }

@@ -29,6 +29,8 @@ pub const ENV_VARS: &[&str] = &[
     "CONTRAIL_HEARTBEAT_INTERVAL_MS",
     "CONTRAIL_HTTP_LISTEN",
     "CONTRAIL_ADMIN_TOKEN",
+    "CONTRAIL_VIEWER_TOKEN",
+    "CONTRAIL_GRPC_LISTEN",
     "CONTRAIL_DRAIN_DEADLINE_MS",
     "CONTRAIL_AUTH_MODE",
     "CONTRAIL_AUTH_TOKENS_FILE",
@@ -103,6 +105,12 @@ pub struct Config {
     pub quotas: crate::quota::QuotaConfig,
     /// Sinks; empty means one `stdout` sink.
     pub sinks: Vec<SinkConfig>,
+    /// Seed 003's gRPC RelayControl.
+    pub grpc: GrpcConfig,
+    /// Region this relay runs in (published in `relay:{id}` and shown on the fleet page).
+    pub region: Option<String>,
+    /// Zone within the region.
+    pub zone: Option<String>,
 }
 
 impl Default for Config {
@@ -118,6 +126,9 @@ impl Default for Config {
             auth: crate::auth::AuthConfig::default(),
             quotas: crate::quota::QuotaConfig::default(),
             sinks: Vec::new(),
+            grpc: GrpcConfig::default(),
+            region: None,
+            zone: None,
         }
     }
 }
@@ -281,6 +292,8 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Bearer token for state-changing endpoints; none disables them.
     pub admin_token: Option<String>,
+    /// Token the fleet page (`/`) and the read API require; none leaves them open.
+    pub viewer_token: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -288,8 +301,17 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 2112)),
             admin_token: None,
+            viewer_token: None,
         }
     }
+}
+
+/// gRPC RelayControl (seed 003): off unless `listen` is set (the seed's port is 50051).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// TCP listen address, e.g. `0.0.0.0:50051`.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Graceful drain.

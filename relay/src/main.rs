@@ -112,10 +112,14 @@ async fn run(config: contrail_relay::Config) -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding HTTP {}", config.http.listen))?;
-    let relay = RelayBuilder::new(config)
-        .metrics(metrics)
-        .start(udp, http)
-        .await?;
+    let mut builder = RelayBuilder::new(config.clone()).metrics(metrics);
+    if let Some(addr) = config.grpc.listen {
+        let grpc = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding gRPC {addr}"))?;
+        builder = builder.grpc(grpc);
+    }
+    let relay = builder.start(udp, http).await?;
     if let Some(path) = relay.dev_cert_path() {
         tracing::warn!("no TLS certificate configured: serving a self-signed DEVELOPMENT certificate; agents must trust {}", path.display());
         println!(

@@ -287,6 +287,7 @@ pub struct RelayBuilder {
     extra_sinks: Vec<SinkSpec>,
     hooks: Hooks,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    grpc: Option<tokio::net::TcpListener>,
 }
 
 impl RelayBuilder {
@@ -297,6 +298,7 @@ impl RelayBuilder {
             extra_sinks: Vec::new(),
             hooks: Hooks::default(),
             metrics: None,
+            grpc: None,
         }
     }
 
@@ -309,6 +311,12 @@ impl RelayBuilder {
     /// Installs hooks.
     pub fn hooks(mut self, hooks: Hooks) -> Self {
         self.hooks = hooks;
+        self
+    }
+
+    /// Serves seed 003's gRPC RelayControl on this (already bound) listener.
+    pub fn grpc(mut self, listener: tokio::net::TcpListener) -> Self {
+        self.grpc = Some(listener);
         self
     }
 
@@ -331,6 +339,7 @@ impl RelayBuilder {
         let control_cfg = ControlConfig {
             http_listen: http.local_addr()?,
             admin_token: config.http.admin_token.clone(),
+            viewer_token: config.http.viewer_token.clone(),
             routing: contrail_control::RoutingConfig {
                 addr: config.redis.addr.clone(),
                 password: config.redis.password.clone(),
@@ -343,7 +352,10 @@ impl RelayBuilder {
             drain_deadline: Duration::from_millis(config.drain.deadline_ms),
             ..ControlConfig::default()
         };
-        let control = Control::start(control_cfg, http, self.metrics).await?;
+        let mut control = Control::start(control_cfg, http, self.metrics).await?;
+        if let Some(grpc) = self.grpc {
+            control.serve_grpc(grpc);
+        }
         let latency = Latency::new(control.latency().clone());
 
         let live = config
@@ -383,12 +395,13 @@ impl RelayBuilder {
             sink_actors.push((actor, join));
         }
 
+        let handles_for_report = handles.clone();
         let (supervisor, supervisor_join) =
             Actor::spawn(None, SessionSupervisor, self.hooks.fail_claim.clone()).await?;
         let limits = &config.limits;
         let core = Arc::new(RelayCore {
             relay_id,
-            fanout: FanOut::new(handles),
+            fanout: FanOut::new(handles.clone()),
             resume: ResumeTable::new(
                 limits.resume_max_agents,
                 Duration::from_secs(limits.resume_ttl_secs),
@@ -448,6 +461,22 @@ impl RelayBuilder {
             Arc::new(quinn::TokioRuntime),
         )?;
         let local_addr = endpoint.local_addr()?;
+        {
+            let c = &control;
+            c.local().set_facts(contrail_control::registry::RelayFacts {
+                address: local_addr.to_string(),
+                http_address: c.http_addr().to_string(),
+                region: core.config.region.clone(),
+                zone: core.config.zone.clone(),
+                soft_max_sessions: core.config.limits.max_sessions as u64,
+                max_sessions: core.config.limits.max_sessions as u64,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            });
+            c.local()
+                .set_sink_report(Arc::new(crate::sink::worker::SinkReporter(
+                    handles_for_report,
+                )));
+        }
         let accept = tokio::spawn(accept_loop(
             core.clone(),
             endpoint.clone(),

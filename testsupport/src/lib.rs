@@ -6,10 +6,12 @@
 //! * [`ImpairmentProxy`]: a seeded userspace UDP proxy that adds loss, duplication, reordering, delay
 //!   and jitter between a QUIC client and server.
 //! * [`ProcessGuard`]: a child process that is killed on drop, with `SIGTERM` / `SIGKILL` helpers.
+//! * [`Browser`]: headless Chromium over WebDriver (Debian's `chromium` + `chromium-driver`).
 //! * [`RespValue`]: a tiny RESP client used to inspect Redis state without a Redis crate.
 
 #![warn(missing_docs)]
 
+mod browser;
 mod launch;
 mod nats;
 mod poll;
@@ -18,6 +20,7 @@ mod proxy;
 mod redis;
 mod resp;
 
+pub use browser::{Browser, BrowserError, CHROMIUM};
 pub use nats::NatsServer;
 pub use poll::{poll_until, poll_until_async, Ready, POLL_INTERVAL};
 pub use process::ProcessGuard;

@@ -41,19 +41,40 @@ pub struct AppState {
     pub admin_token: Option<Arc<str>>,
     /// Prometheus recorder handle, if the binary installed one.
     pub metrics: Option<PrometheusHandle>,
+    /// Token of the page and read API (`None`: open).
+    pub viewer_token: Option<Arc<str>>,
+    /// This relay (sinks, CPU, facts).
+    pub local: Arc<crate::registry::LocalRelay>,
+    /// Fleet-wide view.
+    pub fleet_reader: Arc<crate::registry::FleetReader>,
+    /// Period of the page's live updates.
+    pub page_interval: std::time::Duration,
+    /// Hourly usage buckets.
+    pub usage: Arc<crate::usage::UsageLedger>,
+    /// Event streams open (bounded by [`super::page::MAX_PAGE_STREAMS`]).
+    pub page_streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
+    // Reads: behind the viewer token when one is configured.
+    let reads = Router::new()
+        .route("/v1/drones", get(list_drones))
+        .route("/v1/drones/{id}", get(get_drone))
+        .route("/v1/usage", get(super::usage::usage))
+        .route("/v1/usage/{agent_id}", get(get_usage))
+        .merge(super::page::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            super::viewer::require_viewer,
+        ));
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/v1/drones", get(list_drones))
-        .route("/v1/drones/{id}", get(get_drone))
-        .route("/v1/usage", get(list_usage))
-        .route("/v1/usage/{agent_id}", get(get_usage))
         .route("/v1/admin/drain", post(drain))
+        .merge(reads)
+        .merge(super::viewer::login_routes())
         .with_state(state)
 }
 
@@ -103,9 +124,9 @@ fn page(q: Result<Query<Page>, QueryRejection>) -> Result<(usize, usize), ApiErr
 /// Status of one drone as served by the API.
 #[derive(Debug, Serialize)]
 pub struct DroneStatus {
-    session_id: String,
-    agent_id: String,
-    relay_id: String,
+    pub(crate) session_id: String,
+    pub(crate) agent_id: String,
+    pub(crate) relay_id: String,
     flight_id: Option<String>,
     /// Registration time, ms since the Unix epoch.
     connected_since: u64,
@@ -118,7 +139,7 @@ pub struct DroneStatus {
     remote_addr: SocketAddr,
 }
 
-fn status(s: &SessionInfo, relay_id: &str) -> DroneStatus {
+pub(crate) fn status(s: &SessionInfo, relay_id: &str) -> DroneStatus {
     let snap = s.snapshot();
     DroneStatus {
         session_id: snap.session_id,
@@ -171,28 +192,6 @@ async fn get_drone(
     }
 }
 
-#[derive(Serialize)]
-struct UsageList {
-    total: usize,
-    offset: usize,
-    limit: usize,
-    agents: Vec<AgentUsage>,
-}
-
-async fn list_usage(
-    State(s): State<AppState>,
-    q: Result<Query<Page>, QueryRejection>,
-) -> Result<Json<impl Serialize>, ApiError> {
-    let (offset, limit) = page(q)?;
-    let agents = s.fleet.usage_list(offset, limit);
-    Ok(Json(UsageList {
-        total: s.fleet.usage_len(),
-        offset,
-        limit,
-        agents,
-    }))
-}
-
 async fn get_usage(
     State(s): State<AppState>,
     Path(agent_id): Path<String>,
@@ -220,7 +219,7 @@ struct DrainAnswer {
     reason: Option<String>,
 }
 
-fn authorize(expected: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(expected: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
     let expected = expected.ok_or(ApiError::Disabled)?;
     let given = headers
         .get(header::AUTHORIZATION)

@@ -26,6 +26,9 @@ pub enum ApiError {
     /// Query string invalid.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A configured limit on concurrent requests of this kind is reached.
+    #[error("too many {0} open")]
+    TooMany(&'static str),
 }
 
 #[derive(Serialize)]
@@ -41,6 +44,7 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Disabled => (StatusCode::NOT_FOUND, "disabled"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many"),
         }
     }
 }

@@ -3,6 +3,9 @@
 
 pub mod api;
 pub mod error;
+pub mod page;
+pub mod usage;
+pub mod viewer;
 
 use std::net::TcpListener as StdListener;
 use std::sync::Arc;

@@ -332,6 +332,9 @@ async fn process(
         .store(state.ack_delay.interval_us, Relaxed);
     core.latency
         .frame_ages(now_ns, batch.metas().iter().map(|m| m.sent_at_unix_ns));
+    if core.fanout.required() == 0 {
+        core.latency.committed_on_arrival(n);
+    }
     let sb = Arc::new(SinkBatch::new(
         origin.clone(),
         batch,

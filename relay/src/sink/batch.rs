@@ -70,7 +70,8 @@ impl SinkBatch {
     /// A required sink accepted this batch. When the last one does, the batch's seq range is
     /// complete; the agent's ack point takes it in once every earlier seq is complete too (it
     /// never passes a batch that a sink lost, see [`AgentCursor::complete_range`]).
-    pub fn complete(&self) {
+    /// Returns whether this call completed the batch (it was the last required sink).
+    pub fn complete(&self) -> bool {
         if let Some(c) = &self.completion {
             if c.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                 c.cursor.complete_batch(
@@ -78,7 +79,9 @@ impl SinkBatch {
                     self.frames.last_seq(),
                     self.received_at,
                 );
+                return true;
             }
         }
+        false
     }
 }

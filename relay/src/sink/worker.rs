@@ -35,6 +35,7 @@ pub struct SinkHandle {
     /// Batches popped and not yet written: locked by the running worker for its whole life,
     /// so when it dies they are still here for the next one.
     held: Mutex<Vec<Arc<SinkBatch>>>,
+    dropped_full: AtomicU64,
     m_accepted: Counter,
     m_dropped_full: Counter,
     m_dropped_error: Counter,
@@ -69,6 +70,7 @@ impl SinkHandle {
             healthy: AtomicBool::new(false),
             frames_written: AtomicU64::new(0),
             frames_dropped: AtomicU64::new(0),
+            dropped_full: AtomicU64::new(0),
             flush_tx,
             flush_rx: Mutex::new(flush_rx),
             held: Mutex::new(Vec::with_capacity(common.max_batches_per_write.max(1))),
@@ -81,6 +83,22 @@ impl SinkHandle {
             latency,
             health,
             common,
+        }
+    }
+
+    /// The sink's state for the fleet page.
+    pub fn status(&self) -> contrail_control::registry::SinkStatus {
+        let dropped = self.frames_dropped();
+        let full = self.dropped_full.load(Ordering::Relaxed);
+        contrail_control::registry::SinkStatus {
+            name: self.common.name.clone(),
+            required: self.common.required,
+            healthy: self.is_healthy(),
+            queue_depth: self.queue.len() as u64,
+            queue_capacity: self.queue.capacity() as u64,
+            frames_written: self.frames_written(),
+            dropped_queue_full: full,
+            dropped_write_failed: dropped.saturating_sub(full),
         }
     }
 
@@ -102,6 +120,7 @@ impl SinkHandle {
     fn count_dropped(&self, frames: u64, full: bool) {
         self.frames_dropped.fetch_add(frames, Ordering::Relaxed);
         if full {
+            self.dropped_full.fetch_add(frames, Ordering::Relaxed);
             self.m_dropped_full.increment(frames);
         } else {
             self.m_dropped_error.increment(frames);
@@ -245,14 +264,14 @@ async fn write_items(
                 handle
                     .frames_written
                     .fetch_add(written as u64, Ordering::Relaxed);
-                if handle.common.required {
-                    for b in done.iter() {
-                        b.complete();
-                    }
-                }
+                let committed: Vec<bool> = if handle.common.required {
+                    done.iter().map(|b| b.complete()).collect()
+                } else {
+                    Vec::new()
+                };
                 handle
                     .latency
-                    .sink_written(&handle.common.name, done.iter().map(|b| b.received_at));
+                    .sink_written(&handle.common.name, done, &committed);
                 done.clear();
                 return;
             }
@@ -284,5 +303,14 @@ async fn write_items(
 impl From<SinkError> for String {
     fn from(e: SinkError) -> String {
         e.to_string()
+    }
+}
+
+/// Reports every sink to the control plane's fleet page.
+pub struct SinkReporter(pub Vec<Arc<SinkHandle>>);
+
+impl contrail_control::registry::SinkReport for SinkReporter {
+    fn sinks(&self) -> Vec<contrail_control::registry::SinkStatus> {
+        self.0.iter().map(|h| h.status()).collect()
     }
 }

@@ -26,4 +26,7 @@ mod security;
 mod sink_jetstream;
 mod sink_outage;
 mod sink_redis_streams;
+mod sre;
+mod sre_grpc;
+mod sre_page;
 mod tls_resume;
