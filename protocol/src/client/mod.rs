@@ -31,6 +31,7 @@
 pub mod config;
 mod driver;
 pub mod gate;
+pub mod placement;
 pub mod spool;
 mod state;
 pub mod subscriber;
