@@ -14,6 +14,7 @@ pub mod health;
 pub mod http;
 pub mod latency;
 pub mod lifecycle;
+pub mod placement;
 pub mod registry;
 pub mod root;
 pub mod routing;
