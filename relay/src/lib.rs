@@ -9,6 +9,7 @@ pub mod config;
 pub mod cursor;
 pub mod fanout;
 pub mod latency;
+pub mod placement;
 pub mod quota;
 pub mod server;
 pub mod session;

@@ -101,6 +101,8 @@ pub struct RelayCore {
     pub hooks: Hooks,
     /// Live subscribers, when a `live` sink is configured.
     pub live: Option<Arc<SubscriberRegistry>>,
+    /// Placement across the fleet (redirects, drain targets).
+    pub placement: crate::placement::RelayPlacement,
     supervisor: ActorRef<SupervisorMsg>,
     auth: crate::auth::Authenticator,
     /// Successful registrations per agent id (reconnect storms).
@@ -422,6 +424,11 @@ impl RelayBuilder {
                 config.quotas.max_tracked_sources,
             ),
             sessions: AtomicUsize::new(0),
+            placement: crate::placement::RelayPlacement::new(
+                control.fleet_reader().clone(),
+                config.limits.soft_max_sessions(),
+                config.region.clone(),
+            ),
             pending: AtomicUsize::new(0),
             session_errors: std::sync::atomic::AtomicU64::new(0),
             frames_received: metrics::counter!("contrail_frames_received_total"),
@@ -464,11 +471,15 @@ impl RelayBuilder {
         {
             let c = &control;
             c.local().set_facts(contrail_control::registry::RelayFacts {
-                address: local_addr.to_string(),
+                address: core
+                    .config
+                    .public_address
+                    .clone()
+                    .unwrap_or_else(|| local_addr.to_string()),
                 http_address: c.http_addr().to_string(),
                 region: core.config.region.clone(),
                 zone: core.config.zone.clone(),
-                soft_max_sessions: core.config.limits.max_sessions as u64,
+                soft_max_sessions: core.config.limits.soft_max_sessions() as u64,
                 max_sessions: core.config.limits.max_sessions as u64,
                 version: env!("CARGO_PKG_VERSION").to_owned(),
             });
