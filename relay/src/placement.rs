@@ -3,6 +3,7 @@
 //! The ranking rule is `contrail_control::placement`; the fleet view is the registry's cached
 //! reader (`relay:{id}` records in Redis).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ pub struct RelayPlacement {
     rules: PlacementRules,
     soft_max_sessions: usize,
     region: Option<String>,
+    /// Agents sent to each relay since its record (written at `.0`, ms) was published.
+    sent: parking_lot::Mutex<HashMap<String, (u64, u64)>>,
 }
 
 impl std::fmt::Debug for RelayPlacement {
@@ -64,6 +67,7 @@ impl RelayPlacement {
             rules: PlacementRules::default(),
             soft_max_sessions,
             region,
+            sent: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
@@ -92,22 +96,47 @@ impl RelayPlacement {
         }
     }
 
-    /// Better relays than this one (`me`), best first; a fresh draw on every call. Empty when
-    /// the view is local only, Redis is slow, or no relay qualifies.
-    pub async fn targets(&self, me: &str) -> Vec<RelayEndpoint> {
-        let relays = match tokio::time::timeout(READ_BUDGET, self.reader.relays()).await {
-            Ok(r) => r,
+    /// Better relays than this one (`me`), best first. Empty when the view is local only,
+    /// Redis is slow, or no relay qualifies. `commit`: the agent is sent to the first one
+    /// (Redirect, Drain), which counts against that relay's room until the view is read again.
+    pub async fn targets(&self, me: &str, commit: bool) -> Vec<RelayEndpoint> {
+        let snap = match tokio::time::timeout(READ_BUDGET, self.reader.snapshot()).await {
+            Ok(s) => s,
             Err(_) => {
                 metrics::counter!("contrail_limit_hits_total", "limit" => "placement_read")
                     .increment(1);
                 return Vec::new();
             }
         };
-        self.rank(me, &relays)
+        let mut sent = self.sent.lock();
+        // A newer record already counts the agents sent before it was written (bounded: one
+        // entry per relay in the view).
+        sent.retain(|id, (at, _)| {
+            snap.relays
+                .iter()
+                .any(|r| r.relay_id == *id && r.updated_unix_ms == *at)
+        });
+        let counts: HashMap<String, u64> = sent.iter().map(|(k, v)| (k.clone(), v.1)).collect();
+        let out = self.rank(me, &snap.relays, &counts);
+        if commit {
+            if let Some(first) = out.first() {
+                if let Some(r) = snap.relays.iter().find(|r| r.relay_id == first.relay_id) {
+                    sent.entry(r.relay_id.clone())
+                        .or_insert((r.updated_unix_ms, 0))
+                        .1 += 1;
+                }
+            }
+        }
+        out
     }
 
-    /// [`targets`](Self::targets) over given records.
-    pub fn rank(&self, me: &str, relays: &[RelayRecord]) -> Vec<RelayEndpoint> {
+    /// The ranking over given records, `sent` agents already sent to each.
+    pub fn rank(
+        &self,
+        me: &str,
+        relays: &[RelayRecord],
+        sent: &HashMap<String, u64>,
+    ) -> Vec<RelayEndpoint> {
         let now = crate::clock::unix_ms();
         rank(
             me,
@@ -115,7 +144,8 @@ impl RelayPlacement {
             relays,
             now,
             &self.rules,
-            || 1.0 - rand::random::<f64>(),
+            |id| sent.get(id).copied().unwrap_or(0),
+            rand::random::<f64>,
         )
         .into_iter()
         .map(endpoint)

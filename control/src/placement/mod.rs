@@ -6,11 +6,11 @@
 //!   (`sessions < soft_max_sessions`). A relay above its soft limit or draining is never a
 //!   target, so a redirect never lands where it would be redirected again by the same view;
 //! * candidates in the relay's own region come first, then the others;
-//! * within each group the order is a random draw weighted by free capacity
-//!   (`soft_max_sessions - sessions`, Efraimidis–Spirakis keys): the least loaded relay is the
-//!   likeliest first, yet agents redirected on the same (up to a few seconds stale) view spread
-//!   over all candidates in proportion to their room instead of rushing the one that looked
-//!   emptiest. A drain draws a fresh order per agent.
+//! * within each group, most free capacity first (`soft_max_sessions - sessions`, minus the
+//!   agents this relay already sent there since its view of the fleet was read: records are
+//!   refreshed every few seconds, and without that count every agent redirected or drained in
+//!   the meantime would rush the relay that looked emptiest); ties in random order. Successive
+//!   agents therefore fill the candidates level, which is what spreads a drain.
 
 use crate::registry::RelayRecord;
 
@@ -47,33 +47,36 @@ pub fn free(r: &RelayRecord) -> u64 {
 }
 
 /// Candidates other than `me`, best first: same region (when `region` is set) first, then the
-/// rest, each group in a random order weighted by free capacity. `uniform` yields numbers in
-/// (0, 1] (the caller's RNG; tests pass a fixed sequence).
+/// rest, each group by free capacity after subtracting `sent(relay_id)` (agents this relay has
+/// already sent there since the view was read, so a stale view does not herd every agent to the
+/// relay that looked emptiest); ties in a random order (`uniform`, numbers in [0, 1)).
 pub fn rank<'a>(
     me: &str,
     region: Option<&str>,
     relays: &'a [RelayRecord],
     now_unix_ms: u64,
     rules: &PlacementRules,
+    sent: impl Fn(&str) -> u64,
     mut uniform: impl FnMut() -> f64,
 ) -> Vec<&'a RelayRecord> {
-    let mut keyed: Vec<(bool, f64, &RelayRecord)> = relays
+    let mut keyed: Vec<(bool, u64, f64, &RelayRecord)> = relays
         .iter()
         .filter(|r| r.relay_id != me && is_candidate(r, now_unix_ms, rules))
         .map(|r| {
             let same_region = region.is_some() && r.region.as_deref() == region;
-            // u^(1/w): sorting by it descending draws without replacement with probability
-            // proportional to w.
-            let u = uniform().clamp(f64::MIN_POSITIVE, 1.0);
-            let key = u.powf(1.0 / free(r) as f64);
-            (same_region, key, r)
+            let room = free(r).saturating_sub(sent(&r.relay_id));
+            (same_region, room, uniform(), r)
         })
         .collect();
-    keyed.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)));
+    keyed.sort_by(|a, b| {
+        b.0.cmp(&a.0)
+            .then(b.1.cmp(&a.1))
+            .then(b.2.total_cmp(&a.2))
+    });
     keyed
         .into_iter()
         .take(rules.max_targets)
-        .map(|(_, _, r)| r)
+        .map(|(_, _, _, r)| r)
         .collect()
 }
 
@@ -130,7 +133,7 @@ mod tests {
             fresh_for_ms: 500,
             ..PlacementRules::default()
         };
-        let got: Vec<_> = rank("me", Some("eu"), &relays, 1200, &rules, lcg(1))
+        let got: Vec<_> = rank("me", Some("eu"), &relays, 1200, &rules, |_| 0, lcg(1))
             .iter()
             .map(|r| r.relay_id.as_str())
             .collect();
@@ -141,25 +144,33 @@ mod tests {
     fn same_region_first() {
         let relays = vec![rec("us1", "us", 0, 1000), rec("eu1", "eu", 900, 1000)];
         for seed in 0..50 {
-            let got = rank("me", Some("eu"), &relays, 1000, &PlacementRules::default(), lcg(seed));
+            let got = rank("me", Some("eu"), &relays, 1000, &PlacementRules::default(), |_| 0, lcg(seed));
             assert_eq!(got[0].relay_id, "eu1");
             assert_eq!(got.len(), 2);
         }
     }
 
     #[test]
-    fn first_choice_spreads_in_proportion_to_free_capacity() {
-        // Free 300 / 100: about 3 of 4 agents are sent first to "a".
+    fn counting_sent_agents_fills_candidates_level() {
+        // Free 300 / 100: the first 200 go to "a", then they alternate.
         let relays = vec![rec("a", "eu", 700, 1000), rec("b", "eu", 900, 1000)];
+        let mut sent: std::collections::HashMap<String, u64> = Default::default();
         let mut next = lcg(7);
-        let n = 4000;
-        let a_first = (0..n)
-            .filter(|_| {
-                rank("me", None, &relays, 1000, &PlacementRules::default(), &mut next)[0].relay_id
-                    == "a"
-            })
-            .count();
-        let share = a_first as f64 / n as f64;
-        assert!((0.70..0.80).contains(&share), "share {share}");
+        for _ in 0..300 {
+            let first = rank(
+                "me",
+                None,
+                &relays,
+                1000,
+                &PlacementRules::default(),
+                |id| sent.get(id).copied().unwrap_or(0),
+                &mut next,
+            )[0]
+            .relay_id
+            .clone();
+            *sent.entry(first).or_default() += 1;
+        }
+        assert_eq!(sent.get("a"), Some(&250));
+        assert_eq!(sent.get("b"), Some(&50));
     }
 }

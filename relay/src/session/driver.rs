@@ -377,7 +377,7 @@ async fn handshake(
         core.session_count(),
         core.is_draining(),
     ) {
-        let relays = core.placement.targets(&core.relay_id).await;
+        let relays = core.placement.targets(&core.relay_id, true).await;
         if !relays.is_empty() {
             metrics::counter!("contrail_redirects_total", "reason" => why.label()).increment(1);
             return Err(Some(Refusal {
@@ -449,7 +449,7 @@ async fn handshake(
             .iter()
             .any(|c| c == crate::placement::CAPABILITY_REDIRECT)
         {
-            core.placement.targets(&core.relay_id).await
+            core.placement.targets(&core.relay_id, false).await
         } else {
             Vec::new()
         },
@@ -512,7 +512,7 @@ async fn control_loop(
                 reason: core.lifecycle.drain_reason().unwrap_or_default(),
                 reconnect_after_ms: core.config.drain.reconnect_after_ms,
                 // A fresh weighted draw per agent: drained agents spread over the fleet.
-                relays: core.placement.targets(&core.relay_id).await,
+                relays: core.placement.targets(&core.relay_id, true).await,
             });
             if !send_control(send, codec, drain).await {
                 return End::new(ErrorCode::Normal, "control stream closed");
