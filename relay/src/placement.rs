@@ -57,11 +57,7 @@ impl RedirectReason {
 
 impl RelayPlacement {
     /// Placement over `reader`'s view.
-    pub fn new(
-        reader: Arc<FleetReader>,
-        soft_max_sessions: usize,
-        region: Option<String>,
-    ) -> Self {
+    pub fn new(reader: Arc<FleetReader>, soft_max_sessions: usize, region: Option<String>) -> Self {
         RelayPlacement {
             reader,
             rules: PlacementRules::default(),

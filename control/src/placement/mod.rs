@@ -68,11 +68,7 @@ pub fn rank<'a>(
             (same_region, room, uniform(), r)
         })
         .collect();
-    keyed.sort_by(|a, b| {
-        b.0.cmp(&a.0)
-            .then(b.1.cmp(&a.1))
-            .then(b.2.total_cmp(&a.2))
-    });
+    keyed.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(b.2.total_cmp(&a.2)));
     keyed
         .into_iter()
         .take(rules.max_targets)
@@ -144,7 +140,15 @@ mod tests {
     fn same_region_first() {
         let relays = vec![rec("us1", "us", 0, 1000), rec("eu1", "eu", 900, 1000)];
         for seed in 0..50 {
-            let got = rank("me", Some("eu"), &relays, 1000, &PlacementRules::default(), |_| 0, lcg(seed));
+            let got = rank(
+                "me",
+                Some("eu"),
+                &relays,
+                1000,
+                &PlacementRules::default(),
+                |_| 0,
+                lcg(seed),
+            );
             assert_eq!(got[0].relay_id, "eu1");
             assert_eq!(got.len(), 2);
         }

@@ -21,6 +21,7 @@ mod faults_spool;
 mod fleet;
 mod ingest;
 mod live;
+mod placement;
 mod rejections;
 mod security;
 mod sink_jetstream;
