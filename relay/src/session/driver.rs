@@ -317,6 +317,12 @@ async fn handshake(
             _ => None,
         }
     };
+    // Draining: refused without waiting for Register, unless the fleet has a relay to redirect
+    // a capable agent to (placement reads Register's capabilities below).
+    if core.is_draining() && core.placement.targets(&core.relay_id, false).await.is_empty() {
+        *control = control_stream().await;
+        return refuse(End::new(ErrorCode::Draining, "relay is draining"));
+    }
     let not_registered = || End::new(ErrorCode::NotRegistered, "telemetry before Register");
     let mut recv = tokio::select! {
         bi = conn.accept_bi() => match bi {
