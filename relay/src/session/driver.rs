@@ -319,7 +319,13 @@ async fn handshake(
     };
     // Draining: refused without waiting for Register, unless the fleet has a relay to redirect
     // a capable agent to (placement reads Register's capabilities below).
-    if core.is_draining() && core.placement.targets(&core.relay_id, false).await.is_empty() {
+    if core.is_draining()
+        && core
+            .placement
+            .targets(&core.relay_id, false)
+            .await
+            .is_empty()
+    {
         *control = control_stream().await;
         return refuse(End::new(ErrorCode::Draining, "relay is draining"));
     }

@@ -19,19 +19,34 @@ use contrail_testsupport::{poll_until_async, ProcessGuard, RedisServer, RespValu
 use futures::StreamExt;
 
 struct Child {
-    _process: ProcessGuard,
+    process: ProcessGuard,
     addr: SocketAddr,
     http: String,
     cert: PathBuf,
 }
 
 fn spawn(dir: &Path, certs: &Path, id: &str, redis: SocketAddr, soft: usize) -> Child {
+    spawn_with(dir, certs, id, redis, soft, "")
+}
+
+/// `extra`: more config (e.g. a file sink).
+fn spawn_with(
+    dir: &Path,
+    certs: &Path,
+    id: &str,
+    redis: SocketAddr,
+    soft: usize,
+    extra: &str,
+) -> Child {
     let own = dir.join(id);
     std::fs::create_dir_all(&own).expect("relay dir");
     let config = own.join("relay.toml");
     std::fs::write(
         &config,
-        format!("[limits]\nsoft_max_sessions = {soft}\nhandshake_timeout_ms = 10000\n"),
+        format!(
+            "[limits]\nsoft_max_sessions = {soft}\nhandshake_timeout_ms = 10000\n\
+             [drain]\nreconnect_after_ms = 0\n{extra}"
+        ),
     )
     .expect("config");
     let log = own.join("relay.log");
@@ -77,7 +92,7 @@ fn spawn(dir: &Path, certs: &Path, id: &str, redis: SocketAddr, soft: usize) -> 
     }
     let (addr, http) = addrs.expect("addresses");
     Child {
-        _process: process,
+        process,
         addr,
         http,
         cert: cert.expect("certificate path"),
@@ -236,4 +251,130 @@ async fn two_relays_that_each_think_the_other_is_better_cannot_bounce_an_agent()
     let _ = agent.close().await;
     let _ = fa.close().await;
     let _ = fb.close().await;
+}
+
+fn file_sink(path: &Path) -> String {
+    format!(
+        "[[sinks]]\nname = \"file\"\ntype = \"file\"\nrequired = true\npath = \"{}\"\n",
+        path.display()
+    )
+}
+
+/// `(agent_id, seq)` of every frame in an NDJSON file sink.
+fn frames_in(path: &Path) -> Vec<(String, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+            (
+                v["agent_id"].as_str().expect("agent_id").to_string(),
+                v["seq"].as_u64().expect("seq"),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_relay_moves_all_its_agents_balanced_without_loss_or_duplicates() {
+    const AGENTS: usize = 40;
+    const FRAMES: u64 = 60;
+    let redis = tokio::task::block_in_place(RedisServer::start);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let ids = ["drain-a", "drain-b", "drain-c"];
+    let files: Vec<PathBuf> = ids
+        .iter()
+        .map(|id| dir.path().join(format!("{id}.ndjson")))
+        .collect();
+    let mut relays: Vec<Child> = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let extra = file_sink(&files[i]);
+        relays.push(tokio::task::block_in_place(|| {
+            spawn_with(dir.path(), &certs, id, redis.addr(), 0, &extra)
+        }));
+    }
+    registry_ready(&redis, &ids).await;
+    let cert = relays[0].cert.clone();
+    // Every agent starts on A (the only relay it is configured with).
+    let agents: Vec<Arc<Agent>> = futures::stream::iter(0..AGENTS)
+        .map(|i| {
+            let c = client(relays[0].addr, format!("drain-drone-{i:03}"), &cert);
+            async move { Arc::new(Agent::connect(c).await.expect("agent connects")) }
+        })
+        .buffered(8)
+        .collect()
+        .await;
+    let payload = [7u8; 64];
+    let senders: Vec<_> = agents
+        .iter()
+        .cloned()
+        .map(|a| {
+            tokio::spawn(async move {
+                for _ in 0..FRAMES {
+                    a.send(&crate::common::frame(&payload)).await.expect("send");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        })
+        .collect();
+    poll_until_async(
+        Duration::from_secs(30),
+        "every agent has 10 frames acked",
+        async || agents.iter().all(|a| a.acked_seq() >= 10),
+    )
+    .await;
+    relays[0].process.terminate().expect("SIGTERM");
+    for s in senders {
+        s.await.expect("sender");
+    }
+    poll_until_async(Duration::from_secs(60), "every frame acked", async || {
+        agents.iter().all(|a| a.acked_seq() >= FRAMES)
+    })
+    .await;
+    let mut on = [0usize; 3];
+    for a in &agents {
+        let s = a.session().expect("registered after the drain");
+        on[ids.iter().position(|id| *id == s.relay_id).expect("known")] += 1;
+        assert!(a.stats().drains >= 1);
+    }
+    println!("sessions per relay after the drain: {on:?}");
+    assert_eq!(on[0], 0, "all agents left the drained relay");
+    let mean = (on[1] + on[2]) as f64 / 2.0;
+    assert!(
+        (on[1] as f64 - mean).abs() <= 0.2 * mean,
+        "B and C within ±20%: {on:?}"
+    );
+    let a = relays.remove(0);
+    let status = tokio::task::spawn_blocking(move || {
+        let mut p = a.process;
+        p.wait_exit(Duration::from_secs(20))
+    })
+    .await
+    .expect("join")
+    .expect("A exits after its drain");
+    assert!(status.success(), "clean exit: {status:?}");
+    // Every frame of every agent exactly once over the three files.
+    poll_until_async(
+        Duration::from_secs(20),
+        "every frame in the files",
+        async || {
+            let all: Vec<(String, u64)> = files.iter().flat_map(|f| frames_in(f)).collect();
+            all.len() >= AGENTS * FRAMES as usize
+        },
+    )
+    .await;
+    let mut all: Vec<(String, u64)> = files.iter().flat_map(|f| frames_in(f)).collect();
+    all.sort();
+    let mut expected: Vec<(String, u64)> = (0..AGENTS)
+        .flat_map(|i| (1..=FRAMES).map(move |s| (format!("drain-drone-{i:03}"), s)))
+        .collect();
+    expected.sort();
+    assert_eq!(all.len(), expected.len(), "no frame lost or duplicated");
+    assert!(all == expected, "exactly the frames sent");
+    for a in agents {
+        if let Ok(a) = Arc::try_unwrap(a) {
+            let _ = a.close().await;
+        }
+    }
 }
