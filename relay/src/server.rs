@@ -531,8 +531,7 @@ fn tune_udp_socket(udp: &std::net::UdpSocket, bytes: usize) {
     }
     metrics::gauge!("contrail_udp_recv_buffer_bytes").set(got as f64);
     if got < full {
-        metrics::counter!("contrail_limit_hits_total", "limit" => "udp_buffer_capped")
-            .increment(1);
+        metrics::counter!("contrail_limit_hits_total", "limit" => "udp_buffer_capped").increment(1);
         tracing::warn!(
             asked = bytes,
             got,
