@@ -314,15 +314,19 @@ mod tests {
     /// A value each flag accepts, written for the command line and for TOML.
     fn sample(env: &str) -> (&'static str, &'static str) {
         match env {
-            "CONTRAIL_LISTEN" | "CONTRAIL_HTTP_LISTEN" => ("127.0.0.1:9", "\"127.0.0.1:9\""),
+            "CONTRAIL_LISTEN" | "CONTRAIL_HTTP_LISTEN" | "CONTRAIL_GRPC_LISTEN" => {
+                ("127.0.0.1:9", "\"127.0.0.1:9\"")
+            }
             "CONTRAIL_TLS_CERT" | "CONTRAIL_TLS_KEY" | "CONTRAIL_DEV_CERT_DIR" => {
                 ("/x/y.pem", "\"/x/y.pem\"")
             }
             "CONTRAIL_AUTH_TOKENS_FILE" | "REDIS_TLS_CA_FILE" => ("/x/y.pem", "\"/x/y.pem\""),
             "CONTRAIL_AUTH_MODE" => ("jwt", "\"jwt\""),
-            "CONTRAIL_ADMIN_TOKEN" | "CONTRAIL_JWT_SECRET" | "RELAY_ID" | "REDIS_PASSWORD" => {
-                ("s3cret", "\"s3cret\"")
-            }
+            "CONTRAIL_ADMIN_TOKEN"
+            | "CONTRAIL_VIEWER_TOKEN"
+            | "CONTRAIL_JWT_SECRET"
+            | "RELAY_ID"
+            | "REDIS_PASSWORD" => ("s3cret", "\"s3cret\""),
             "REDIS_ADDR" => ("rediss://r:6380", "\"rediss://r:6380\""),
             _ => ("7", "7"),
         }
