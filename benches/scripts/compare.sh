@@ -8,6 +8,12 @@
 #   WORKLOADS=fleet TARGETS="contrail nats" RUNS=1 benches/scripts/compare.sh
 #   NO_BUILD=1 EXTRA_ARGS="--duration 5s" benches/scripts/compare.sh
 #   MQTT_CLIENT=rumqttc TARGETS="mqtt-qos0 mqtt-qos1" benches/scripts/compare.sh   # via rumqttc
+#
+# Pinning (issue 23): every server under test runs on SERVER_CPUS (all its threads, `taskset -a`)
+# and the load generator on LOADGEN_CPUS, so each server gets the same core and the simulated
+# clients can't steal it. Defaults: server on CPU 0, loadgen on the others (needs >= 2 CPUs and
+# taskset); PIN=0 turns it off. Each run also records the kernel's UDP `RcvbufErrors`
+# (/proc/net/snmp) delta: every overflow is a lost datagram (a QUIC loss for Contrail).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -19,6 +25,22 @@ STAMP="$(date -u +%Y%m%d-%H%M)"
 RAW="$RESULTS/raw/compare-$STAMP"
 mkdir -p "$RAW"
 SINK="$(pick_sink)"
+
+NCPU="$(nproc)"
+SERVER_CPUS="${SERVER_CPUS:-0}"
+LOADGEN_CPUS="${LOADGEN_CPUS:-1-$((NCPU - 1))}"
+if [ "${PIN:-1}" = 1 ] && [ "$NCPU" -ge 2 ] && command -v taskset >/dev/null; then
+  PINNED=1
+  echo "pinning: servers on CPU $SERVER_CPUS, loadgen on CPU $LOADGEN_CPUS" >&2
+else
+  PINNED=0
+  echo "pinning: off (PIN=${PIN:-1}, nproc $NCPU)" >&2
+fi
+
+# The kernel's UDP RcvbufErrors counter (all sockets; the runs are the only heavy UDP users).
+rcvbuf_errors() {
+  awk '/^Udp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "RcvbufErrors") c = i; h = 1 } else print $c }' /proc/net/snmp
+}
 
 # A TLS certificate for nats-server (localhost), made once.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
@@ -72,9 +94,18 @@ for w in $WORKLOADS; do
   for t in $TARGETS; do
     for i in $(seq 1 "$RUNS"); do
       start_target "$t"
-      cmd=("$LOADGEN_BIN" --scenario "$w" "${ARGS[@]}" --relay-pid "$PID" --json "$RAW/$w-$t-$i.json" --quiet ${EXTRA_ARGS:-})
+      pin=()
+      if [ "$PINNED" = 1 ]; then
+        taskset -a -p -c "$SERVER_CPUS" "$PID" >/dev/null
+        pin=(taskset -c "$LOADGEN_CPUS")
+      fi
+      before="$(rcvbuf_errors)"
+      cmd=("${pin[@]}" "$LOADGEN_BIN" --scenario "$w" "${ARGS[@]}" --relay-pid "$PID" --json "$RAW/$w-$t-$i.json" --quiet ${EXTRA_ARGS:-})
       echo "== $w $t run $i: ${cmd[*]}" >&2
       "${cmd[@]}" | tee "$RAW/$w-$t-$i.txt" || echo "(run exited non-zero)" >&2
+      after="$(rcvbuf_errors)"
+      echo "$((after - before))" >"$RAW/$w-$t-$i.rcvbuf"
+      echo "   UDP RcvbufErrors this run: $((after - before))" >&2
       stop_pid "$PID"
     done
   done
@@ -82,5 +113,15 @@ done
 
 OUT="$RESULTS/compare-$STAMP.md"
 python3 "$(dirname "$0")/summarize.py" compare "$RAW" "$(machine_line)" "$SINK" >"$OUT"
+{
+  echo
+  echo "Pinned: $([ "$PINNED" = 1 ] && echo "servers on CPU $SERVER_CPUS, loadgen on CPU $LOADGEN_CPUS" || echo no)."
+  echo
+  echo "| run | UDP RcvbufErrors |"
+  echo "|---|---|"
+  for f in "$RAW"/*.rcvbuf; do
+    [ -e "$f" ] && echo "| $(basename "$f" .rcvbuf) | $(cat "$f") |"
+  done
+} >>"$OUT"
 echo "wrote $OUT" >&2
 cat "$OUT"

@@ -17,6 +17,7 @@ pub mod http;
 pub mod latency;
 pub mod lifecycle;
 pub mod metric_names;
+pub mod placement;
 pub mod registry;
 pub mod root;
 pub mod routing;

@@ -44,12 +44,35 @@ pub fn udp_in_datagrams() -> Option<u64> {
     Some(v4 + v6)
 }
 
+/// UDP receive-buffer overflows on this machine since boot (`RcvbufErrors` of `/proc/net/snmp`
+/// plus `Udp6RcvbufErrors` of `/proc/net/snmp6`): datagrams the kernel dropped because a
+/// socket's receive buffer was full (each one a QUIC loss for Contrail).
+pub fn udp_rcvbuf_errors() -> Option<u64> {
+    let v4 = parse_snmp_udp(
+        &std::fs::read_to_string("/proc/net/snmp").ok()?,
+        "RcvbufErrors",
+    )?;
+    let v6 = std::fs::read_to_string("/proc/net/snmp6")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Udp6RcvbufErrors"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0);
+    Some(v4 + v6)
+}
+
 fn parse_snmp_udp_in(snmp: &str) -> Option<u64> {
+    parse_snmp_udp(snmp, "InDatagrams")
+}
+
+fn parse_snmp_udp(snmp: &str, field: &str) -> Option<u64> {
     // Two `Udp:` lines: the field names, then the values.
     let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
     let names = udp.next()?;
     let values = udp.next()?;
-    let i = names.split_whitespace().position(|n| n == "InDatagrams")?;
+    let i = names.split_whitespace().position(|n| n == field)?;
     values.split_whitespace().nth(i)?.parse().ok()
 }
 
@@ -76,6 +99,10 @@ mod tests {
     fn parses_udp_counters() {
         let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\nUdp: InDatagrams NoPorts InErrors OutDatagrams\nUdp: 1234 5 0 1300\nUdpLite: InDatagrams\nUdpLite: 0\n";
         assert_eq!(parse_snmp_udp_in(snmp), Some(1234));
+        let with_errors =
+            "Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\nUdp: 1 2 3 4 99\n";
+        assert_eq!(parse_snmp_udp(with_errors, "RcvbufErrors"), Some(99));
+        assert_eq!(parse_snmp_udp(snmp, "RcvbufErrors"), None);
         let snmp6 = "Udp6InDatagrams                 \t77\nUdp6NoPorts 0\n";
         assert_eq!(parse_snmp6_udp_in(snmp6), Some(77));
         assert_eq!(parse_snmp_udp_in("Ip: x\n"), None);

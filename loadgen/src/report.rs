@@ -57,6 +57,9 @@ pub struct Report {
     /// frame sent without acks): every process's, so meaningful when the run has the machine
     /// to itself; on loopback each datagram sent is counted once.
     pub udp_datagrams_per_frame: Option<f64>,
+    /// UDP receive-buffer overflows on this machine over the measured window (`RcvbufErrors`,
+    /// every process's): each is a lost datagram.
+    pub udp_rcvbuf_errors: Option<u64>,
     /// Per-interval figures (soak).
     pub intervals: Vec<IntervalReport>,
     /// Pass/fail.
@@ -278,8 +281,8 @@ impl Report {
         if let Some(split) = &self.e2e_split {
             let rows = [
                 ("  send lag", split.send_lag.as_ref()),
-                ("  →relay", Some(&split.to_relay)),
-                ("  relay→sub", Some(&split.relay_to_subscriber)),
+                ("  client lag (→relay rx)", Some(&split.to_relay)),
+                ("  relay-side (rx→sub)", Some(&split.relay_to_subscriber)),
             ];
             for (name, p) in rows {
                 if let Some(p) = p.filter(|p| p.count > 0) {
@@ -309,6 +312,12 @@ impl Report {
             self.udp_datagrams_per_frame
                 .map_or(String::new(), |d| format!(", {d:.2} UDP datagrams/frame machine-wide"))
         );
+        if let Some(n) = self.udp_rcvbuf_errors {
+            let _ = writeln!(
+                s,
+                "udp       RcvbufErrors {n} (machine-wide, /proc/net/snmp: datagrams dropped on full receive buffers)"
+            );
+        }
         if let Some(r) = &self.relay {
             let _ = writeln!(
                 s,

@@ -169,6 +169,7 @@ struct Snapshot {
     cpu_ns: Option<u64>,
     own_cpu_ns: Option<u64>,
     udp_datagrams: Option<u64>,
+    udp_rcvbuf_errors: Option<u64>,
 }
 
 fn snapshot(ctx: &RunCtx, pid: Option<u32>) -> Snapshot {
@@ -180,6 +181,7 @@ fn snapshot(ctx: &RunCtx, pid: Option<u32>) -> Snapshot {
         cpu_ns: pid.and_then(procfs::cpu_ns),
         own_cpu_ns: procfs::cpu_ns(std::process::id()),
         udp_datagrams: procfs::udp_in_datagrams(),
+        udp_rcvbuf_errors: procfs::udp_rcvbuf_errors(),
     }
 }
 
@@ -457,6 +459,10 @@ pub async fn execute(ctx: Arc<RunCtx>, driver: Driver, opts: RunOptions) -> Repo
             (Some(a), Some(b)) => {
                 (window_frames > 0).then(|| b.saturating_sub(a) as f64 / window_frames as f64)
             }
+            _ => None,
+        },
+        udp_rcvbuf_errors: match (start.udp_rcvbuf_errors, end.udp_rcvbuf_errors) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
             _ => None,
         },
         intervals,

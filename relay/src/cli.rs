@@ -74,6 +74,8 @@ pub const FILE_KEYS: &[(&str, Option<&str>)] = &[
     ),
     ("CONTRAIL_HTTP_LISTEN", Some("http.listen")),
     ("CONTRAIL_ADMIN_TOKEN", Some("http.admin_token")),
+    ("CONTRAIL_VIEWER_TOKEN", Some("http.viewer_token")),
+    ("CONTRAIL_GRPC_LISTEN", Some("grpc.listen")),
     ("CONTRAIL_DRAIN_DEADLINE_MS", Some("drain.deadline_ms")),
     ("CONTRAIL_AUTH_MODE", Some("auth.mode")),
     ("CONTRAIL_AUTH_TOKENS_FILE", Some("auth.tokens_file")),
@@ -319,15 +321,19 @@ mod tests {
     /// A value each flag accepts, written for the command line and for TOML.
     fn sample(env: &str) -> (&'static str, &'static str) {
         match env {
-            "CONTRAIL_LISTEN" | "CONTRAIL_HTTP_LISTEN" => ("127.0.0.1:9", "\"127.0.0.1:9\""),
+            "CONTRAIL_LISTEN" | "CONTRAIL_HTTP_LISTEN" | "CONTRAIL_GRPC_LISTEN" => {
+                ("127.0.0.1:9", "\"127.0.0.1:9\"")
+            }
             "CONTRAIL_TLS_CERT" | "CONTRAIL_TLS_KEY" | "CONTRAIL_DEV_CERT_DIR" => {
                 ("/x/y.pem", "\"/x/y.pem\"")
             }
             "CONTRAIL_AUTH_TOKENS_FILE" | "REDIS_TLS_CA_FILE" => ("/x/y.pem", "\"/x/y.pem\""),
             "CONTRAIL_AUTH_MODE" => ("jwt", "\"jwt\""),
-            "CONTRAIL_ADMIN_TOKEN" | "CONTRAIL_JWT_SECRET" | "RELAY_ID" | "REDIS_PASSWORD" => {
-                ("s3cret", "\"s3cret\"")
-            }
+            "CONTRAIL_ADMIN_TOKEN"
+            | "CONTRAIL_VIEWER_TOKEN"
+            | "CONTRAIL_JWT_SECRET"
+            | "RELAY_ID"
+            | "REDIS_PASSWORD" => ("s3cret", "\"s3cret\""),
             "REDIS_ADDR" => ("rediss://r:6380", "\"rediss://r:6380\""),
             "CONTRAIL_DATABASE_URL" => ("postgres://db/x", "\"postgres://db/x\""),
             _ => ("7", "7"),

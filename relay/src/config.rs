@@ -116,6 +116,9 @@ pub struct Config {
     pub region: Option<String>,
     /// Zone within the region.
     pub zone: Option<String>,
+    /// `host:port` agents of other relays are sent to (Redirect, Drain.relays); default: the
+    /// bound listen address, which is right only when agents reach the relay at it.
+    pub public_address: Option<String>,
 }
 
 impl Default for Config {
@@ -136,6 +139,7 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             region: None,
             zone: None,
+            public_address: None,
         }
     }
 }
@@ -178,6 +182,9 @@ impl Default for TlsConfig {
 pub struct Limits {
     /// Concurrent agent sessions.
     pub max_sessions: usize,
+    /// Sessions at and above which agents offering the `redirect` capability are redirected to
+    /// better relays of the fleet (docs/placement.md); 0: `max_sessions`.
+    pub soft_max_sessions: usize,
     /// Credit window: frames an agent may have unacked.
     pub max_inflight: u32,
     /// Largest frame body accepted.
@@ -239,6 +246,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_sessions: 10_000,
+            soft_max_sessions: 0,
             max_inflight: 1024,
             max_frame_bytes: 64 * 1024,
             handshake_timeout_ms: 5_000,
@@ -261,6 +269,15 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The soft session limit (`soft_max_sessions`, 0 meaning `max_sessions`).
+    pub fn soft_max_sessions(&self) -> usize {
+        if self.soft_max_sessions == 0 || self.soft_max_sessions > self.max_sessions {
+            self.max_sessions
+        } else {
+            self.soft_max_sessions
+        }
+    }
+
     /// Handshake timeout.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)

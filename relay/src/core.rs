@@ -70,6 +70,8 @@ pub struct RelayCore {
     pub(crate) hooks: Hooks,
     /// Command downlink: which local session holds which drone.
     pub(crate) downlink: Option<Arc<crate::downlink::CommandRouter>>,
+    /// Placement across the fleet (redirects, drain targets).
+    pub(crate) placement: crate::placement::RelayPlacement,
     pub(crate) auth: crate::auth::Authenticator,
     /// Successful registrations per agent id (reconnect storms).
     pub(crate) reconnects: crate::quota::Damper<AgentId>,
@@ -117,11 +119,13 @@ impl RelayCore {
         config: Config,
         relay_id: String,
         auth: crate::auth::Authenticator,
-        events: ControlEvents,
+        control: &contrail_control::Control,
         latency: Latency,
-        lifecycle: Lifecycle,
         hooks: Hooks,
+        placement: crate::placement::RelayPlacement,
     ) -> Self {
+        let events = control.events();
+        let lifecycle = control.lifecycle().clone();
         let limits = &config.limits;
         RelayCore {
             relay_id,
@@ -134,6 +138,7 @@ impl RelayCore {
             lifecycle,
             hooks,
             downlink: None,
+            placement,
             auth,
             reconnects: crate::quota::Damper::new(
                 config.quotas.registrations_per_minute,

@@ -13,6 +13,8 @@ pub mod config;
 pub mod downlink;
 /// MAVLink decoding where JSON is written (sinks, `contrail-tail`) and the lab UDP endpoint.
 pub mod mavlink;
+/// Placement: where a full or draining relay sends agents (from the relay registry).
+pub mod placement;
 pub mod quota;
 pub mod sink;
 

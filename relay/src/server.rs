@@ -163,14 +163,19 @@ impl RelayBuilder {
         let downlink = Arc::new(crate::downlink::CommandRouter::new(
             control.commands().clone(),
         ));
+        let placement = crate::placement::RelayPlacement::new(
+            control.fleet_reader().clone(),
+            config.limits.soft_max_sessions(),
+            config.region.clone(),
+        );
         let mut core = RelayCore::new(
             config,
             relay_id,
             auth,
-            control.events(),
+            &control,
             latency,
-            control.lifecycle().clone(),
             self.hooks.clone(),
+            placement,
         );
         core.downlink = Some(downlink.clone());
         let core = Arc::new(core);
@@ -227,11 +232,15 @@ impl RelayBuilder {
             let c = &control;
             let cfg = &ingest.core.config;
             c.local().set_facts(contrail_control::registry::RelayFacts {
-                address: local_addr.to_string(),
+                address: core
+                    .config
+                    .public_address
+                    .clone()
+                    .unwrap_or_else(|| local_addr.to_string()),
                 http_address: c.http_addr().to_string(),
                 region: cfg.region.clone(),
                 zone: cfg.zone.clone(),
-                soft_max_sessions: cfg.limits.max_sessions as u64,
+                soft_max_sessions: cfg.limits.soft_max_sessions() as u64,
                 max_sessions: cfg.limits.max_sessions as u64,
                 version: env!("CARGO_PKG_VERSION").to_owned(),
             });
@@ -287,12 +296,32 @@ impl Drop for StopOnDrop {
 /// quinn reads them (drops cost retransmission round trips: seconds of tail latency).
 fn tune_udp_socket(udp: &std::net::UdpSocket, bytes: usize) {
     contrail_protocol::client::config::size_socket_buffers(udp, bytes);
-    let got = socket2::SockRef::from(udp).recv_buffer_size().unwrap_or(0);
-    if got < bytes {
-        tracing::info!(
+    // Linux stores (and reports) twice the size asked for, capped at twice net.core.rmem_max.
+    let full = if cfg!(target_os = "linux") {
+        bytes.saturating_mul(2)
+    } else {
+        bytes
+    };
+    let read = || socket2::SockRef::from(udp).recv_buffer_size().unwrap_or(0);
+    let mut got = read();
+    #[cfg(target_os = "linux")]
+    if got < full {
+        // With CAP_NET_ADMIN, SO_RCVBUFFORCE / SO_SNDBUFFORCE pass the sysctl caps.
+        let r = rustix::net::sockopt::set_socket_recv_buffer_size_force(udp, bytes);
+        let s = rustix::net::sockopt::set_socket_send_buffer_size_force(udp, bytes);
+        tracing::debug!(recv = ?r, send = ?s, "SO_RCVBUFFORCE / SO_SNDBUFFORCE");
+        got = read();
+    }
+    metrics::gauge!("contrail_udp_recv_buffer_bytes").set(got as f64);
+    if got < full {
+        metrics::counter!("contrail_limit_hits_total", "limit" => "udp_buffer_capped").increment(1);
+        tracing::warn!(
             asked = bytes,
             got,
-            "UDP receive buffer capped by the kernel (net.core.rmem_max)"
+            "UDP RECEIVE BUFFER CAPPED BY THE KERNEL: bursts will overflow it (RcvbufErrors in \
+             /proc/net/snmp) and every overflow is a QUIC loss. Set `sysctl -w \
+             net.core.rmem_max={bytes} net.core.wmem_max={bytes}` (deploy/RUNBOOK.md) or give \
+             the relay CAP_NET_ADMIN"
         );
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
+use super::placement::{Placement, CAPABILITY_REDIRECT};
 use super::state::Shared;
 use super::{ClientConfig, ClientConfigError, ClientError, SessionInfo};
 use crate::codec::FrameCodec;
@@ -26,6 +27,13 @@ enum Outcome {
         next_relay: bool,
         registered: bool,
     },
+    /// Go to the relays a `Redirect` (`redirect`) or a `Drain` named, after `delay`.
+    Move {
+        targets: Vec<crate::proto::RelayEndpoint>,
+        delay: Duration,
+        redirect: bool,
+        registered: bool,
+    },
 }
 
 /// Runs the agent's sessions until it is closed or stops for good. `owns_endpoint`: the
@@ -39,15 +47,46 @@ pub(super) async fn run(
 ) {
     let mut relay_idx = 0usize;
     let mut backoff = config.reconnect_min;
+    let mut placement = Placement::default();
     loop {
         if shared.is_closed() {
             break;
         }
-        let addr = config.relays[relay_idx % config.relays.len()];
-        let outcome = session(&endpoint, addr, &config, &shared, commands.as_ref()).await;
+        let addr = placement.next(relay_idx, &config.relays);
+        let outcome = session(
+            &endpoint,
+            addr,
+            &config,
+            &shared,
+            commands.as_ref(),
+            &mut placement,
+        )
+        .await;
         shared.set_conn(None);
         shared.on_disconnected();
         match outcome {
+            Outcome::Move {
+                targets,
+                delay,
+                redirect,
+                registered,
+            } => {
+                if registered {
+                    backoff = config.reconnect_min;
+                }
+                let targets = super::placement::resolve(&targets).await;
+                if redirect {
+                    log_redirect(&config, addr, &targets);
+                    placement.on_redirect(addr, targets, delay, std::time::Instant::now());
+                } else {
+                    placement.on_drain(addr, targets);
+                    relay_idx += 1;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shared.close_notify.notified() => break,
+                }
+            }
             Outcome::Closed => break,
             Outcome::Terminal(err) => {
                 tracing::warn!(agent = %config.agent_id, error = %err, "agent stopped");
@@ -77,6 +116,10 @@ pub(super) async fn run(
     if owns_endpoint {
         endpoint.close(quinn::VarInt::from_u32(ErrorCode::Normal.close_code()), b"");
     }
+}
+
+fn log_redirect(config: &ClientConfig, from: SocketAddr, to: &[SocketAddr]) {
+    tracing::debug!(agent = %config.agent_id, %from, ?to, "redirected");
 }
 
 fn close_outcome(err: &quinn::ConnectionError, registered: bool) -> Outcome {
@@ -152,6 +195,7 @@ async fn session(
     config: &ClientConfig,
     shared: &Arc<Shared>,
     commands: Option<&Arc<super::commands::Hub>>,
+    placement: &mut Placement,
 ) -> Outcome {
     let retry = Outcome::Retry {
         delay: None,
@@ -199,6 +243,11 @@ async fn session(
                 if commands.is_some() && !caps.iter().any(|c| c == super::commands::CAPABILITY) {
                     caps.push(super::commands::CAPABILITY.to_owned());
                 }
+                if placement.offer_redirect() && !caps.iter().any(|c| c == CAPABILITY_REDIRECT) {
+                    caps.push(CAPABILITY_REDIRECT.to_string());
+                } else if !placement.offer_redirect() {
+                    caps.retain(|c| c != CAPABILITY_REDIRECT);
+                }
                 caps
             },
         })),
@@ -233,6 +282,20 @@ async fn session(
             msg: Some(Msg::Registered(r)),
         }))) => r,
         Ok(Ok(Some(ControlMessage {
+            msg: Some(Msg::Redirect(r)),
+        }))) => {
+            conn.close(
+                quinn::VarInt::from_u32(ErrorCode::Normal.close_code()),
+                b"redirected",
+            );
+            return Outcome::Move {
+                targets: r.relays,
+                delay: Duration::from_millis(u64::from(r.reconnect_after_ms)),
+                redirect: true,
+                registered: false,
+            };
+        }
+        Ok(Ok(Some(ControlMessage {
             msg: Some(Msg::Error(e)),
         }))) => {
             let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
@@ -246,6 +309,10 @@ async fn session(
         }
     };
     let heartbeat = Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(100)));
+    if !registered.fleet.is_empty() {
+        let fleet = super::placement::resolve(&registered.fleet).await;
+        placement.on_fleet(&config.relays, fleet);
+    }
     shared.on_registered(
         SessionInfo {
             session_id: registered.session_id,
@@ -289,6 +356,7 @@ async fn session(
     };
     let reader = async {
         let mut drain: Option<(tokio::time::Instant, Duration)> = None;
+        let mut drain_to: Vec<crate::proto::RelayEndpoint> = Vec::new();
         loop {
             let next = match drain {
                 None => read_control(&mut ctl_rx, &mut inbuf, &codec).await,
@@ -299,9 +367,10 @@ async fn session(
                             quinn::VarInt::from_u32(ErrorCode::Normal.close_code()),
                             b"drained",
                         );
-                        return Outcome::Retry {
-                            delay: Some(reconnect_after),
-                            next_relay: true,
+                        return Outcome::Move {
+                            targets: std::mem::take(&mut drain_to),
+                            delay: reconnect_after,
+                            redirect: false,
                             registered: true,
                         };
                     }
@@ -331,6 +400,7 @@ async fn session(
                     }
                     Msg::Drain(d) => {
                         shared.on_drain();
+                        drain_to = d.relays;
                         drain = Some((
                             tokio::time::Instant::now() + Duration::from_secs(2),
                             Duration::from_millis(u64::from(d.reconnect_after_ms)),

@@ -32,6 +32,7 @@ pub mod commands;
 pub mod config;
 mod driver;
 pub mod gate;
+pub mod placement;
 pub mod spool;
 mod state;
 pub mod subscriber;

@@ -32,6 +32,8 @@ async fn send_control(send: &mut quinn::SendStream, codec: &FrameCodec, msg: Msg
 pub(crate) struct Refusal {
     end: End,
     conn: quinn::Connection,
+    /// Sent instead of `Error` (placement): the agent is told where to go.
+    redirect: Option<contrail_protocol::proto::Redirect>,
 }
 
 /// Ends a session with `end`: when a control stream is open, sends `Error{code, message}` on
@@ -46,11 +48,24 @@ pub(crate) async fn close_with_error(
     codec: &FrameCodec,
     end: &End,
 ) {
+    let error = Msg::Error(contrail_protocol::proto::Error {
+        code: end.code as i32,
+        message: end.reason.clone(),
+    });
+    close_with_message(core, shared, conn, send, codec, error, end).await;
+}
+
+/// [`close_with_error`] with `message` in place of the `Error` (a `Redirect`).
+pub(crate) async fn close_with_message(
+    core: &RelayCore,
+    shared: &SessionShared,
+    conn: Option<&quinn::Connection>,
+    send: Option<&mut quinn::SendStream>,
+    codec: &FrameCodec,
+    error: Msg,
+    end: &End,
+) {
     if let (Some(send), Some(conn)) = (send, conn) {
-        let error = Msg::Error(contrail_protocol::proto::Error {
-            code: end.code as i32,
-            message: end.reason.clone(),
-        });
         let delivered = async {
             if !send_control(send, codec, error).await || send.finish().is_err() {
                 return;
@@ -137,15 +152,31 @@ pub(crate) async fn run(
             // bound (`limits.error_linger_ms`).
             core.count_rejection(refusal.end.code);
             tracing::debug!(code = %refusal.end.code, reason = %refusal.end.reason, "registration refused");
-            close_with_error(
-                &core,
-                &shared,
-                Some(&refusal.conn),
-                control.as_mut(),
-                &codec,
-                &refusal.end,
-            )
-            .await;
+            match refusal.redirect {
+                Some(r) => {
+                    close_with_message(
+                        &core,
+                        &shared,
+                        Some(&refusal.conn),
+                        control.as_mut(),
+                        &codec,
+                        Msg::Redirect(r),
+                        &refusal.end,
+                    )
+                    .await
+                }
+                None => {
+                    close_with_error(
+                        &core,
+                        &shared,
+                        Some(&refusal.conn),
+                        control.as_mut(),
+                        &codec,
+                        &refusal.end,
+                    )
+                    .await
+                }
+            }
             return;
         }
         Err(_) => {
@@ -250,6 +281,7 @@ async fn handshake(
         Err(Some(Refusal {
             end,
             conn: conn.clone(),
+            redirect: None,
         }))
     };
     // Waits (at most `error_linger_ms`) for the agent's control stream, to say why on it.
@@ -259,7 +291,15 @@ async fn handshake(
             _ => None,
         }
     };
-    if core.is_draining() {
+    // Draining: refused without waiting for Register, unless the fleet has a relay to redirect
+    // a capable agent to (placement reads Register's capabilities below).
+    if core.is_draining()
+        && core
+            .placement
+            .targets(&core.relay_id, false)
+            .await
+            .is_empty()
+    {
         *control = control_stream().await;
         return refuse(End::new(ErrorCode::Draining, "relay is draining"));
     }
@@ -316,6 +356,28 @@ async fn handshake(
     if let Err(end) = core.admit(&agent_id, &register.auth_token, &conn) {
         return refuse(end);
     }
+    // Placement (docs/placement.md): past the soft limit or draining, an agent that can follow
+    // a Redirect is sent to better relays; with none, it is placed here (or refused below).
+    if let Some(why) = core.placement.should_redirect(
+        &register.capabilities,
+        core.session_count(),
+        core.is_draining(),
+    ) {
+        let relays = core.placement.targets(&core.relay_id, true).await;
+        if !relays.is_empty() {
+            metrics::counter!("contrail_redirects_total", "reason" => why.label()).increment(1);
+            return Err(Some(Refusal {
+                end: End::new(ErrorCode::Redirected, why.label()),
+                conn: conn.clone(),
+                redirect: Some(contrail_protocol::proto::Redirect {
+                    relays,
+                    reason: why.label().to_string(),
+                    reconnect_after_ms: 0,
+                }),
+            }));
+        }
+        metrics::counter!("contrail_redirects_none_total", "reason" => why.label()).increment(1);
+    }
     if core.is_draining() {
         return refuse(End::new(ErrorCode::Draining, "relay is draining"));
     }
@@ -369,7 +431,15 @@ async fn handshake(
         heartbeat_interval_ms: limits.heartbeat_interval_ms,
         resume_from_seq: resume_from,
         max_frame_bytes: limits.max_frame_bytes as u32,
-        fleet: Vec::new(),
+        fleet: if register
+            .capabilities
+            .iter()
+            .any(|c| c == crate::placement::CAPABILITY_REDIRECT)
+        {
+            core.placement.targets(&core.relay_id, false).await
+        } else {
+            Vec::new()
+        },
     };
     let Some(mut send) = control.take() else {
         return Err(None);
@@ -450,7 +520,8 @@ async fn control_loop(
             let drain = Msg::Drain(contrail_protocol::proto::Drain {
                 reason: core.lifecycle.drain_reason().unwrap_or_default(),
                 reconnect_after_ms: core.config.drain.reconnect_after_ms,
-                relays: Vec::new(),
+                // A fresh weighted draw per agent: drained agents spread over the fleet.
+                relays: core.placement.targets(&core.relay_id, true).await,
             });
             if !send_control(send, codec, drain).await {
                 return End::new(ErrorCode::Normal, "control stream closed");

@@ -24,6 +24,7 @@ mod fleet;
 mod ingest;
 mod live;
 mod mavlink_relay;
+mod placement;
 mod rejections;
 mod security;
 mod sink_jetstream;
