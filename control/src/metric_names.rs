@@ -95,7 +95,64 @@ pub const SUBSCRIBER_DROPPED: &str = "contrail_subscriber_dropped_total";
 pub const SUBSCRIBERS_REJECTED: &str = "contrail_subscribers_rejected_total";
 
 /// Every name above.
+// Downlink, MAVLink, placement, registry (emitted by their modules).
+/// `{code}`: command API requests refused (docs/downlink.md).
+pub const COMMAND_API_ERRORS_TOTAL: &str = "contrail_command_api_errors_total";
+/// Histogram: command submit to result stored.
+pub const COMMAND_COMPLETION_SECONDS: &str = "contrail_command_completion_seconds";
+/// Histogram: command submit to agent accepted.
+pub const COMMAND_DELIVERY_SECONDS: &str = "contrail_command_delivery_seconds";
+/// The PostgreSQL LISTEN connection was re-established.
+pub const COMMAND_LISTENER_RECONNECTS_TOTAL: &str = "contrail_command_listener_reconnects_total";
+/// Command output chunks received (stored idempotently).
+pub const COMMAND_OUTPUT_CHUNKS_TOTAL: &str = "contrail_command_output_chunks_total";
+/// Histogram: how long a command waited queued before delivery.
+pub const COMMAND_QUEUE_AGE_SECONDS: &str = "contrail_command_queue_age_seconds";
+/// `{status,type}`: command state changes.
+pub const COMMANDS_TOTAL: &str = "contrail_commands_total";
+/// `{reason}`: frames whose agent clock was not sane (not in the frame-age histogram).
+pub const FRAME_AGE_SKIPPED_TOTAL: &str = "contrail_frame_age_skipped_total";
+/// `{output,reason}`: MAVLink payloads written raw because they did not decode.
+pub const MAVLINK_DECODE_FAILURES_TOTAL: &str = "contrail_mavlink_decode_failures_total";
+/// `{output}`: MAVLink payloads decoded into a JSON output.
+pub const MAVLINK_DECODED_TOTAL: &str = "contrail_mavlink_decoded_total";
+/// `{reason}`: lab UDP endpoint datagrams or systems dropped.
+pub const MAVLINK_UDP_DROPPED_TOTAL: &str = "contrail_mavlink_udp_dropped_total";
+/// Lab UDP endpoint: packets lost (MAVLink sequence gaps).
+pub const MAVLINK_UDP_LOST_TOTAL: &str = "contrail_mavlink_udp_lost_total";
+/// Lab UDP endpoint: MAVLink packets received.
+pub const MAVLINK_UDP_PACKETS_TOTAL: &str = "contrail_mavlink_udp_packets_total";
+/// Gauge: lab UDP endpoint systems (sessions) active.
+pub const MAVLINK_UDP_SYSTEMS: &str = "contrail_mavlink_udp_systems";
+/// `{reason}`: a redirect was due but no better relay existed (accepted here).
+pub const REDIRECTS_NONE_TOTAL: &str = "contrail_redirects_none_total";
+/// `{reason}`: agents redirected to another relay (placement).
+pub const REDIRECTS_TOTAL: &str = "contrail_redirects_total";
+/// Relay registry (relay:{id}) publish or read errors.
+pub const REGISTRY_ERRORS_TOTAL: &str = "contrail_registry_errors_total";
+/// Gauge: the UDP receive buffer the kernel granted the relay socket.
+pub const UDP_RECV_BUFFER_BYTES: &str = "contrail_udp_recv_buffer_bytes";
+
+/// Every name above.
 pub const ALL: &[&str] = &[
+    COMMAND_API_ERRORS_TOTAL,
+    COMMAND_COMPLETION_SECONDS,
+    COMMAND_DELIVERY_SECONDS,
+    COMMAND_LISTENER_RECONNECTS_TOTAL,
+    COMMAND_OUTPUT_CHUNKS_TOTAL,
+    COMMAND_QUEUE_AGE_SECONDS,
+    COMMANDS_TOTAL,
+    FRAME_AGE_SKIPPED_TOTAL,
+    MAVLINK_DECODE_FAILURES_TOTAL,
+    MAVLINK_DECODED_TOTAL,
+    MAVLINK_UDP_DROPPED_TOTAL,
+    MAVLINK_UDP_LOST_TOTAL,
+    MAVLINK_UDP_PACKETS_TOTAL,
+    MAVLINK_UDP_SYSTEMS,
+    REDIRECTS_NONE_TOTAL,
+    REDIRECTS_TOTAL,
+    REGISTRY_ERRORS_TOTAL,
+    UDP_RECV_BUFFER_BYTES,
     COMMIT_LATENCY,
     READY,
     DRAINING,

@@ -67,8 +67,16 @@ async fn a_failed_sink_actor_is_restarted_by_the_root_and_its_sink_keeps_receivi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_session_supervisor_takes_its_sessions_and_is_restarted_empty() {
     let (relay, mut rx) = start_with_channel(1024).await;
-    let agent = relay.agent("drone-sup-sessions").await;
-    send_n(&agent, 5, &[1; 64]).await;
+    // A raw agent: it never reconnects, so the count below can only reach 0 if the failed
+    // supervisor's session actor is gone (a library agent would re-register at once).
+    let (ep, cfg) = relay.raw_client(contrail_protocol::ALPN_AGENT);
+    let conn =
+        crate::common::raw::register(&ep, cfg, relay.relay.local_addr(), "drone-sup-sessions")
+            .await;
+    let mut uni = conn.open_uni().await.expect("uni");
+    uni.write_all(&crate::common::raw::frames(1, 5, &[1; 64]))
+        .await
+        .expect("write frames");
     assert_eq!(
         collect_frames(&mut rx, 5, Duration::from_secs(10))
             .await
@@ -83,11 +91,21 @@ async fn a_failed_session_supervisor_takes_its_sessions_and_is_restarted_empty()
         || async { relay.relay.restarts().await.get(&RelayChild::Sessions) == Some(&1) },
     )
     .await;
-    // Its session actors died with it, each accounted for once by its state drop.
+    // Its session actors died with it, each accounted for once by its state drop, and the
+    // connection was closed with INTERNAL.
     poll_until_async(Duration::from_secs(10), "no session left", || async {
         relay.relay.core().session_count() == 0
     })
     .await;
+    assert_eq!(
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            crate::common::raw::close_code(&conn)
+        )
+        .await
+        .expect("closed"),
+        Some(contrail_protocol::ErrorCode::Internal)
+    );
     // The new supervisor registers sessions: an agent connects and its frames arrive.
     let again = relay.agent("drone-sup-sessions-2").await;
     send_n(&again, 5, &[3; 64]).await;
@@ -98,13 +116,13 @@ async fn a_failed_session_supervisor_takes_its_sessions_and_is_restarted_empty()
 }
 
 /// The base name of a Prometheus sample line: `name{labels} value` or `name value`, with a
-/// summary's `_sum` / `_count` suffix removed.
+/// summary's or histogram's `_sum` / `_count` / `_bucket` suffix removed.
 fn base_name(line: &str) -> Option<&str> {
     let name = line.split(['{', ' ']).next()?;
     if !name.starts_with("contrail_") {
         return None;
     }
-    for suffix in ["_sum", "_count"] {
+    for suffix in ["_sum", "_count", "_bucket"] {
         if let Some(b) = name.strip_suffix(suffix) {
             if metric_names::ALL.contains(&b) {
                 return Some(b);
