@@ -129,22 +129,7 @@ async fn identity_from_register_and_its_updates_show_in_drone_status() {
         }),
     )
     .await;
-    let mut inbuf = BytesMut::new();
-    loop {
-        if let Some(m) = FrameCodec::default()
-            .decode_message::<ControlMessage>(&mut inbuf)
-            .expect("decode")
-        {
-            assert!(matches!(m.msg, Some(Msg::Registered(_))), "got {m:?}");
-            break;
-        }
-        let chunk = recv
-            .read_chunk(65536, true)
-            .await
-            .expect("read")
-            .expect("Registered");
-        inbuf.extend_from_slice(&chunk.bytes);
-    }
+    crate::common::raw::read_registered(&mut recv).await;
     let http = relay.http();
     let v = drone_status(&http, "drone-id-1")
         .await

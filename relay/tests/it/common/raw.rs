@@ -46,22 +46,7 @@ pub async fn register(
 ) -> quinn::Connection {
     let conn = connect(ep, cfg, addr).await;
     let (send, mut recv) = send_register(&conn, agent).await;
-    let mut inbuf = BytesMut::new();
-    loop {
-        if let Some(m) = FrameCodec::default()
-            .decode_message::<ControlMessage>(&mut inbuf)
-            .expect("decode")
-        {
-            assert!(matches!(m.msg, Some(Msg::Registered(_))), "got {m:?}");
-            break;
-        }
-        let chunk = recv
-            .read_chunk(65536, true)
-            .await
-            .expect("read")
-            .expect("registered");
-        inbuf.extend_from_slice(&chunk.bytes);
-    }
+    read_registered(&mut recv).await;
     // Keep the control stream open for the session's life.
     std::mem::forget(send);
     std::mem::forget(recv);
@@ -89,5 +74,25 @@ pub async fn close_code(conn: &quinn::Connection) -> Option<ErrorCode> {
             ErrorCode::from_close_code(c.error_code.into_inner())
         }
         other => panic!("expected an application close, got {other}"),
+    }
+}
+
+/// Reads the control stream until the relay's first message, which must be `Registered`.
+pub async fn read_registered(recv: &mut quinn::RecvStream) {
+    let mut inbuf = BytesMut::new();
+    loop {
+        if let Some(m) = FrameCodec::default()
+            .decode_message::<ControlMessage>(&mut inbuf)
+            .expect("decode")
+        {
+            assert!(matches!(m.msg, Some(Msg::Registered(_))), "got {m:?}");
+            return;
+        }
+        let chunk = recv
+            .read_chunk(65536, true)
+            .await
+            .expect("read")
+            .expect("registered");
+        inbuf.extend_from_slice(&chunk.bytes);
     }
 }
