@@ -204,8 +204,15 @@ pub(crate) async fn run(
         // them into its own state, and this task would hold both copies for the session's life.
         let mut telemetry = std::pin::pin!(reader::run(&ctx, &mut uni_streams));
         let mut control = std::pin::pin!(control_loop(&ctx, &mut stream, &mut link));
-        let mut commands =
-            std::pin::pin!(super::commands::run(ctx.core(), &ctx.conn, &ctx.reg, side));
+        // Gated like the control stream's read: polling it locks the connection (accept_uni),
+        // and the task wakes for every telemetry batch.
+        let commands_gate = WakeGate::new();
+        let mut commands = std::pin::pin!(commands_gate.run(super::commands::run(
+            ctx.core(),
+            &ctx.conn,
+            &ctx.reg,
+            side
+        )));
         tokio::select! {
             r = &mut telemetry => match r {
                 ReadEnd::Closed(e) => e,
