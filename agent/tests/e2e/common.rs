@@ -97,6 +97,8 @@ pub struct Rec {
     pub flight_id: String,
     pub content_type: String,
     pub payload: Vec<u8>,
+    /// The relay's decoded MAVLink (`"mavlink"` member of the NDJSON line), when present.
+    pub mavlink: serde_json::Value,
 }
 
 /// Every complete record of the sink, in file order.
@@ -121,6 +123,7 @@ pub fn read_sink(path: &Path) -> Vec<Rec> {
                 payload: base64::engine::general_purpose::STANDARD
                     .decode(v["payload_b64"].as_str().unwrap_or_default())
                     .expect("payload base64"),
+                mavlink: v["mavlink"].clone(),
             });
         }
     }
@@ -159,6 +162,18 @@ pub fn assert_exactly(recs: &[Rec], packets: &[SimPacket]) {
             r.payload == p.raw,
             "raw bytes of record {i} ({}) differ",
             p.name
+        );
+        // The relay decoded it where it wrote JSON: name, ids, fields.
+        assert_eq!(r.mavlink["name"], p.name, "decoded name of record {i}");
+        assert_eq!(
+            r.mavlink["message_id"], p.msg_id,
+            "decoded id of record {i}"
+        );
+        assert!(
+            r.mavlink["fields"].is_object(),
+            "decoded fields of record {i} ({}): {}",
+            p.name,
+            r.mavlink
         );
     }
 }
