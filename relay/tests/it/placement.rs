@@ -311,9 +311,11 @@ async fn draining_a_relay_moves_all_its_agents_balanced_without_loss_or_duplicat
         .cloned()
         .map(|a| {
             tokio::spawn(async move {
+                // Paced at 50 Hz like a slow drone (a rate, not a wait for an event).
+                let mut tick = tokio::time::interval(Duration::from_millis(20));
                 for _ in 0..FRAMES {
+                    tick.tick().await;
                     a.send(&crate::common::frame(&payload)).await.expect("send");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             })
         })
