@@ -11,6 +11,7 @@ use clap::Parser;
 use mavlink::Message;
 use serde::Deserialize;
 
+use crate::commands::config::{AllowedProgram, CommandsConfig, CommandsValidated};
 use crate::framer::Dialect;
 use crate::source::Endpoint;
 
@@ -71,6 +72,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Commands from operators (off by default).
+    #[serde(default)]
+    pub commands: CommandsConfig,
 }
 
 /// `[relay]`
@@ -319,6 +323,12 @@ impl Config {
                     .map_err(|e| invalid("http.listen", e.to_string()))?,
             )
         };
+        let commands = self.commands.validate(
+            &self.spool.dir,
+            &self.relay.ca_file,
+            self.mavlink.heartbeat_system_id,
+            &std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+        )?;
         let auth_token = match &self.relay.auth_token_file {
             Some(path) => std::fs::read_to_string(path)
                 .map_err(|e| invalid("relay.auth_token_file", format!("{}: {e}", path.display())))?
@@ -346,6 +356,7 @@ impl Config {
             queue: self.mavlink.queue,
             heartbeat_system_id: self.mavlink.heartbeat_system_id,
             http,
+            commands,
         })
     }
 }
@@ -402,6 +413,8 @@ pub struct Validated {
     pub heartbeat_system_id: u8,
     /// HTTP listen address.
     pub http: Option<SocketAddr>,
+    /// Commands (`None`: not taken).
+    pub commands: Option<CommandsValidated>,
 }
 
 /// Flags and environment variables; each one overrides the file's setting.
@@ -459,9 +472,25 @@ pub struct Cli {
     /// Log filter (overrides `log.level`; `RUST_LOG` wins over both).
     #[arg(long, env = "CONTRAIL_AGENT_LOG")]
     pub log_level: Option<String>,
+    /// Take commands from operators (overrides `commands.enabled`; `--commands` alone: true).
+    #[arg(long, env = "CONTRAIL_AGENT_COMMANDS", num_args = 0..=1, default_missing_value = "true")]
+    pub commands: Option<bool>,
+    /// Allow an executable for `run_command` (name or absolute path, any arguments up to the
+    /// default count), repeatable or comma-separated (added to `[[commands.run.allow]]`).
+    #[arg(
+        long = "allow-exec",
+        env = "CONTRAIL_AGENT_ALLOW_EXEC",
+        value_delimiter = ','
+    )]
+    pub allow_exec: Vec<String>,
     /// Check the configuration, print it resolved, and exit.
     #[arg(long)]
     pub check: bool,
+    /// Install the update staged by `update_agent` (verified again) over TARGET (default: this
+    /// executable) and exit: 0 installed or nothing staged, 1 failed. For a systemd
+    /// `ExecStartPre=+`.
+    #[arg(long, value_name = "TARGET", num_args = 0..=1, default_missing_value = "")]
+    pub apply_update: Option<PathBuf>,
 }
 
 impl Cli {
@@ -527,6 +556,17 @@ impl Cli {
         if let Some(v) = &self.log_level {
             config.log.level = v.clone();
         }
+        if let Some(v) = self.commands {
+            config.commands.enabled = v;
+        }
+        for program in &self.allow_exec {
+            config.commands.run.allow.push(AllowedProgram {
+                program: program.clone(),
+                max_args: 16,
+                args: Vec::new(),
+                arg_pattern: None,
+            });
+        }
     }
 }
 
@@ -543,6 +583,29 @@ mod tests {
         assert_eq!(v.agent_id.as_str(), "drone-1");
         assert!(!v.sources.is_empty());
         assert!(v.rate_limits.contains_key(&30), "ATTITUDE (id 30) limited");
+    }
+
+    #[test]
+    fn the_example_commands_section_validates_when_enabled() {
+        let mut c = Config::from_toml(EXAMPLE).expect("example parses");
+        assert!(
+            c.validate().expect("validates").commands.is_none(),
+            "off by default"
+        );
+        c.commands.enabled = true;
+        let v = c.validate().expect("validates with commands on");
+        let cmds = v.commands.expect("on");
+        assert!(cmds.run.programs.contains_key("echo"));
+        assert_eq!(
+            cmds.state_dir, c.spool.dir,
+            "state_dir defaults to spool.dir"
+        );
+        assert!(cmds.mavlink.is_some() && cmds.update.is_none());
+        let cli = Cli::parse_from(["contrail-agent", "--commands", "--allow-exec", "uptime,df"]);
+        let mut c = Config::from_toml(EXAMPLE).expect("example parses");
+        cli.apply(&mut c);
+        assert!(c.commands.enabled);
+        assert_eq!(c.commands.run.allow.len(), 4);
     }
 
     #[test]

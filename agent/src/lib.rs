@@ -8,15 +8,19 @@
 //! * the pipeline: filters, rate limits, vehicle clock, flight id, identity, then the spool;
 //! * the link logger: logs link up/down with the spool depth;
 //! * the HTTP server (`/healthz`, `/metrics`), when enabled;
+//! * with `[commands]` on: the command server ([`commands::serve`]), which owns one task per
+//!   running command (at most `commands.max_running`);
 //! * inside the agent library: the connection driver and the spool keeper.
 //!
 //! Shutdown: the sources stop first (the queue closes), the pipeline hands what it holds to
 //! the spool, then the library closes (the spool is synced; unacked frames stay on disk for the
 //! next start).
 
+pub mod commands;
 pub mod config;
 pub mod framer;
 pub mod http;
+pub mod links;
 pub mod pipeline;
 pub mod source;
 pub mod stats;
@@ -24,6 +28,7 @@ pub mod stats;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use contrail_protocol::client::commands::CommandOptions;
 use contrail_protocol::client::{Agent, ClientConfig, ClientError, SpoolConfig, Trust, WhenFull};
 use tokio::task::JoinSet;
 
@@ -89,13 +94,28 @@ impl RunningAgent {
     /// tests adjust: trust roots in memory, shorter timeouts). Returns once the sources are
     /// bound; the relay may be unreachable.
     pub async fn start(v: &Validated, client: ClientConfig) -> Result<RunningAgent, AgentError> {
-        let agent = Arc::new(Agent::spawn(client)?);
         let stats = Arc::new(Stats::default());
+        let links = Arc::new(links::Links::default());
+        let mut others = JoinSet::new();
+        let agent = match &v.commands {
+            Some(policy) => {
+                let (agent, stream) = Agent::spawn_with_commands(
+                    client,
+                    CommandOptions::new(policy.state_dir.clone()),
+                )?;
+                let commander =
+                    commands::Commander::new(policy.clone(), links.clone(), stats.clone());
+                others.spawn(commands::serve(stream, Arc::new(commander)));
+                Arc::new(agent)
+            }
+            None => Arc::new(Agent::spawn(client)?),
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(v.queue);
         let ctx = source::SourceCtx {
             tx,
             stats: stats.clone(),
             heartbeat_system_id: v.heartbeat_system_id,
+            links,
         };
         let mut sources = JoinSet::new();
         let mut source_addrs = Vec::new();
@@ -117,7 +137,6 @@ impl RunningAgent {
             stats.clone(),
         );
         let pipeline = tokio::spawn(pipeline::run(rx, pipeline, agent.clone(), stats.clone()));
-        let mut others = JoinSet::new();
         others.spawn(log_link(agent.clone()));
         let mut http_addr = None;
         if let Some(addr) = v.http {

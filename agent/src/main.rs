@@ -23,6 +23,9 @@ fn main() -> std::process::ExitCode {
         println!("{v:#?}");
         return std::process::ExitCode::SUCCESS;
     }
+    if let Some(target) = &cli.apply_update {
+        return apply_update(&v, target);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -38,6 +41,40 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "contrail-agent stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--apply-update [TARGET]`: installs a staged update over TARGET (default: this executable).
+fn apply_update(v: &contrail_agent::Validated, target: &std::path::Path) -> std::process::ExitCode {
+    use contrail_agent::commands::update::{apply, Applied};
+    let Some(commands) = &v.commands else {
+        tracing::info!("commands are off: no update to apply");
+        return std::process::ExitCode::SUCCESS;
+    };
+    let target = if target.as_os_str().is_empty() {
+        match std::env::current_exe() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot tell which executable to update");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    } else {
+        target.to_path_buf()
+    };
+    match apply(&commands.state_dir, &target) {
+        Ok(Applied::Nothing) => {
+            tracing::info!("no staged update");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(Applied::Installed(m)) => {
+            tracing::info!(target = %target.display(), sha256 = %m.sha256, size = m.size, url = %m.url, command = %m.command_id, "update installed");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(target = %target.display(), error = %e, "update not installed");
             std::process::ExitCode::FAILURE
         }
     }

@@ -9,6 +9,10 @@
 //! * `tcpout:HOST:PORT`: connect, and reconnect with capped backoff.
 //! * `serial:PATH:BAUD`: a serial device in raw mode at that speed; reopened after errors.
 //!
+//! Every source is also a write path to the vehicles it hears ([`crate::links`]): a UDP source
+//! answers the address a system last sent from (`udpout:` its target), a stream source writes on
+//! its connection. Commands (`mavlink_command_long`) use it.
+//!
 //! Datagram sources never wait: a packet that finds the queue full is dropped and counted
 //! (`queue_full`). Stream sources (TCP, serial) wait for room, so the vehicle's link backs up
 //! instead (with `spool.when_full = "pause"` that is what pausing a source means).
@@ -18,10 +22,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::framer::{Framer, Packet, SkipCounts};
+use crate::links::{LinkHandle, Links};
 use crate::stats::{DropCause, Stats};
 
 /// Most simultaneous connections a `tcpin:` source accepts.
@@ -117,11 +122,15 @@ pub struct SourceCtx {
     pub stats: Arc<Stats>,
     /// System id of `udpout:` heartbeats.
     pub heartbeat_system_id: u8,
+    /// The write path: which link heard which system.
+    pub links: Arc<Links>,
 }
 
 impl SourceCtx {
     /// Queues a datagram source's packet, dropping (counted) when the queue is full.
-    fn offer(&self, p: Packet) -> bool {
+    fn offer(&self, p: Packet, link: u32) -> bool {
+        self.links.heard(p.system_id, link);
+        self.links.observe(&p);
         match self.tx.try_send(p) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -215,7 +224,11 @@ pub async fn run(bound: Bound, label: String, ctx: SourceCtx) {
         Bound::TcpOut(addr) => {
             reconnecting(label, ctx, move || {
                 let addr = addr.clone();
-                async move { tokio::net::TcpStream::connect(addr.as_str()).await }
+                async move {
+                    tokio::net::TcpStream::connect(addr.as_str())
+                        .await
+                        .map(tokio::net::TcpStream::into_split)
+                }
             })
             .await
         }
@@ -241,17 +254,33 @@ async fn run_udp(socket: tokio::net::UdpSocket, target: Option<SocketAddr>, ctx:
     let mut framer = Framer::new();
     let mut beat = tokio::time::interval(Duration::from_secs(1));
     let heartbeat = gcs_heartbeat(ctx.heartbeat_system_id);
+    let mut link = ctx.links.register();
+    // Where each system last sent from (at most 256 entries: one per system id).
+    let mut peers: std::collections::HashMap<u8, SocketAddr> = std::collections::HashMap::new();
     loop {
         tokio::select! {
             r = socket.recv_from(&mut buf) => {
-                let Ok((n, _from)) = r else { continue };
+                let Ok((n, from)) = r else { continue };
                 framer.push(&buf[..n]);
                 while let Some(p) = framer.next_in_datagram() {
-                    if !ctx.offer(p) {
+                    if peers.get(&p.system_id) != Some(&from) {
+                        peers.insert(p.system_id, from);
+                    }
+                    if !ctx.offer(p, link.id) {
                         return;
                     }
                 }
                 ctx.account(&mut framer);
+            }
+            Some(out) = link.rx.recv() => {
+                match target.or_else(|| peers.get(&out.system).copied()) {
+                    Some(to) => {
+                        if let Err(e) = socket.send_to(&out.packet, to).await {
+                            tracing::warn!(system = out.system, %to, error = %e, "MAVLink write failed");
+                        }
+                    }
+                    None => tracing::warn!(system = out.system, "no address for the system; packet not sent"),
+                }
             }
             _ = beat.tick(), if target.is_some() => {
                 if let Some(t) = target {
@@ -276,7 +305,8 @@ async fn run_tcp_in(listener: tokio::net::TcpListener, label: String, ctx: Sourc
                 tracing::info!(source = %label, %peer, "MAVLink TCP client connected");
                 let ctx = ctx.clone();
                 conns.spawn(async move {
-                    let _ = read_stream(stream, &ctx).await;
+                    let (r, w) = stream.into_split();
+                    let _ = read_stream(r, w, &ctx).await;
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -286,17 +316,24 @@ async fn run_tcp_in(listener: tokio::net::TcpListener, label: String, ctx: Sourc
     conns.shutdown().await;
 }
 
-/// Reads packets from a byte stream until it ends or fails; `Ok(false)` when the pipeline
-/// is gone.
-async fn read_stream<R: tokio::io::AsyncRead + Unpin>(
-    mut r: R,
-    ctx: &SourceCtx,
-) -> std::io::Result<bool> {
+/// Reads packets from a byte stream until it ends or fails, and writes the packets queued for
+/// its link on `w`; `Ok(false)` when the pipeline is gone.
+async fn read_stream<R, W>(mut r: R, mut w: W, ctx: &SourceCtx) -> std::io::Result<bool>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
     let mut buf = vec![0u8; 16 * 1024];
     let mut framer = Framer::new();
+    let mut link: LinkHandle = ctx.links.register();
     loop {
         let n = tokio::select! {
             n = r.read(&mut buf) => n?,
+            Some(out) = link.rx.recv() => {
+                w.write_all(&out.packet).await?;
+                w.flush().await?;
+                continue;
+            }
             _ = ctx.tx.closed() => return Ok(false),
         };
         if n == 0 {
@@ -304,6 +341,8 @@ async fn read_stream<R: tokio::io::AsyncRead + Unpin>(
         }
         framer.push(&buf[..n]);
         while let Some(p) = framer.next_packet() {
+            ctx.links.heard(p.system_id, link.id);
+            ctx.links.observe(&p);
             if ctx.tx.send(p).await.is_err() {
                 return Ok(false);
             }
@@ -314,19 +353,20 @@ async fn read_stream<R: tokio::io::AsyncRead + Unpin>(
 
 /// Opens a stream with `open`, reads it, and opens it again after it ends or fails (1 s
 /// backoff, doubling to 10 s).
-async fn reconnecting<S, F, Fut>(label: String, ctx: SourceCtx, open: F)
+async fn reconnecting<R, W, F, Fut>(label: String, ctx: SourceCtx, open: F)
 where
-    S: tokio::io::AsyncRead + Unpin,
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = std::io::Result<S>>,
+    Fut: std::future::Future<Output = std::io::Result<(R, W)>>,
 {
     let mut backoff = Duration::from_secs(1);
     loop {
         match open().await {
-            Ok(stream) => {
+            Ok((r, w)) => {
                 tracing::info!(source = %label, "MAVLink source open");
                 backoff = Duration::from_secs(1);
-                match read_stream(stream, &ctx).await {
+                match read_stream(r, w, &ctx).await {
                     Ok(false) => return,
                     Ok(true) => tracing::warn!(source = %label, "MAVLink source closed"),
                     Err(e) => tracing::warn!(source = %label, error = %e, "MAVLink source failed"),
@@ -344,8 +384,12 @@ where
     }
 }
 
-/// Opens a serial device (or pty) in raw mode at `baud`, non-blocking, as an async file.
-fn open_serial(path: &std::path::Path, baud: u32) -> std::io::Result<tokio::fs::File> {
+/// Opens a serial device (or pty) in raw mode at `baud`, as two async files on the same device
+/// (reading and writing, so a write never waits behind a blocked read).
+fn open_serial(
+    path: &std::path::Path,
+    baud: u32,
+) -> std::io::Result<(tokio::fs::File, tokio::fs::File)> {
     use rustix::termios;
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -356,7 +400,11 @@ fn open_serial(path: &std::path::Path, baud: u32) -> std::io::Result<tokio::fs::
     t.make_raw();
     t.set_speed(baud)?;
     termios::tcsetattr(&file, termios::OptionalActions::Now, &t)?;
-    Ok(tokio::fs::File::from_std(file))
+    let writer = file.try_clone()?;
+    Ok((
+        tokio::fs::File::from_std(file),
+        tokio::fs::File::from_std(writer),
+    ))
 }
 
 trait NoCtty {

@@ -63,6 +63,10 @@ pub struct Stats {
     pub frames: AtomicU64,
     /// Received messages by (name) -> count.
     by_name: Mutex<BTreeMap<&'static str, u64>>,
+    /// Commands finished by (type, outcome) -> count.
+    commands: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Commands running now.
+    pub commands_running: AtomicU64,
 }
 
 impl Stats {
@@ -95,6 +99,21 @@ impl Stats {
         for n in names {
             *map.entry(n).or_insert(0) += 1;
         }
+    }
+
+    /// Counts a finished command (`kind` and `outcome` are fixed label sets).
+    pub fn command_finished(&self, kind: &'static str, outcome: &'static str) {
+        *self.commands.lock().entry((kind, outcome)).or_insert(0) += 1;
+    }
+
+    /// Commands finished of `kind` with `outcome`.
+    pub fn commands_of(&self, kind: &str, outcome: &str) -> u64 {
+        self.commands
+            .lock()
+            .iter()
+            .filter(|((k, o), _)| *k == kind && *o == outcome)
+            .map(|(_, n)| *n)
+            .sum()
     }
 
     /// Messages received of `name`.
@@ -169,6 +188,23 @@ impl Stats {
                 format!("contrail_agent_messages_total{{name=\"{name}\"}} {n}"),
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP contrail_agent_commands_total Commands from operators finished, by type and outcome.\n# TYPE contrail_agent_commands_total counter"
+        );
+        for ((kind, outcome), n) in self.commands.lock().iter() {
+            line(
+                &mut out,
+                format!(
+                    "contrail_agent_commands_total{{type=\"{kind}\",outcome=\"{outcome}\"}} {n}"
+                ),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP contrail_agent_commands_running Commands from operators running now.\n# TYPE contrail_agent_commands_running gauge\ncontrail_agent_commands_running {}",
+            self.commands_running.load(Relaxed)
+        );
         for (name, help, v) in [
             (
                 "contrail_agent_frames_total",

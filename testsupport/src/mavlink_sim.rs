@@ -5,6 +5,11 @@
 //! packets go out as MAVLink 1 and some as signed MAVLink 2 (a signature trailer of fixed
 //! bytes: receivers pass it through), as a mixed fleet does.
 //!
+//! It also answers commands: [`SimVehicle::receive`] takes bytes sent to the vehicle, and
+//! answers each `COMMAND_LONG` addressed to it with a `COMMAND_ACK` whose result
+//! [`SimVehicle::command_acks`] (per command number) or [`SimVehicle::default_ack`] chooses
+//! (`None`: no answer at all).
+//!
 //! Also: [`corrupt_crc`] and [`garbage`] for framing tests, and [`Pty`], a pseudo-terminal
 //! pair standing in for a serial port.
 
@@ -50,6 +55,12 @@ pub struct SimVehicle {
     pub arm_cycle_ms: u64,
     /// The vehicle's Unix time at boot, µs.
     pub boot_unix_us: u64,
+    /// The `COMMAND_ACK` result per `MAV_CMD` number (`None`: never answered).
+    pub command_acks: std::collections::BTreeMap<u16, Option<apm::MavResult>>,
+    /// The result for commands not in `command_acks` (`None`: never answered).
+    pub default_ack: Option<apm::MavResult>,
+    /// Every `COMMAND_LONG` addressed to this vehicle, in order.
+    pub commands_received: Vec<apm::COMMAND_LONG_DATA>,
     t_ms: u64,
     seq: u8,
     count: u64,
@@ -65,6 +76,9 @@ impl SimVehicle {
             signed_every: 5,
             arm_cycle_ms: 4_000,
             boot_unix_us: 1_764_000_000_000_000,
+            command_acks: std::collections::BTreeMap::new(),
+            default_ack: Some(apm::MavResult::MAV_RESULT_ACCEPTED),
+            commands_received: Vec::new(),
             t_ms: 0,
             seq: 0,
             count: 0,
@@ -232,6 +246,71 @@ impl SimVehicle {
     pub fn now_ms(&self) -> u64 {
         self.t_ms
     }
+
+    /// Takes bytes sent to the vehicle (whole MAVLink 1 or 2 packets, as in a datagram) and
+    /// returns its answers: a `COMMAND_ACK` for each `COMMAND_LONG` addressed to this system
+    /// (or to system 0) that [`command_acks`](Self::command_acks) / [`default_ack`](Self::default_ack)
+    /// say to answer. Packets that do not check are ignored.
+    pub fn receive(&mut self, mut bytes: &[u8]) -> Vec<SimPacket> {
+        use mavlink::Message;
+        let mut out = Vec::new();
+        while let Some(start) = bytes.iter().position(|b| *b == 0xFD || *b == 0xFE) {
+            bytes = &bytes[start..];
+            let v2 = bytes[0] == 0xFD;
+            let header = if v2 { 10 } else { 6 };
+            if bytes.len() < header + 2 {
+                break;
+            }
+            let len = usize::from(bytes[1]);
+            let signed = v2 && bytes[2] & 1 == 1;
+            let total = header + len + 2 + if signed { 13 } else { 0 };
+            if bytes.len() < total {
+                break;
+            }
+            let id = if v2 {
+                u32::from(bytes[7]) | u32::from(bytes[8]) << 8 | u32::from(bytes[9]) << 16
+            } else {
+                u32::from(bytes[5])
+            };
+            let body_end = header + len;
+            let sum = u16::from_le_bytes([bytes[body_end], bytes[body_end + 1]]);
+            let version = if v2 {
+                mavlink::MavlinkVersion::V2
+            } else {
+                mavlink::MavlinkVersion::V1
+            };
+            let msg = (x25(&bytes[1..body_end], apm::MavMessage::extra_crc(id)) == sum)
+                .then(|| apm::MavMessage::parse(version, id, &bytes[header..body_end]).ok())
+                .flatten();
+            bytes = &bytes[total..];
+            let Some(apm::MavMessage::COMMAND_LONG(c)) = msg else {
+                continue;
+            };
+            if c.target_system != self.system_id && c.target_system != 0 {
+                continue;
+            }
+            let number = c.command as u16;
+            let result = match self.command_acks.get(&number) {
+                Some(r) => *r,
+                None => self.default_ack,
+            };
+            self.commands_received.push(c.clone());
+            let Some(result) = result else { continue };
+            let ack = apm::MavMessage::COMMAND_ACK(apm::COMMAND_ACK_DATA {
+                command: c.command,
+                result,
+            });
+            let raw = self.encode(&ack);
+            out.push(SimPacket {
+                raw,
+                msg_id: ack.message_id(),
+                name: ack.message_name(),
+                t_ms: self.t_ms,
+                armed: self.armed_at(self.t_ms),
+            });
+        }
+        out
+    }
 }
 
 /// A copy of `packet` with its checksum broken.
@@ -305,6 +384,66 @@ impl Pty {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_long_is_answered_with_the_configured_ack() {
+        use mavlink::Message;
+        let mut v = SimVehicle::new(3);
+        v.command_acks
+            .insert(20, Some(apm::MavResult::MAV_RESULT_DENIED));
+        v.command_acks.insert(21, None);
+        let send = |cmd: apm::MavCmd, target: u8| {
+            let msg = apm::MavMessage::COMMAND_LONG(apm::COMMAND_LONG_DATA {
+                command: cmd,
+                target_system: target,
+                param1: 1.0,
+                ..Default::default()
+            });
+            let mut out = Vec::new();
+            let header = MavHeader {
+                system_id: 254,
+                component_id: 191,
+                sequence: 0,
+            };
+            let _ = mavlink::write_v2_msg(&mut out, header, &msg);
+            out
+        };
+        let ack = |pkts: &[SimPacket]| -> Option<apm::COMMAND_ACK_DATA> {
+            let p = pkts.first()?;
+            let (v, off) = if p.raw[0] == 0xFD {
+                (mavlink::MavlinkVersion::V2, 10)
+            } else {
+                (mavlink::MavlinkVersion::V1, 6)
+            };
+            let len = usize::from(p.raw[1]);
+            match apm::MavMessage::parse(v, p.msg_id, &p.raw[off..off + len]) {
+                Ok(apm::MavMessage::COMMAND_ACK(a)) => Some(a),
+                _ => None,
+            }
+        };
+        let a =
+            ack(&v.receive(&send(apm::MavCmd::MAV_CMD_COMPONENT_ARM_DISARM, 3))).expect("an ack");
+        assert_eq!(a.result, apm::MavResult::MAV_RESULT_ACCEPTED);
+        assert_eq!(a.command, apm::MavCmd::MAV_CMD_COMPONENT_ARM_DISARM);
+        let a =
+            ack(&v.receive(&send(apm::MavCmd::MAV_CMD_NAV_RETURN_TO_LAUNCH, 3))).expect("an ack");
+        assert_eq!(a.result, apm::MavResult::MAV_RESULT_DENIED);
+        assert!(v
+            .receive(&send(apm::MavCmd::MAV_CMD_NAV_LAND, 3))
+            .is_empty());
+        assert!(v
+            .receive(&send(apm::MavCmd::MAV_CMD_COMPONENT_ARM_DISARM, 9))
+            .is_empty());
+        assert_eq!(
+            v.commands_received.len(),
+            3,
+            "the one for system 9 is not ours"
+        );
+        assert_eq!(
+            apm::MavMessage::COMMAND_ACK(Default::default()).message_id(),
+            77
+        );
+    }
 
     #[test]
     fn the_mix_has_the_rates_and_arming_transitions() {

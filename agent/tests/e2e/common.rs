@@ -21,11 +21,16 @@ pub struct Rig {
 
 impl Rig {
     pub async fn start() -> Rig {
+        Rig::start_with("").await
+    }
+
+    /// Like [`Rig::start`], with `extra` appended to the relay's TOML (e.g. `[commands]`).
+    pub async fn start_with(extra: &str) -> Rig {
         let dir = tempfile::tempdir().expect("tempdir");
         let sink = dir.path().join("out/telemetry.ndjson");
         let text = format!(
             "listen = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[tls]\ndev_cert_dir = {:?}\n\
-             [[sinks]]\nname = \"file\"\ntype = \"file\"\nrequired = true\nformat = \"ndjson\"\npath = {:?}\n",
+             [[sinks]]\nname = \"file\"\ntype = \"file\"\nrequired = true\nformat = \"ndjson\"\npath = {:?}\n{extra}",
             dir.path().join("certs").display().to_string(),
             sink.display().to_string(),
         );

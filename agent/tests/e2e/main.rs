@@ -5,5 +5,7 @@
 mod common;
 
 mod binary;
+mod commands;
+mod demo;
 mod faults;
 mod streams;

@@ -258,6 +258,19 @@ impl Agent {
         Self::launch(config, endpoint, true, None)
     }
 
+    /// Like [`spawn`](Self::spawn) (offline first: returns at once, connects in the
+    /// background), and takes commands from operators like
+    /// [`connect_with_commands`](Self::connect_with_commands).
+    pub fn spawn_with_commands(
+        config: ClientConfig,
+        options: commands::CommandOptions,
+    ) -> Result<(Agent, commands::Commands), ClientError> {
+        let (hub, stream) = commands::Hub::open(options)?;
+        let endpoint = config::build_endpoint(&config)?;
+        let agent = Self::launch(config, endpoint, true, Some(hub))?;
+        Ok((agent, stream))
+    }
+
     /// Like [`connect`](Self::connect), on a socket shared with other agents (see
     /// [`SharedEndpoint`]). Closing or dropping this agent closes only its own connection.
     pub async fn connect_shared(
