@@ -137,7 +137,8 @@ async fn run_command_runs_allowlisted_programs_and_refuses_the_rest_with_the_rea
         "[commands]\nenabled = true\n[commands.run]\nmax_output_bytes = 1000\n\
          [[commands.run.allow]]\nprogram = \"echo\"\nmax_args = 3\narg_pattern = \"[a-z ]*\"\n\
          [[commands.run.allow]]\nprogram = \"sh\"\nargs = [\"-c\", \"sleep 30.0123 & sleep 30.0124; echo never\"]\n\
-         [[commands.run.allow]]\nprogram = \"seq\"\n",
+         [[commands.run.allow]]\nprogram = \"seq\"\n\
+         [[commands.run.allow]]\nprogram = \"sleep\"\nargs = [\"30.0456\"]\n",
     )
     .await;
     let api = Api::new(&rig);
@@ -223,6 +224,39 @@ async fn run_command_runs_allowlisted_programs_and_refuses_the_rest_with_the_rea
     })
     .await;
 
+    // Cancelled through the API while it runs: the process is killed, the result says cancelled.
+    let id = api
+        .submit(
+            "drone-run",
+            "run_command",
+            json!({"argv": ["sleep", "30.0456"], "timeout_ms": 60_000}),
+        )
+        .await;
+    poll_until_async(Duration::from_secs(10), "sleep runs", async || {
+        process_alive("sleep 30.0456")
+    })
+    .await;
+    let resp = api
+        .http
+        .post(format!("{}/v1/commands/{id}/cancel", api.base))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(api.done(&id).await["status"], "cancelled");
+    poll_until_async(Duration::from_secs(5), "sleep is gone", async || {
+        !process_alive("sleep 30.0456")
+    })
+    .await;
+    let stats = a.stats().clone();
+    poll_until_async(
+        Duration::from_secs(5),
+        "the agent counted the cancel",
+        async || stats.commands_of("run_command", "cancelled") == 1,
+    )
+    .await;
+
     // Counted by type and outcome in the agent's /metrics.
     let stats = a.stats().clone();
     assert_eq!(stats.commands_of("run_command", "succeeded"), 1);
@@ -242,6 +276,14 @@ async fn run_command_runs_allowlisted_programs_and_refuses_the_rest_with_the_rea
         ),
         "{text}"
     );
+    // Every name the agent exports is listed in CONTRACTS.md.
+    let contracts =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../CONTRACTS.md"))
+            .expect("CONTRACTS.md");
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        assert!(contracts.contains(name), "{name} is not in CONTRACTS.md");
+    }
     a.stop().await;
 }
 
@@ -379,44 +421,82 @@ async fn command_long_reaches_the_vehicle_and_its_ack_is_the_result() {
     server.abort();
 }
 
-/// A one-file HTTP/1.1 server: `GET /agent` answers `body` (with a `Content-Length` of
-/// `claimed` bytes, so a test can lie), anything else 404. Returns its address.
-async fn file_server(body: Vec<u8>, claimed: usize) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+/// Answers one HTTP/1.1 request on `s`: `GET /agent` gets `body` (with a `Content-Length` of
+/// `claimed` bytes, so a test can lie), anything else 404.
+async fn serve_one<S>(mut s: S, body: &[u8], claimed: usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut req = vec![0u8; 4096];
+    let mut n = 0;
+    while !req[..n].windows(4).any(|w| w == b"\r\n\r\n") && n < req.len() {
+        match s.read(&mut req[n..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    let head = String::from_utf8_lossy(&req[..n]).to_string();
+    if head.starts_with("GET /agent ") {
+        let h =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {claimed}\r\nConnection: close\r\n\r\n");
+        let _ = s.write_all(h.as_bytes()).await;
+        let _ = s.write_all(body).await;
+    } else {
+        let _ = s
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            .await;
+    }
+    let _ = s.shutdown().await;
+}
+
+/// A one-file HTTP/1.1 server (HTTPS with `tls`), one connection at a time. Returns its address.
+async fn file_server(
+    body: Vec<u8>,
+    claimed: usize,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else {
+            let Ok((s, _)) = listener.accept().await else {
                 return;
             };
-            let body = body.clone();
-            let mut req = vec![0u8; 4096];
-            let mut n = 0;
-            while !req[..n].windows(4).any(|w| w == b"\r\n\r\n") && n < req.len() {
-                match s.read(&mut req[n..]).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => n += k,
+            match &tls {
+                Some(acceptor) => {
+                    if let Ok(s) = acceptor.accept(s).await {
+                        serve_one(s, &body, claimed).await;
+                    }
                 }
+                None => serve_one(s, &body, claimed).await,
             }
-            let head = String::from_utf8_lossy(&req[..n]).to_string();
-            if head.starts_with("GET /agent ") {
-                let h = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {claimed}\r\nConnection: close\r\n\r\n"
-                );
-                let _ = s.write_all(h.as_bytes()).await;
-                let _ = s.write_all(&body).await;
-            } else {
-                let _ = s
-                    .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
-                    .await;
-            }
-            let _ = s.shutdown().await;
         }
     });
     (addr, task)
+}
+
+/// A TLS acceptor with a fresh self-signed certificate for `localhost` and 127.0.0.1, and the
+/// certificate's PEM.
+fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key");
+    let params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("params");
+    let cert = params.self_signed(&key).expect("cert");
+    let der = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
+    let provider = std::sync::Arc::new(contrail_protocol::client::config::crypto_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], der)
+        .expect("server config");
+    (
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)),
+        cert.pem(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,7 +521,7 @@ async fn update_agent_stages_a_verified_binary_and_apply_installs_it_at_start() 
     let api = Api::new(&rig);
     let binary: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let sha = hex::encode(sha2::Sha256::digest(&binary));
-    let (addr, server) = file_server(binary.clone(), binary.len()).await;
+    let (addr, server) = file_server(binary.clone(), binary.len(), None).await;
     let url = format!("http://{addr}/agent");
     let staged = state.join("update/contrail-agent.new");
     let manifest = state.join("update/contrail-agent.new.json");
@@ -527,4 +607,61 @@ async fn update_agent_stages_a_verified_binary_and_apply_installs_it_at_start() 
         b"the old agent"
     );
     server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_agent_over_https_trusts_the_configured_ca_and_nothing_else() {
+    use sha2::Digest;
+    let rig = Rig::start_with(&relay_commands_toml()).await;
+    let vehicle = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let (trusted, pem) = tls_acceptor();
+    let (untrusted, _) = tls_acceptor();
+    let ca = rig.dir.path().join("updates-ca.pem");
+    std::fs::write(&ca, pem).expect("ca");
+    let state = rig.dir.path().join("state-tls");
+    let commands = format!(
+        "[commands]\nenabled = true\nstate_dir = {:?}\n[commands.update]\nenabled = true\nca_file = {:?}\n",
+        state.display().to_string(),
+        ca.display().to_string()
+    );
+    let a = agent(
+        &rig,
+        "drone-tls",
+        vehicle.local_addr().expect("addr"),
+        &commands,
+    )
+    .await;
+    let api = Api::new(&rig);
+    let binary: Vec<u8> = (0..20_000u32).map(|i| (i % 253) as u8).collect();
+    let sha = hex::encode(sha2::Sha256::digest(&binary));
+    let (good, s1) = file_server(binary.clone(), binary.len(), Some(trusted)).await;
+    let (bad, s2) = file_server(binary.clone(), binary.len(), Some(untrusted)).await;
+
+    let v = api
+        .run(
+            "drone-tls",
+            "update_agent",
+            json!({"url": format!("https://localhost:{}/agent", good.port()), "sha256": sha, "size": binary.len()}),
+        )
+        .await;
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(
+        std::fs::read(state.join("update/contrail-agent.new")).expect("staged"),
+        binary
+    );
+
+    let v = api
+        .run(
+            "drone-tls",
+            "update_agent",
+            json!({"url": format!("https://127.0.0.1:{}/agent", bad.port()), "sha256": sha, "size": binary.len()}),
+        )
+        .await;
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(message(&v).contains("TLS handshake"), "{v}");
+    a.stop().await;
+    s1.abort();
+    s2.abort();
 }
