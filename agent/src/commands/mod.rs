@@ -90,7 +90,7 @@ pub async fn serve(mut commands: Commands, ctx: Arc<Commander>) {
                 if tasks.len() >= ctx.policy.max_running {
                     let kind = cmd.kind.clone();
                     let outcome = Outcome::refused(format!(
-                        "{} commands already running (commands.max_running)",
+                        "busy: commands.max_running ({}) commands are already running",
                         ctx.policy.max_running
                     ));
                     report(&ctx, &cmd.id, &kind, &outcome);

@@ -93,6 +93,16 @@ fn kill_group(pgid: Option<u32>) {
     let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
 }
 
+/// Kills the process group when dropped (the agent stopping aborts a running command: nothing
+/// it started is left behind).
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(self.0);
+    }
+}
+
 /// Why the run ended early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
@@ -130,8 +140,8 @@ pub async fn run(payload: &[u8], policy: &RunPolicy, handle: &mut CommandHandle)
         Err(e) => return Outcome::failed(-1, format!("cannot start {:?}: {e}", p.argv[0])),
     };
     let pgid = child.id();
+    let _guard = GroupGuard(pgid);
     let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        kill_group(pgid);
         return Outcome::failed(-1, "no pipes to the process");
     };
     let limit = policy.max_output_bytes;
@@ -161,10 +171,7 @@ pub async fn run(payload: &[u8], policy: &RunPolicy, handle: &mut CommandHandle)
             st = child.wait(), if exit.is_none() => {
                 match st {
                     Ok(st) => exit = Some(st),
-                    Err(e) => {
-                        kill_group(pgid);
-                        return Outcome::failed(-1, format!("waiting for the process: {e}"));
-                    }
+                    Err(e) => return Outcome::failed(-1, format!("waiting for the process: {e}")),
                 }
                 // Leftovers in its group go with it; the pipes then close.
                 kill_group(pgid);
@@ -198,11 +205,23 @@ pub async fn run(payload: &[u8], policy: &RunPolicy, handle: &mut CommandHandle)
         let room = limit.saturating_sub(sent);
         let take = (data.len() as u64).min(room) as usize;
         if take > 0 {
-            if handle.output(kind, &data[..take]).await.is_err() {
-                kill_group(pgid);
-                return Outcome::failed(-1, "the agent closed while sending output");
+            // Output waits for room in the library's report queue (the link may be down): the
+            // timeout still holds.
+            match tokio::time::timeout_at(timer.deadline(), handle.output(kind, &data[..take]))
+                .await
+            {
+                Ok(Ok(())) => sent += take as u64,
+                Ok(Err(_)) => return Outcome::failed(-1, "the agent closed while sending output"),
+                Err(_) => {
+                    if !draining {
+                        stop = Some(Stop::Timeout);
+                    }
+                    out_open = false;
+                    err_open = false;
+                    kill_group(pgid);
+                    continue;
+                }
             }
-            sent += take as u64;
         }
         if take < data.len() {
             stop = Some(Stop::Truncated);

@@ -665,3 +665,45 @@ async fn update_agent_over_https_trusts_the_configured_ca_and_nothing_else() {
     s1.abort();
     s2.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_beyond_max_running_are_refused_while_the_others_run() {
+    let rig = Rig::start_with(&relay_commands_toml()).await;
+    let vehicle = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let a = agent(
+        &rig,
+        "drone-busy",
+        vehicle.local_addr().expect("addr"),
+        "[commands]\nenabled = true\nmax_running = 1\n\
+         [[commands.run.allow]]\nprogram = \"sleep\"\nargs = [\"30.0789\"]\n\
+         [[commands.run.allow]]\nprogram = \"echo\"\n",
+    )
+    .await;
+    let api = Api::new(&rig);
+    let long = api
+        .submit(
+            "drone-busy",
+            "run_command",
+            json!({"argv": ["sleep", "30.0789"], "timeout_ms": 60_000}),
+        )
+        .await;
+    poll_until_async(Duration::from_secs(10), "sleep runs", async || {
+        process_alive("sleep 30.0789")
+    })
+    .await;
+    let v = api
+        .run("drone-busy", "run_command", json!({"argv": ["echo", "x"]}))
+        .await;
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(message(&v).contains("busy: commands.max_running (1)"), "{v}");
+    // Stopping the agent aborts the running command: its process group is killed.
+    a.stop().await;
+    poll_until_async(Duration::from_secs(5), "sleep is gone", async || {
+        !process_alive("sleep 30.0789")
+    })
+    .await;
+    let v = api.get(&long).await;
+    assert_ne!(v["status"], "succeeded", "{v}");
+}
