@@ -251,9 +251,23 @@ impl SimVehicle {
     /// returns its answers: a `COMMAND_ACK` for each `COMMAND_LONG` addressed to this system
     /// (or to system 0) that [`command_acks`](Self::command_acks) / [`default_ack`](Self::default_ack)
     /// say to answer. Packets that do not check are ignored.
-    pub fn receive(&mut self, mut bytes: &[u8]) -> Vec<SimPacket> {
+    pub fn receive(&mut self, bytes: &[u8]) -> Vec<SimPacket> {
+        self.receive_some(bytes).0
+    }
+
+    /// Like [`receive`](Self::receive) for a byte stream: takes the whole packets from the front
+    /// of `pending` and leaves an incomplete last one there for the next read.
+    pub fn receive_stream(&mut self, pending: &mut Vec<u8>) -> Vec<SimPacket> {
+        let (out, used) = self.receive_some(pending);
+        pending.drain(..used);
+        out
+    }
+
+    /// The answers, and how many bytes were used (up to an incomplete packet at the end).
+    fn receive_some(&mut self, all: &[u8]) -> (Vec<SimPacket>, usize) {
         use mavlink::Message;
         let mut out = Vec::new();
+        let mut bytes = all;
         while let Some(start) = bytes.iter().position(|b| *b == 0xFD || *b == 0xFE) {
             bytes = &bytes[start..];
             let v2 = bytes[0] == 0xFD;
@@ -309,7 +323,10 @@ impl SimVehicle {
                 armed: self.armed_at(self.t_ms),
             });
         }
-        out
+        if !bytes.is_empty() && bytes[0] != 0xFD && bytes[0] != 0xFE {
+            bytes = &[];
+        }
+        (out, all.len() - bytes.len())
     }
 }
 

@@ -95,8 +95,13 @@ async fn agent(rig: &Rig, id: &str, vehicle: SocketAddr, commands: &str) -> Runn
     let url = format!("udpout:{vehicle}");
     let toml = rig.agent_toml(id, &[url.as_str()], &spool, commands);
     let a = rig.agent(&toml).await;
+    wait_registered(rig, id).await;
+    a
+}
+
+/// Waits until the relay has agent `id`'s session.
+async fn wait_registered(rig: &Rig, id: &str) {
     let relay_http = rig.relay.http_addr().expect("relay http");
-    let id = id.to_owned();
     poll_until_async(Duration::from_secs(15), "agent registered", || async {
         let Ok(r) = reqwest::get(format!("http://{relay_http}/v1/drones/{id}")).await else {
             return false;
@@ -104,7 +109,6 @@ async fn agent(rig: &Rig, id: &str, vehicle: SocketAddr, commands: &str) -> Runn
         r.status().is_success()
     })
     .await;
-    a
 }
 
 /// Whether a process whose command line contains `needle` (NUL-separated argv) is alive.
@@ -697,7 +701,10 @@ async fn commands_beyond_max_running_are_refused_while_the_others_run() {
         .run("drone-busy", "run_command", json!({"argv": ["echo", "x"]}))
         .await;
     assert_eq!(v["status"], "failed", "{v}");
-    assert!(message(&v).contains("busy: commands.max_running (1)"), "{v}");
+    assert!(
+        message(&v).contains("busy: commands.max_running (1)"),
+        "{v}"
+    );
     // Stopping the agent aborts the running command: its process group is killed.
     a.stop().await;
     poll_until_async(Duration::from_secs(5), "sleep is gone", async || {
@@ -706,4 +713,132 @@ async fn commands_beyond_max_running_are_refused_while_the_others_run() {
     .await;
     let v = api.get(&long).await;
     assert_ne!(v["status"], "succeeded", "{v}");
+}
+
+/// The write path on the other source kinds: the agent answers a `udpin:` vehicle at the address
+/// it sent from, and writes on a `tcpout:` connection. Each vehicle acks ARM (accepted) and
+/// denies RTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_long_goes_back_over_udpin_and_tcp_sources() {
+    use mavlink::dialects::ardupilotmega::MavResult;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rig = Rig::start_with(&relay_commands_toml()).await;
+    let api = Api::new(&rig);
+    let new_sim = |sys: u8| {
+        let mut sim = SimVehicle::new(sys);
+        sim.command_acks
+            .insert(20, Some(MavResult::MAV_RESULT_DENIED));
+        Arc::new(parking_lot::Mutex::new(sim))
+    };
+
+    // udpin: the vehicle (system 2) speaks first; the agent answers where it came from.
+    let spool = rig.dir.path().join("spool-udpin");
+    let toml = rig.agent_toml(
+        "drone-udpin",
+        &["udpin:127.0.0.1:0"],
+        &spool,
+        "[commands]\nenabled = true\n",
+    );
+    let a = rig.agent(&toml).await;
+    let agent_addr = a.source_addrs()[0].expect("udpin address");
+    let sim_udp = new_sim(2);
+    let sock = Arc::new(
+        tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind"),
+    );
+    let udp_task = {
+        let (sock, sim) = (sock.clone(), sim_udp.clone());
+        tokio::spawn(async move {
+            let intro = sim.lock().advance(1_000);
+            for p in intro {
+                let _ = sock.send_to(&p.raw, agent_addr).await;
+            }
+            let mut buf = vec![0u8; 2048];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                let replies = sim.lock().receive(&buf[..n]);
+                for p in replies {
+                    let _ = sock.send_to(&p.raw, from).await;
+                }
+            }
+        })
+    };
+
+    // tcpout: the vehicle (system 3) listens; the agent connects.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let tcp_url = format!("tcpout:{}", listener.local_addr().expect("addr"));
+    let sim_tcp = new_sim(3);
+    let tcp_task = {
+        let sim = sim_tcp.clone();
+        tokio::spawn(async move {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let intro: Vec<u8> = sim
+                .lock()
+                .advance(1_000)
+                .into_iter()
+                .flat_map(|p| p.raw)
+                .collect();
+            let _ = s.write_all(&intro).await;
+            let mut buf = vec![0u8; 4096];
+            // Packets may arrive split or joined on a stream: keep what is not whole yet.
+            let mut pending: Vec<u8> = Vec::new();
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    return;
+                }
+                pending.extend_from_slice(&buf[..n]);
+                let replies = sim.lock().receive_stream(&mut pending);
+                for p in replies {
+                    let _ = s.write_all(&p.raw).await;
+                }
+            }
+        })
+    };
+    let spool = rig.dir.path().join("spool-tcp");
+    let toml = rig.agent_toml(
+        "drone-tcp",
+        &[tcp_url.as_str()],
+        &spool,
+        "[commands]\nenabled = true\n",
+    );
+    let b = rig.agent(&toml).await;
+    wait_registered(&rig, "drone-udpin").await;
+    wait_registered(&rig, "drone-tcp").await;
+
+    for (agent, drone, sys, sim) in [
+        (&a, "drone-udpin", 2u8, &sim_udp),
+        (&b, "drone-tcp", 3u8, &sim_tcp),
+    ] {
+        poll_until_async(
+            Duration::from_secs(10),
+            "the agent heard the vehicle",
+            async || agent.stats().received_of("HEARTBEAT") > 0,
+        )
+        .await;
+        let v = api
+            .run(
+                drone,
+                "mavlink_command_long",
+                json!({"target_system": sys, "command": 400, "params": [1]}),
+            )
+            .await;
+        assert_eq!(v["status"], "succeeded", "{drone}: {v}");
+        let v = api
+            .run(
+                drone,
+                "mavlink_command_long",
+                json!({"target_system": sys, "command": 20}),
+            )
+            .await;
+        assert_eq!(message(&v), "MAV_RESULT_DENIED (2)", "{drone}: {v}");
+        assert_eq!(sim.lock().commands_received.len(), 2, "{drone}");
+    }
+    a.stop().await;
+    b.stop().await;
+    udp_task.abort();
+    tcp_task.abort();
 }
