@@ -64,6 +64,8 @@ pub struct RunningAgent {
     pipeline: tokio::task::JoinHandle<Result<(), ClientError>>,
     others: JoinSet<()>,
     http_addr: Option<SocketAddr>,
+    /// Notified when a staged update asks for a restart.
+    restart: Arc<tokio::sync::Notify>,
 }
 
 /// The agent library's configuration for `v`.
@@ -97,14 +99,16 @@ impl RunningAgent {
         let stats = Arc::new(Stats::default());
         let links = Arc::new(links::Links::default());
         let mut others = JoinSet::new();
+        let restart = Arc::new(tokio::sync::Notify::new());
         let agent = match &v.commands {
             Some(policy) => {
                 let (agent, stream) = Agent::spawn_with_commands(
                     client,
                     CommandOptions::new(policy.state_dir.clone()),
                 )?;
-                let commander =
+                let mut commander =
                     commands::Commander::new(policy.clone(), links.clone(), stats.clone());
+                commander.restart = restart.clone();
                 others.spawn(commands::serve(stream, Arc::new(commander)));
                 Arc::new(agent)
             }
@@ -162,6 +166,7 @@ impl RunningAgent {
             pipeline,
             others,
             http_addr,
+            restart,
         })
     }
 
@@ -185,14 +190,19 @@ impl RunningAgent {
         self.http_addr
     }
 
-    /// Runs until `shutdown` resolves or the agent stops for good (a refusal retrying cannot
-    /// fix); then stops everything in order.
+    /// Runs until `shutdown` resolves, an `update_agent` with `restart_after_staging` staged
+    /// an update, or the agent stops for good (a refusal retrying cannot fix); then stops
+    /// everything in order.
     pub async fn run_until(
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), ClientError> {
         let res = tokio::select! {
             _ = shutdown => Ok(()),
+            _ = self.restart.notified() => {
+                tracing::info!("stopping: a staged update is installed at the next start");
+                Ok(())
+            }
             r = &mut self.pipeline => match r {
                 Ok(r) => r,
                 Err(_) => Err(ClientError::Closed),

@@ -138,6 +138,9 @@ pub struct UpdateConfig {
     pub ca_file: PathBuf,
     /// When not empty: the URL must start with one of these.
     pub allowed_url_prefixes: Vec<String>,
+    /// After staging, stop the agent (exit 0) so its supervisor restarts it and installs the
+    /// update (systemd: `Restart=always` + the `--apply-update` `ExecStartPre`).
+    pub restart_after_staging: bool,
 }
 
 impl Default for UpdateConfig {
@@ -148,6 +151,7 @@ impl Default for UpdateConfig {
             timeout_ms: 300_000,
             ca_file: PathBuf::new(),
             allowed_url_prefixes: Vec::new(),
+            restart_after_staging: false,
         }
     }
 }
@@ -221,6 +225,8 @@ pub struct UpdatePolicy {
     pub ca_file: PathBuf,
     /// URL prefixes (empty: any).
     pub allowed_url_prefixes: Vec<String>,
+    /// Stop after staging.
+    pub restart_after_staging: bool,
 }
 
 /// Finds `name` in `path` (a `PATH` value): the first executable file.
@@ -327,6 +333,7 @@ impl CommandsConfig {
                     u.ca_file.clone()
                 },
                 allowed_url_prefixes: u.allowed_url_prefixes.clone(),
+                restart_after_staging: u.restart_after_staging,
             })
         } else {
             None

@@ -65,6 +65,8 @@ pub struct Commander {
     pub stats: Arc<Stats>,
     /// MAVLink sequence of the packets the agent sends.
     seq: AtomicU8,
+    /// Notified when the agent should stop to install a staged update.
+    pub restart: Arc<tokio::sync::Notify>,
 }
 
 impl Commander {
@@ -75,6 +77,7 @@ impl Commander {
             links,
             stats,
             seq: AtomicU8::new(0),
+            restart: Arc::new(tokio::sync::Notify::new()),
         }
     }
 }
@@ -139,7 +142,16 @@ async fn one(ctx: Arc<Commander>, cmd: IncomingCommand) {
     };
     ctx.stats.commands_running.fetch_sub(1, Relaxed);
     report(&ctx, &cmd.id, &cmd.kind, &outcome);
+    let restart = cmd.kind == "update_agent"
+        && outcome.status == CommandStatus::Succeeded
+        && p.update.as_ref().is_some_and(|u| u.restart_after_staging);
     if let Err(e) = handle.finish(outcome).await {
         tracing::warn!(command = %cmd.id, error = %e, "could not report the result");
+    }
+    if restart {
+        // The result is in the ledger: if it does not reach the relay before the agent stops,
+        // the relay sends the command again and the restarted agent answers from the ledger.
+        tracing::info!(command = %cmd.id, "update staged: stopping so that the next start installs it");
+        ctx.restart.notify_one();
     }
 }

@@ -460,6 +460,7 @@ mod tests {
             timeout: std::time::Duration::from_secs(5),
             ca_file: PathBuf::from("/nonexistent.pem"),
             allowed_url_prefixes: vec!["http://127.0.0.1".into(), "https://updates.".into()],
+            restart_after_staging: false,
         }
     }
 

@@ -512,7 +512,8 @@ async fn update_agent_stages_a_verified_binary_and_apply_installs_it_at_start() 
         .expect("bind");
     let state = rig.dir.path().join("state");
     let commands = format!(
-        "[commands]\nenabled = true\nstate_dir = {:?}\n[commands.update]\nenabled = true\nmax_bytes = 100000\n",
+        "[commands]\nenabled = true\nstate_dir = {:?}\n[commands.update]\nenabled = true\nmax_bytes = 100000\n\
+         restart_after_staging = true\n",
         state.display().to_string()
     );
     let a = agent(
@@ -522,6 +523,8 @@ async fn update_agent_stages_a_verified_binary_and_apply_installs_it_at_start() 
         &commands,
     )
     .await;
+    // Running as the binary does: it stops by itself once an update is staged.
+    let running = tokio::spawn(a.run_until(std::future::pending::<()>()));
     let api = Api::new(&rig);
     let binary: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let sha = hex::encode(sha2::Sha256::digest(&binary));
@@ -562,22 +565,26 @@ async fn update_agent_stages_a_verified_binary_and_apply_installs_it_at_start() 
     assert!(message(&v).contains("announces 50000 bytes"), "{v}");
     assert!(!staged.exists());
 
-    // The right one: staged with its manifest.
-    let v = api
-        .run(
+    // The right one: staged with its manifest; with restart_after_staging the agent then stops
+    // by itself (its supervisor restarts it, which installs the update).
+    let good = api
+        .submit(
             "drone-upd",
             "update_agent",
             json!({"url": url, "sha256": sha, "size": binary.len()}),
         )
         .await;
-    assert_eq!(v["status"], "succeeded", "{v}");
-    assert!(message(&v).contains("installed at the next start"), "{v}");
+    poll_until_async(Duration::from_secs(20), "the agent stopped", async || {
+        running.is_finished()
+    })
+    .await;
+    running.await.expect("join").expect("a clean stop");
     assert_eq!(std::fs::read(&staged).expect("staged"), binary);
     let m: Value = serde_json::from_slice(&std::fs::read(&manifest).expect("manifest"))
         .expect("manifest json");
     assert_eq!(m["sha256"], sha.as_str());
     assert_eq!(m["size"], binary.len());
-    a.stop().await;
+    assert_eq!(m["command_id"], good.as_str());
 
     // "At the next start": the binary's --apply-update installs it over the target.
     let target = rig.dir.path().join("bin/contrail-agent");
@@ -610,6 +617,21 @@ async fn update_agent_stages_a_verified_binary_and_apply_installs_it_at_start() 
         std::fs::read(state.join("update/contrail-agent.prev")).expect("prev"),
         b"the old agent"
     );
+
+    // The restarted agent (same state directory) reports the result, from its ledger if it did
+    // not reach the relay before the stop; the update is not downloaded or staged again.
+    let a = agent(
+        &rig,
+        "drone-upd",
+        vehicle.local_addr().expect("addr"),
+        &commands,
+    )
+    .await;
+    let v = api.done(&good).await;
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert!(message(&v).contains("installed at the next start"), "{v}");
+    assert!(!staged.exists(), "not staged again");
+    a.stop().await;
     server.abort();
 }
 
