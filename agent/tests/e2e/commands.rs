@@ -111,21 +111,29 @@ async fn wait_registered(rig: &Rig, id: &str) {
     .await;
 }
 
-/// Whether a process whose command line contains `needle` (NUL-separated argv) is alive.
-fn process_alive(needle: &str) -> bool {
+/// Pids of the live processes whose command line (argv joined by spaces) contains `needle`.
+fn pids_of(needle: &str) -> Vec<u32> {
     let Ok(rd) = std::fs::read_dir("/proc") else {
-        return false;
+        return Vec::new();
     };
-    rd.flatten().any(|e| {
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        // Zombies (state Z) are gone for our purpose.
-        let zombie = stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        text.contains(needle) && !zombie
-    })
+    rd.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // Zombies (state Z) are gone for our purpose.
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            (text.contains(needle) && !zombie).then_some(pid)
+        })
+        .collect()
+}
+
+/// Whether a process whose command line contains `needle` is alive.
+fn process_alive(needle: &str) -> bool {
+    !pids_of(needle).is_empty()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -863,4 +871,67 @@ async fn command_long_goes_back_over_udpin_and_tcp_sources() {
     b.stop().await;
     udp_task.abort();
     tcp_task.abort();
+}
+
+/// The agent process killed (SIGKILL) while a command runs: after the restart the result says
+/// so, and the command does not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_running_when_the_agent_is_killed_is_reported_failed_and_not_run_again() {
+    use contrail_testsupport::ProcessGuard;
+    let rig = Rig::start_with(&relay_commands_toml()).await;
+    let spool = rig.dir.path().join("spool-killed");
+    let toml = rig.agent_toml(
+        "drone-killed",
+        &["udpin:127.0.0.1:0"],
+        &spool,
+        "[commands]\nenabled = true\n\
+         [[commands.run.allow]]\nprogram = \"sleep\"\nargs = [\"30.0999\"]\n",
+    );
+    let config = rig.dir.path().join("killed.toml");
+    std::fs::write(&config, toml).expect("config");
+    let spawn = |name: &str| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_contrail-agent"));
+        cmd.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        ProcessGuard::spawn(name, &mut cmd).expect("spawn contrail-agent")
+    };
+    let mut first = spawn("agent-before-kill");
+    wait_registered(&rig, "drone-killed").await;
+    let api = Api::new(&rig);
+    let id = api
+        .submit(
+            "drone-killed",
+            "run_command",
+            json!({"argv": ["sleep", "30.0999"], "timeout_ms": 60_000}),
+        )
+        .await;
+    poll_until_async(Duration::from_secs(10), "sleep runs", async || {
+        process_alive("sleep 30.0999")
+    })
+    .await;
+    first.kill_hard();
+    // The command's process group outlives a SIGKILLed agent (under systemd the unit's cgroup
+    // is killed with it): the test plays that part.
+    for pid in pids_of("sleep 30.0999") {
+        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+    poll_until_async(Duration::from_secs(5), "sleep is gone", async || {
+        !process_alive("sleep 30.0999")
+    })
+    .await;
+
+    let _second = spawn("agent-after-kill");
+    let v = api.done(&id).await;
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(
+        message(&v).contains("agent restarted while the command was running; not run again"),
+        "{v}"
+    );
+    assert!(!process_alive("sleep 30.0999"), "not run again");
 }
