@@ -16,6 +16,8 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v python3 >/dev/null || need+=(python3)
+# scripts/demo-commands.sh (run by agent/tests/e2e/demo.rs) talks to the relays' API with curl.
+command -v curl >/dev/null || need+=(curl)
 # deploy/validate.sh makes a venv for PyYAML/python-hcl2: Debian ships venv support separately.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 command -v openssl >/dev/null || need+=(openssl)
