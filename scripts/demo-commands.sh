@@ -15,11 +15,11 @@ cd "$(dirname "$0")/.."
 
 bin="${CONTRAIL_BIN_DIR:-}"
 if [ -z "$bin" ]; then
-  cargo build -q -p contrail-relay -p contrail-agent --example sim_vehicle
+  cargo build -q -p contrail-relay -p contrail-agent --bins --example sim_vehicle
   bin=target/debug
 fi
 for f in "$bin/contrail-relay" "$bin/contrail-agent" "$bin/examples/sim_vehicle"; do
-  [ -x "$f" ] || { echo "demo: $f is missing (cargo build -p contrail-relay -p contrail-agent --example sim_vehicle)" >&2; exit 2; }
+  [ -x "$f" ] || { echo "demo: $f is missing (cargo build -p contrail-relay -p contrail-agent --bins --example sim_vehicle)" >&2; exit 2; }
 done
 pgbin="$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -1)")"
 [ -x "$pgbin/initdb" ] || pgbin="$(dirname "$(command -v initdb)")"
