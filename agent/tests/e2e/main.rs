@@ -6,6 +6,9 @@ mod common;
 
 mod binary;
 mod commands;
+mod commands_mavlink;
+mod commands_support;
+mod commands_update;
 mod demo;
 mod faults;
 mod streams;
