@@ -54,6 +54,50 @@ impl DropCause {
     }
 }
 
+/// A command limit that was hit (`contrail_agent_command_limit_hits_total{limit}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandLimit {
+    /// `commands.max_running`: a command refused.
+    MaxRunning,
+    /// `commands.run.max_output_bytes`: output truncated, process killed.
+    OutputBytes,
+    /// A `run_command` timeout: process killed.
+    Timeout,
+    /// `commands.mavlink.ack_timeout_ms`: no `COMMAND_ACK` in time.
+    AckTimeout,
+    /// Commands waiting for acks at once (64).
+    AckWaiters,
+    /// A MAVLink link's write queue (16 packets) was full.
+    WriteQueue,
+    /// `commands.update.max_bytes` or `timeout_ms`.
+    Update,
+}
+
+impl CommandLimit {
+    const ALL: [CommandLimit; 7] = [
+        CommandLimit::MaxRunning,
+        CommandLimit::OutputBytes,
+        CommandLimit::Timeout,
+        CommandLimit::AckTimeout,
+        CommandLimit::AckWaiters,
+        CommandLimit::WriteQueue,
+        CommandLimit::Update,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CommandLimit::MaxRunning => "max_running",
+            CommandLimit::OutputBytes => "output_bytes",
+            CommandLimit::Timeout => "timeout",
+            CommandLimit::AckTimeout => "ack_timeout",
+            CommandLimit::AckWaiters => "ack_waiters",
+            CommandLimit::WriteQueue => "write_queue",
+            CommandLimit::Update => "update",
+        }
+    }
+}
+
 /// Counters of one agent.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -67,6 +111,7 @@ pub struct Stats {
     commands: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Commands running now.
     pub commands_running: AtomicU64,
+    limit_hits: [AtomicU64; 7],
 }
 
 impl Stats {
@@ -104,6 +149,16 @@ impl Stats {
     /// Counts a finished command (`kind` and `outcome` are fixed label sets).
     pub fn command_finished(&self, kind: &'static str, outcome: &'static str) {
         *self.commands.lock().entry((kind, outcome)).or_insert(0) += 1;
+    }
+
+    /// Counts a command limit hit.
+    pub fn limit_hit(&self, limit: CommandLimit) {
+        self.limit_hits[limit as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Hits of `limit` so far.
+    pub fn limit_hits(&self, limit: CommandLimit) -> u64 {
+        self.limit_hits[limit as usize].load(Relaxed)
     }
 
     /// Commands finished of `kind` with `outcome`.
@@ -197,6 +252,20 @@ impl Stats {
                 &mut out,
                 format!(
                     "contrail_agent_commands_total{{type=\"{kind}\",outcome=\"{outcome}\"}} {n}"
+                ),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP contrail_agent_command_limit_hits_total Command limits hit, by limit.\n# TYPE contrail_agent_command_limit_hits_total counter"
+        );
+        for limit in CommandLimit::ALL {
+            line(
+                &mut out,
+                format!(
+                    "contrail_agent_command_limit_hits_total{{limit=\"{}\"}} {}",
+                    limit.label(),
+                    self.limit_hits(limit)
                 ),
             );
         }

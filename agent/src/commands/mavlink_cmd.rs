@@ -22,7 +22,8 @@ use serde::Deserialize;
 
 use super::config::MavlinkPolicy;
 use crate::framer::{crc, Dialect};
-use crate::links::Links;
+use crate::links::{LinkError, Links};
+use crate::stats::{CommandLimit, Stats};
 
 /// MAVLink message id of `COMMAND_LONG`.
 pub const COMMAND_LONG: u32 = 76;
@@ -106,6 +107,7 @@ pub async fn run(
     policy: &MavlinkPolicy,
     links: &Arc<Links>,
     seq: &AtomicU8,
+    stats: &Stats,
     handle: &mut CommandHandle,
 ) -> Outcome {
     let c: CommandLong = match serde_json::from_slice(payload) {
@@ -129,6 +131,7 @@ pub async fn run(
         ));
     }
     let Some(mut wait) = links.wait_ack(c.target_system, c.command) else {
+        stats.limit_hit(CommandLimit::AckWaiters);
         return Outcome::refused("too many MAVLink commands waiting for an ack");
     };
     let packet = encode(
@@ -138,6 +141,9 @@ pub async fn run(
         policy.component_id,
     );
     if let Err(e) = links.send(c.target_system, packet) {
+        if matches!(e, LinkError::Full(_)) {
+            stats.limit_hit(CommandLimit::WriteQueue);
+        }
         return Outcome::failed(-1, e.to_string());
     }
     let ms = policy.ack_timeout.as_millis();
@@ -163,7 +169,10 @@ pub async fn run(
                 };
             }
             Ok(None) => return Outcome::failed(-1, "the agent is stopping"),
-            Err(_) => return Outcome::failed(-1, format!("no COMMAND_ACK within {ms} ms")),
+            Err(_) => {
+                stats.limit_hit(CommandLimit::AckTimeout);
+                return Outcome::failed(-1, format!("no COMMAND_ACK within {ms} ms"));
+            }
         }
     }
 }

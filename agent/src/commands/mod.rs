@@ -24,7 +24,7 @@ use contrail_protocol::client::commands::{Commands, IncomingCommand, Outcome};
 use contrail_protocol::proto::CommandStatus;
 
 use crate::links::Links;
-use crate::stats::Stats;
+use crate::stats::{CommandLimit, Stats};
 use config::CommandsValidated;
 
 /// Unix ms now.
@@ -91,6 +91,7 @@ pub async fn serve(mut commands: Commands, ctx: Arc<Commander>) {
             c = commands.next() => {
                 let Some(cmd) = c else { break };
                 if tasks.len() >= ctx.policy.max_running {
+                    ctx.stats.limit_hit(CommandLimit::MaxRunning);
                     let kind = cmd.kind.clone();
                     let outcome = Outcome::refused(format!(
                         "busy: commands.max_running ({}) commands are already running",
@@ -127,13 +128,23 @@ async fn one(ctx: Arc<Commander>, cmd: IncomingCommand) {
     ctx.stats.commands_running.fetch_add(1, Relaxed);
     let p = &ctx.policy;
     let outcome = match cmd.kind.as_str() {
-        "run_command" => run::run(&cmd.payload, &p.run, &mut handle).await,
+        "run_command" => run::run(&cmd.payload, &p.run, &ctx.stats, &mut handle).await,
         "mavlink_command_long" => match &p.mavlink {
-            Some(m) => mavlink_cmd::run(&cmd.payload, m, &ctx.links, &ctx.seq, &mut handle).await,
+            Some(m) => {
+                mavlink_cmd::run(
+                    &cmd.payload,
+                    m,
+                    &ctx.links,
+                    &ctx.seq,
+                    &ctx.stats,
+                    &mut handle,
+                )
+                .await
+            }
             None => Outcome::refused("mavlink_command_long is disabled (commands.mavlink.enabled)"),
         },
         "update_agent" => match &p.update {
-            Some(u) => update::run(&cmd.payload, u, &p.state_dir, &mut handle).await,
+            Some(u) => update::run(&cmd.payload, u, &p.state_dir, &ctx.stats, &mut handle).await,
             None => Outcome::refused("update_agent is disabled (commands.update.enabled)"),
         },
         other => Outcome::refused(format!(

@@ -24,6 +24,7 @@ use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 
 use super::config::{Program, RunPolicy};
+use crate::stats::{CommandLimit, Stats};
 
 /// The payload of a `run_command`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -112,7 +113,12 @@ enum Stop {
 }
 
 /// Runs one `run_command`.
-pub async fn run(payload: &[u8], policy: &RunPolicy, handle: &mut CommandHandle) -> Outcome {
+pub async fn run(
+    payload: &[u8],
+    policy: &RunPolicy,
+    stats: &Stats,
+    handle: &mut CommandHandle,
+) -> Outcome {
     let p: RunPayload = match serde_json::from_slice(payload) {
         Ok(p) => p,
         Err(e) => {
@@ -227,6 +233,11 @@ pub async fn run(payload: &[u8], policy: &RunPolicy, handle: &mut CommandHandle)
             stop = Some(Stop::Truncated);
             kill_group(pgid);
         }
+    }
+    match stop {
+        Some(Stop::Timeout) => stats.limit_hit(CommandLimit::Timeout),
+        Some(Stop::Truncated) => stats.limit_hit(CommandLimit::OutputBytes),
+        _ => {}
     }
     match (stop, exit) {
         (Some(Stop::Timeout), _) => Outcome::failed(

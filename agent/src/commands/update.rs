@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt as _;
 
 use super::config::UpdatePolicy;
+use crate::stats::{CommandLimit, Stats};
 
 /// The staged binary's file name.
 pub const STAGED: &str = "contrail-agent.new";
@@ -330,6 +331,7 @@ pub async fn run(
     payload: &[u8],
     policy: &UpdatePolicy,
     state_dir: &Path,
+    stats: &Stats,
     handle: &mut CommandHandle,
 ) -> Outcome {
     let p: UpdatePayload = match serde_json::from_slice(payload) {
@@ -341,6 +343,9 @@ pub async fn run(
         }
     };
     if let Err(e) = check(&p, policy) {
+        if p.size > policy.max_bytes {
+            stats.limit_hit(CommandLimit::Update);
+        }
         return Outcome::refused(e.to_string());
     }
     let _ = handle
@@ -361,7 +366,12 @@ pub async fn run(
         Err(e @ (UpdateError::Refused(_) | UpdateError::Mismatch(_))) => {
             Outcome::refused(e.to_string())
         }
-        Err(e) => Outcome::failed(-1, e.to_string()),
+        Err(e) => {
+            if matches!(&e, UpdateError::Download(m) if m.starts_with("not finished within")) {
+                stats.limit_hit(CommandLimit::Update);
+            }
+            Outcome::failed(-1, e.to_string())
+        }
     }
 }
 

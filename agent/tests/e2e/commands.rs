@@ -8,6 +8,8 @@ use std::time::Duration;
 use contrail_testsupport::poll_until_async;
 use serde_json::json;
 
+use contrail_agent::stats::CommandLimit;
+
 use crate::commands_support::*;
 use crate::common::*;
 
@@ -150,6 +152,8 @@ async fn run_command_runs_allowlisted_programs_and_refuses_the_rest_with_the_rea
     assert_eq!(stats.commands_of("run_command", "refused"), 5);
     assert_eq!(stats.commands_of("other", "refused"), 1);
     assert_eq!(stats.commands_of("run_command", "failed"), 2);
+    assert_eq!(stats.limit_hits(CommandLimit::Timeout), 1);
+    assert_eq!(stats.limit_hits(CommandLimit::OutputBytes), 1);
     let http = a.http_addr().expect("agent http");
     let text = reqwest::get(format!("http://{http}/metrics"))
         .await
@@ -206,7 +210,8 @@ async fn commands_beyond_max_running_are_refused_while_the_others_run() {
         .await;
     assert_eq!(v["status"], "failed", "{v}");
     assert!(
-        message(&v).contains("busy: commands.max_running (1)"),
+        message(&v).contains("busy: commands.max_running (1)")
+            && a.stats().limit_hits(CommandLimit::MaxRunning) == 1,
         "{v}"
     );
     // Stopping the agent aborts the running command: its process group is killed.

@@ -141,6 +141,11 @@ async fn command_long_reaches_the_vehicle_and_its_ack_is_the_result() {
         1
     );
     assert_eq!(a.stats().commands_of("mavlink_command_long", "failed"), 3);
+    assert_eq!(
+        a.stats()
+            .limit_hits(contrail_agent::stats::CommandLimit::AckTimeout),
+        1
+    );
     a.stop().await;
     server.abort();
 }
