@@ -23,6 +23,10 @@ pub struct SessionStats {
     pub bytes: AtomicU64,
     /// Frames sent by the agent and not yet acked.
     pub inflight: AtomicU64,
+    /// Frames and bytes acked, not yet taken by the usage sampler; shared with the agent's
+    /// cursor (so every session of one stream shares it). The relay replaces the default with
+    /// the cursor's.
+    pub committed: Arc<crate::usage::UsageCounters>,
     /// Wall-clock time of the last heartbeat (ms since the Unix epoch); 0 = none yet.
     pub last_heartbeat_unix_ms: AtomicU64,
     /// Flight id of the most recent frame, if any.

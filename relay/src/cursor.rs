@@ -14,7 +14,7 @@
 //! accept: the agent keeps it and, at worst, resends it. The side table holds at most one entry
 //! per batch in the credit window (`max_inflight` frames past the last ack).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +42,14 @@ pub struct AgentCursor {
     /// Woken when `completed` advances past the last ack for the first time, and whenever at
     /// least `wake_after` frames wait for an ack.
     pub notify: Notify,
+    /// Frames and bytes acked, for the usage ledger (shared with the sessions of this stream
+    /// through `SessionStats::committed`).
+    pub committed: Arc<contrail_control::usage::UsageCounters>,
+    /// Batches completed and not yet acked, `(last seq, frames, bytes)` in seq order: usage
+    /// counts them when an ack covers them. At most one entry per batch in the credit window.
+    usage_log: Mutex<VecDeque<(u64, u64, u64)>>,
+    /// No acks on this stream (the MAVLink UDP endpoint): usage counts at completion.
+    usage_on_commit: bool,
 }
 
 impl AgentCursor {
@@ -56,6 +64,48 @@ impl AgentCursor {
             parked: Mutex::new(BTreeMap::new()),
             has_parked: AtomicBool::new(false),
             notify: Notify::new(),
+            committed: Arc::default(),
+            usage_log: Mutex::new(VecDeque::new()),
+            usage_on_commit: false,
+        }
+    }
+
+    /// For a stream without acks: usage counts batches when they complete.
+    pub fn usage_on_commit(mut self) -> Self {
+        self.usage_on_commit = true;
+        self
+    }
+
+    /// A batch `..=last` of `frames` frames and `bytes` bytes was accepted by every required
+    /// sink: counted as usage once an ack covers it (at once without acks).
+    pub fn usage_completed(&self, last: u64, frames: u64, bytes: u64) {
+        if self.usage_on_commit {
+            self.committed.add(frames, bytes);
+            return;
+        }
+        let mut log = self.usage_log.lock();
+        // In order nearly always (appended); a batch completed out of order goes in its place.
+        let at = log.iter().rposition(|e| e.0 < last).map_or(0, |p| p + 1);
+        log.insert(at, (last, frames, bytes));
+    }
+
+    /// The agent was acked up to `seq` (an `Ack` written, or `resume_from_seq` in
+    /// `Registered`): the batches it covers count as usage.
+    pub fn usage_acked(&self, seq: u64) {
+        let (mut frames, mut bytes) = (0, 0);
+        {
+            let mut log = self.usage_log.lock();
+            while let Some(&(last, f, b)) = log.front() {
+                if last > seq {
+                    break;
+                }
+                frames += f;
+                bytes += b;
+                log.pop_front();
+            }
+        }
+        if frames > 0 {
+            self.committed.add(frames, bytes);
         }
     }
     /// Highest seq handed to the sinks.
