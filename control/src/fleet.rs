@@ -186,6 +186,9 @@ struct Inner {
     /// Disconnected agents in disconnect order (oldest first).
     evict_order: BTreeMap<u64, String>,
     next_seq: u64,
+    /// Usage counters of sessions that ended since the usage sampler last took them (a session
+    /// shorter than a sample period is never seen live).
+    ended: Vec<(String, Arc<crate::usage::UsageCounters>)>,
 }
 
 /// Shared registry of live sessions keyed by agent id, plus bounded usage totals.
@@ -226,6 +229,7 @@ impl Fleet {
         let old = inner.live.insert(info.agent_id.clone(), info);
         if let Some(old) = &old {
             fold(totals, old);
+            push_ended(inner, old, self.max_disconnected_usage);
         }
         old
     }
@@ -246,6 +250,7 @@ impl Fleet {
         let totals = inner.totals.entry(agent_id.to_owned()).or_default();
         fold(totals, &old);
         totals.evict_seq = Some(seq);
+        push_ended(inner, &old, self.max_disconnected_usage);
         inner.evict_order.insert(seq, agent_id.to_owned());
         while inner.evict_order.len() > self.max_disconnected_usage {
             let Some((_, agent)) = inner.evict_order.pop_first() else {
@@ -254,6 +259,12 @@ impl Fleet {
             inner.totals.remove(&agent);
         }
         true
+    }
+
+    /// Usage counters of the sessions that ended since the last call (for the usage sampler),
+    /// with their agent ids.
+    pub fn take_ended(&self) -> Vec<(String, Arc<crate::usage::UsageCounters>)> {
+        std::mem::take(&mut self.inner.write().ended)
     }
 
     /// The live session of `agent_id`.
@@ -319,6 +330,18 @@ impl Fleet {
             .map(|(a, s)| (a.clone(), s.session_id.clone()))
             .collect()
     }
+}
+
+/// Hands an ended session's usage counters to the sampler; at most `max` wait (beyond, the
+/// oldest go: counted as `limit="usage_tracked"`).
+fn push_ended(inner: &mut Inner, old: &SessionInfo, max: usize) {
+    if inner.ended.len() >= max.max(1) {
+        inner.ended.remove(0);
+        metrics::counter!("contrail_limit_hits_total", "limit" => "usage_tracked").increment(1);
+    }
+    inner
+        .ended
+        .push((old.agent_id.clone(), old.stats.committed.clone()));
 }
 
 fn fold(totals: &mut Totals, s: &SessionInfo) {

@@ -5,8 +5,9 @@
 //! The relay counts per agent stream in a [`UsageCounters`] pair (its resume cursor logs each
 //! completed batch and adds it when an `Ack` covers it; every session of that stream shares the
 //! counters). A sampler *takes* what accumulated since the last sample (`swap(0)`) from every
-//! counter it can reach — the live sessions' and, for a few periods after they end, ended
-//! sessions' — and adds it to the hour of the sample. Taking (rather than diffing running
+//! counter it can reach — the live sessions' and, for a few periods after they end (the fleet
+//! hands every ended session over, however short), ended sessions' — and adds it to the hour of
+//! the sample. Taking (rather than diffing running
 //! totals) is what keeps a counter shared by two sessions, or seen again after the sampler
 //! forgot it, from being counted twice.
 //!
@@ -124,6 +125,19 @@ impl Collector {
     fn collect(&mut self, fleet: &Fleet, max_tracked: usize) -> BTreeMap<String, (u64, u64)> {
         for t in self.tracked.values_mut() {
             t.missed += 1;
+        }
+        // Sessions that ended since the last sample (seen live or not): a full grace period
+        // from now.
+        for (agent, counters) in fleet.take_ended() {
+            let key = Arc::as_ptr(&counters) as usize;
+            self.tracked
+                .entry(key)
+                .and_modify(|t| t.missed = 0)
+                .or_insert(Tracked {
+                    agent,
+                    counters,
+                    missed: 0,
+                });
         }
         for s in fleet.all() {
             let key = Arc::as_ptr(&s.stats.committed) as usize;
@@ -414,22 +428,41 @@ mod tests {
         fleet.session_up(info("a", "s1", &c));
         l.sample(&fleet, h);
         fleet.session_down("a", "s1");
-        // Taken while it is missing for up to GRACE_SAMPLES samples, and once more at the
-        // sample that forgets it.
-        for i in 0..=GRACE_SAMPLES {
+        // Taken at the sample after it ended (the fleet hands it over), while it is missing for
+        // GRACE_SAMPLES more, and once more at the sample that forgets it.
+        for i in 0..=GRACE_SAMPLES + 1 {
             c.add(1, 10);
             l.sample(&fleet, h + 1 + u64::from(i));
         }
-        assert_eq!(rows(&l, "a", 0, u64::MAX).await, [(h, 4, 40)]);
+        assert_eq!(rows(&l, "a", 0, u64::MAX).await, [(h, 5, 50)]);
         // Forgotten now: a later increment is not seen, and nothing counted before is counted
         // again.
         c.add(1, 10);
         l.sample(&fleet, h + 10);
-        assert_eq!(rows(&l, "a", 0, u64::MAX).await, [(h, 4, 40)]);
+        assert_eq!(rows(&l, "a", 0, u64::MAX).await, [(h, 5, 50)]);
         // A new session sharing the counter makes it reachable again: counted once.
         fleet.session_up(info("a", "s2", &c));
         l.sample(&fleet, h + 11);
-        assert_eq!(rows(&l, "a", 0, u64::MAX).await, [(h, 5, 50)]);
+        assert_eq!(rows(&l, "a", 0, u64::MAX).await, [(h, 6, 60)]);
+    }
+
+    #[tokio::test]
+    async fn a_session_that_ends_between_two_samples_is_counted() {
+        let fleet = Fleet::new(10);
+        let l = UsageLedger::new(UsageConfig::default());
+        let h = 9 * HOUR_MS;
+        let c = Arc::new(UsageCounters::default());
+        fleet.session_up(info("a", "short", &c));
+        c.add(2, 20);
+        fleet.session_down("a", "short");
+        // A superseded session is handed over too.
+        let d = Arc::new(UsageCounters::default());
+        fleet.session_up(info("b", "old", &d));
+        d.add(1, 10);
+        fleet.session_up(info("b", "new", &Arc::default()));
+        l.sample(&fleet, h);
+        assert_eq!(rows(&l, "a", 0, u64::MAX).await, [(h, 2, 20)]);
+        assert_eq!(rows(&l, "b", 0, u64::MAX).await, [(h, 1, 10)]);
     }
 
     #[tokio::test]
