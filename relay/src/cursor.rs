@@ -89,6 +89,15 @@ impl AgentCursor {
         log.insert(at, (last, frames, bytes));
     }
 
+    /// The agent resumes claiming acks up to `seq` that this relay did not write (it acked
+    /// elsewhere in between): those batches are not this relay's usage.
+    pub fn usage_forget_through(&self, seq: u64) {
+        let mut log = self.usage_log.lock();
+        while log.front().is_some_and(|e| e.0 <= seq) {
+            log.pop_front();
+        }
+    }
+
     /// The agent was acked up to `seq` (an `Ack` written, or `resume_from_seq` in
     /// `Registered`): the batches it covers count as usage.
     pub fn usage_acked(&self, seq: u64) {
@@ -321,6 +330,9 @@ impl ResumeTable {
         }
         let cursor = match (claim, held) {
             (Some(claim), Some(e)) => {
+                // Batches up to the claim that this relay never acked were acked (and counted)
+                // by another relay.
+                e.cursor.usage_forget_through(claim);
                 e.cursor.set_forwarded(claim);
                 e.cursor.complete_through(claim);
                 e.cursor
@@ -374,6 +386,31 @@ impl ResumeTable {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn usage_counts_acked_batches_once_and_not_those_acked_elsewhere() {
+        let c = AgentCursor::starting_at(0);
+        c.usage_completed(10, 10, 100);
+        c.usage_completed(30, 10, 100); // out of order: 11..=20 completes later
+        c.usage_completed(20, 10, 100);
+        c.usage_acked(20);
+        assert_eq!(c.committed.take(), (20, 200));
+        c.usage_acked(20);
+        assert_eq!(c.committed.take(), (0, 0), "an ack counts a batch once");
+        // The agent left, was acked through 30 by another relay, and came back.
+        c.usage_completed(40, 10, 100);
+        c.usage_forget_through(30);
+        c.usage_acked(40);
+        assert_eq!(
+            c.committed.take(),
+            (10, 100),
+            "only 31..=40 is this relay's"
+        );
+        // No acks (MAVLink UDP): counted at completion.
+        let u = AgentCursor::starting_at(0).usage_on_commit();
+        u.usage_completed(5, 5, 50);
+        assert_eq!(u.committed.take(), (5, 50));
+    }
     use super::*;
 
     fn id(s: &str) -> AgentId {
