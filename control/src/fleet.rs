@@ -6,7 +6,7 @@
 //! totals for agents that are no longer connected is capped by `max_disconnected_usage`, evicting
 //! the agent that disconnected longest ago.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -188,7 +188,7 @@ struct Inner {
     next_seq: u64,
     /// Usage counters of sessions that ended since the usage sampler last took them (a session
     /// shorter than a sample period is never seen live).
-    ended: Vec<(String, Arc<crate::usage::UsageCounters>)>,
+    ended: VecDeque<(String, Arc<crate::usage::UsageCounters>)>,
 }
 
 /// Shared registry of live sessions keyed by agent id, plus bounded usage totals.
@@ -264,7 +264,7 @@ impl Fleet {
     /// Usage counters of the sessions that ended since the last call (for the usage sampler),
     /// with their agent ids.
     pub fn take_ended(&self) -> Vec<(String, Arc<crate::usage::UsageCounters>)> {
-        std::mem::take(&mut self.inner.write().ended)
+        std::mem::take(&mut self.inner.write().ended).into()
     }
 
     /// The live session of `agent_id`.
@@ -336,12 +336,12 @@ impl Fleet {
 /// oldest go: counted as `limit="usage_tracked"`).
 fn push_ended(inner: &mut Inner, old: &SessionInfo, max: usize) {
     if inner.ended.len() >= max.max(1) {
-        inner.ended.remove(0);
+        inner.ended.pop_front();
         metrics::counter!("contrail_limit_hits_total", "limit" => "usage_tracked").increment(1);
     }
     inner
         .ended
-        .push((old.agent_id.clone(), old.stats.committed.clone()));
+        .push_back((old.agent_id.clone(), old.stats.committed.clone()));
 }
 
 fn fold(totals: &mut Totals, s: &SessionInfo) {
