@@ -60,6 +60,7 @@
     $("commands-counts").textContent = cm.error ? "store unavailable: " + cm.error
       : `queued ${cm.queued} · delivered ${cm.delivered} · running ${cm.running}` + (cm.storage ? ` (${cm.storage})` : "");
     $("commands-counts").dataset.total = String(cm.queued + cm.delivered + cm.running);
+    $("commands").className = cm.recent.length ? "" : "muted";
     $("commands").innerHTML = cm.recent.length
       ? "<table><tr><th>id</th><th>agent</th><th>type</th><th>status</th><th>age</th><th>relay</th></tr>" + cm.recent.map((c) =>
         `<tr data-command="${esc(c.id)}"><td>${esc(c.id)}</td><td>${esc(c.agent_id)}</td><td>${esc(c.type)}</td><td>${esc(c.status)}</td>` +
