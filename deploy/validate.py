@@ -817,13 +817,29 @@ def check_terraform(env_vars: set[str], endpoints: set[str], metrics: set[str]) 
     R.check(rg.get("at_rest_encryption_enabled") is True, "ElastiCache at-rest encryption on")
     R.check(bool(rg.get("auth_token")), "ElastiCache auth token set")
     R.check(str(locals_.get("redis_addr", "")).startswith("rediss://"), "relays reach Redis over TLS (rediss://)")
-    # Alarms use contract metric names.
-    for (t, n), b in res.items():
-        if t == "aws_cloudwatch_metric_alarm" and b.get("namespace") == "${local.metrics_namespace}":
-            R.check(b.get("metric_name") in metrics, f"alarm {n} metric {b.get('metric_name')} is a contract metric")
+    # Alarms use contract metric names, or a series the ADOT collector derives from one (a
+    # histogram bucket renamed into a counter of its own: `replacement: NAME` after a regex on
+    # a contract `_bucket` series).
     adot = (tdir / "templates" / "adot-config.yaml.tftpl").read_text()
+    derived = {}
+    for src, name in re.findall(r'regex: "(contrail_[a-z_]+_bucket);[^"]*"\s*\n\s*target_label: __name__\s*\n\s*replacement: (contrail_[a-z_]+)', adot):
+        R.check(src in metrics, f"ADOT derives {name} from contract metric {src}")
+        derived[name] = src
+    for (t, n), b in res.items():
+        if t != "aws_cloudwatch_metric_alarm":
+            continue
+        used = []
+        if b.get("namespace") == "${local.metrics_namespace}":
+            used.append(b.get("metric_name"))
+        for q in b.get("metric_query") or []:
+            for mq in q.get("metric") or []:
+                if mq.get("namespace") == "${local.metrics_namespace}":
+                    used.append(mq.get("metric_name"))
+        for name in used:
+            R.check(name in metrics or name in derived, f"alarm {n} metric {name} is a contract metric (or derived from one)")
+            R.check(name not in derived or f'"{name}"' in adot, f"alarm {n} metric {name} is exported by the ADOT collector")
     for name in set(re.findall(r'"(contrail_[a-z_]+)"', adot)):
-        R.check(name in metrics, f"ADOT selector {name} is a contract metric")
+        R.check(name in metrics or name in derived, f"ADOT selector {name} is a contract metric (or derived from one)")
     # terraform fmt when the binary exists (works offline; `validate` needs providers).
     tf = shutil.which("terraform")
     if tf:

@@ -6,6 +6,8 @@
 //! * `credits/complete`: one in-order `complete_batch` (compare-and-swap + notify), per batch.
 //! * `credits/complete_out_of_order`: two ranges completed in reverse order (the second parks
 //!   until the first closes the gap), per pair.
+//! * `credits/usage`: what usage accounting adds per batch: logging the completed batch
+//!   (`usage_completed`) and counting it when the ack covering it is written (`usage_acked`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -62,6 +64,15 @@ fn credits(c: &mut Criterion) {
             cursor.complete_batch(black_box(seq + 65), black_box(seq + 128), now);
             cursor.complete_batch(black_box(seq + 1), black_box(seq + 64), now);
             seq += 128;
+        })
+    });
+    let cursor = AgentCursor::starting_at(0);
+    let mut seq = 0u64;
+    g.bench_function("usage", |b| {
+        b.iter(|| {
+            cursor.usage_completed(black_box(seq + 64), 64, 64 * 48);
+            cursor.usage_acked(black_box(seq + 64));
+            seq += 64;
         })
     });
     g.finish();

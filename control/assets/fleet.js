@@ -56,9 +56,15 @@
         `<td>${num(r.bytes_per_s, 0)}</td><td>${l && l.last_heartbeat_unix_ms ? age(l.last_heartbeat_unix_ms, st.now_unix_ms) + " ago" : "—"}</td>` +
         `<td>${l && l.ack_latency_us ? dur(l.ack_latency_us / 1e6) : "—"}</td><td>${l ? l.inflight : "—"}</td></tr>`;
     }).join(""));
-    $("commands").innerHTML = st.commands.length
-      ? "<table><tr><th>id</th><th>agent</th><th>type</th><th>status</th></tr>" + st.commands.map((c) =>
-        `<tr><td>${esc(c.id)}</td><td>${esc(c.agent_id)}</td><td>${esc(c.type)}</td><td>${esc(c.status)}</td></tr>`).join("") + "</table>"
+    const cm = st.commands;
+    $("commands-counts").textContent = cm.error ? "store unavailable: " + cm.error
+      : `queued ${cm.queued} · delivered ${cm.delivered} · running ${cm.running}` + (cm.storage ? ` (${cm.storage})` : "");
+    $("commands-counts").dataset.total = String(cm.queued + cm.delivered + cm.running);
+    $("commands").className = cm.recent.length ? "" : "muted";
+    $("commands").innerHTML = cm.recent.length
+      ? "<table><tr><th>id</th><th>agent</th><th>type</th><th>status</th><th>age</th><th>relay</th></tr>" + cm.recent.map((c) =>
+        `<tr data-command="${esc(c.id)}"><td>${esc(c.id)}</td><td>${esc(c.agent_id)}</td><td>${esc(c.type)}</td><td>${esc(c.status)}</td>` +
+        `<td>${dur(c.age_ms / 1000)}</td><td>${esc(c.relay_id || "—")}</td></tr>`).join("") + "</table>"
       : "none";
   }
 

@@ -6,7 +6,7 @@
 //! totals for agents that are no longer connected is capped by `max_disconnected_usage`, evicting
 //! the agent that disconnected longest ago.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +23,10 @@ pub struct SessionStats {
     pub bytes: AtomicU64,
     /// Frames sent by the agent and not yet acked.
     pub inflight: AtomicU64,
+    /// Frames and bytes acked, not yet taken by the usage sampler; shared with the agent's
+    /// cursor (so every session of one stream shares it). The relay replaces the default with
+    /// the cursor's.
+    pub committed: Arc<crate::usage::UsageCounters>,
     /// Wall-clock time of the last heartbeat (ms since the Unix epoch); 0 = none yet.
     pub last_heartbeat_unix_ms: AtomicU64,
     /// Flight id of the most recent frame, if any.
@@ -182,6 +186,9 @@ struct Inner {
     /// Disconnected agents in disconnect order (oldest first).
     evict_order: BTreeMap<u64, String>,
     next_seq: u64,
+    /// Usage counters of sessions that ended since the usage sampler last took them (a session
+    /// shorter than a sample period is never seen live).
+    ended: VecDeque<(String, Arc<crate::usage::UsageCounters>)>,
 }
 
 /// Shared registry of live sessions keyed by agent id, plus bounded usage totals.
@@ -222,6 +229,7 @@ impl Fleet {
         let old = inner.live.insert(info.agent_id.clone(), info);
         if let Some(old) = &old {
             fold(totals, old);
+            push_ended(inner, old, self.max_disconnected_usage);
         }
         old
     }
@@ -242,6 +250,7 @@ impl Fleet {
         let totals = inner.totals.entry(agent_id.to_owned()).or_default();
         fold(totals, &old);
         totals.evict_seq = Some(seq);
+        push_ended(inner, &old, self.max_disconnected_usage);
         inner.evict_order.insert(seq, agent_id.to_owned());
         while inner.evict_order.len() > self.max_disconnected_usage {
             let Some((_, agent)) = inner.evict_order.pop_first() else {
@@ -250,6 +259,12 @@ impl Fleet {
             inner.totals.remove(&agent);
         }
         true
+    }
+
+    /// Usage counters of the sessions that ended since the last call (for the usage sampler),
+    /// with their agent ids.
+    pub fn take_ended(&self) -> Vec<(String, Arc<crate::usage::UsageCounters>)> {
+        std::mem::take(&mut self.inner.write().ended).into()
     }
 
     /// The live session of `agent_id`.
@@ -315,6 +330,18 @@ impl Fleet {
             .map(|(a, s)| (a.clone(), s.session_id.clone()))
             .collect()
     }
+}
+
+/// Hands an ended session's usage counters to the sampler; at most `max` wait (beyond, the
+/// oldest go: counted as `limit="usage_tracked"`).
+fn push_ended(inner: &mut Inner, old: &SessionInfo, max: usize) {
+    if inner.ended.len() >= max.max(1) {
+        inner.ended.pop_front();
+        metrics::counter!("contrail_limit_hits_total", "limit" => "usage_tracked").increment(1);
+    }
+    inner
+        .ended
+        .push_back((old.agent_id.clone(), old.stats.committed.clone()));
 }
 
 fn fold(totals: &mut Totals, s: &SessionInfo) {

@@ -63,7 +63,7 @@ pub struct ControlConfig {
     pub registry: registry::RegistryConfig,
     /// Period of the fleet page's live updates (SSE), at least 250 ms.
     pub page_interval: Duration,
-    /// Hourly usage buckets (in memory).
+    /// Hourly usage buckets (in PostgreSQL when `commands.database_url` is set, else in memory).
     pub usage: usage::UsageConfig,
     /// Redis routing.
     pub routing: RoutingConfig,
@@ -114,8 +114,12 @@ impl ControlConfig {
         if self.page_interval < Duration::from_millis(250) {
             return bad("page_interval", "must be at least 250 ms");
         }
-        if self.usage.period.is_zero() || self.usage.max_buckets == 0 {
-            return bad("usage", "period and max_buckets must be > 0");
+        let u = &self.usage;
+        if u.period.is_zero() || u.max_buckets == 0 || u.max_pending == 0 || u.max_tracked == 0 {
+            return bad(
+                "usage",
+                "period, max_buckets, max_pending and max_tracked must be > 0",
+            );
         }
         let g = &self.registry;
         if g.refresh.is_zero() || g.refresh > g.ttl / 2 || g.scan_chunk == 0 || g.max_scan_keys == 0
@@ -242,6 +246,9 @@ impl Control {
             fleet.clone(),
             lifecycle.clone(),
         ));
+        local.set_commands_report(Arc::new(commands::report::StoreReport::new(
+            command_svc.clone(),
+        )));
         let redis = config
             .routing
             .addr
@@ -259,7 +266,19 @@ impl Control {
             redis,
             reg_cfg,
         ));
-        let usage = Arc::new(usage::UsageLedger::new(config.usage.clone()));
+        // After the command store: its start ran the migrations (0002_usage included).
+        let usage = Arc::new(match &config.commands.database_url {
+            Some(url) => usage::UsageLedger::postgres(
+                config.usage.clone(),
+                usage::postgres::PgUsage::new(
+                    url,
+                    config.commands.db_timeout,
+                    &relay_id,
+                    config.usage.max_pending,
+                ),
+            ),
+            None => usage::UsageLedger::new(config.usage.clone()),
+        });
         let usage_sampler = Some(usage::UsageSampler::spawn(usage.clone(), fleet.clone()));
         let app = AppState {
             fleet: fleet.clone(),

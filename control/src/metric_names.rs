@@ -130,6 +130,8 @@ pub const REDIRECTS_NONE_TOTAL: &str = "contrail_redirects_none_total";
 pub const REDIRECTS_TOTAL: &str = "contrail_redirects_total";
 /// Relay registry (relay:{id}) publish or read errors.
 pub const REGISTRY_ERRORS_TOTAL: &str = "contrail_registry_errors_total";
+/// Usage flushes to PostgreSQL that failed (the deltas are kept and retried).
+pub const USAGE_FLUSH_ERRORS: &str = "contrail_usage_flush_errors_total";
 /// Gauge: the UDP receive buffer the kernel granted the relay socket.
 pub const UDP_RECV_BUFFER_BYTES: &str = "contrail_udp_recv_buffer_bytes";
 
@@ -152,6 +154,7 @@ pub const ALL: &[&str] = &[
     REDIRECTS_NONE_TOTAL,
     REDIRECTS_TOTAL,
     REGISTRY_ERRORS_TOTAL,
+    USAGE_FLUSH_ERRORS,
     UDP_RECV_BUFFER_BYTES,
     COMMIT_LATENCY,
     READY,

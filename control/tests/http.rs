@@ -256,6 +256,8 @@ async fn usage_hourly_buckets_as_json_and_csv_behind_viewer_token() {
     let s = session("u-1", "s-1");
     s.stats.frames.store(7, Ordering::Relaxed);
     s.stats.bytes.store(700, Ordering::Relaxed);
+    // Hourly usage counts what the required sinks committed (the relay adds per batch).
+    s.stats.committed.add(7, 700);
     c.events().session_up(s);
     let http = reqwest::Client::new();
     let q = url(&c, "/v1/usage?agent=u-1&from=0");

@@ -76,7 +76,30 @@ async fn main() -> anyhow::Result<()> {
             let _ = agent.close().await;
         }));
     }
-    let browser = Browser::start(1400, 1100).await?;
+    // Two commands waiting for drones that are not connected: the page's "commands in flight".
+    if let Some(control) = relay.control() {
+        let now = contrail_control::commands::now_ms();
+        for (drone, kind) in [
+            ("drone-0500", "update_agent"),
+            ("drone-0733", "run_command"),
+        ] {
+            control
+                .commands()
+                .submit(contrail_control::commands::NewCommand {
+                    drone_id: drone.into(),
+                    kind: kind.into(),
+                    payload: b"{}".to_vec(),
+                    deadline_ms: now + 3_600_000,
+                    submitted_by: "ops".into(),
+                    idempotency_key: None,
+                    body_hash: String::new(),
+                    now_ms: now,
+                })
+                .await
+                .context("queue a command")?;
+        }
+    }
+    let browser = Browser::start(1400, 1260).await?;
     browser.goto(&format!("{base}/")).await?;
     // Let rates and charts fill in (a few live updates).
     tokio::time::sleep(Duration::from_secs(4)).await;

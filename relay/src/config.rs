@@ -112,6 +112,8 @@ pub struct Config {
     pub commands: crate::downlink::CommandsSection,
     /// Seed 003's gRPC RelayControl.
     pub grpc: GrpcConfig,
+    /// Hourly usage (in PostgreSQL with `commands.database_url`, else in memory).
+    pub usage: UsageSection,
     /// Region this relay runs in (published in `relay:{id}` and shown on the fleet page).
     pub region: Option<String>,
     /// Zone within the region.
@@ -137,6 +139,7 @@ impl Default for Config {
             mavlink: crate::mavlink::MavlinkConfig::default(),
             commands: crate::downlink::CommandsSection::default(),
             grpc: GrpcConfig::default(),
+            usage: UsageSection::default(),
             region: None,
             zone: None,
             public_address: None,
@@ -341,6 +344,39 @@ impl Default for HttpConfig {
 pub struct GrpcConfig {
     /// TCP listen address, e.g. `0.0.0.0:50051`.
     pub listen: Option<SocketAddr>,
+}
+
+/// Hourly usage per agent (docs/sre.md "Usage").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageSection {
+    /// How often usage is sampled and, with a database, flushed to it; what a relay killed
+    /// without a drain loses is at most this much of its usage.
+    pub flush_interval_ms: u64,
+    /// (agent, hour) rows waiting for a flush while the database is unreachable; beyond, usage
+    /// is dropped (`contrail_limit_hits_total{limit="usage_pending"}`).
+    pub max_pending_buckets: usize,
+}
+
+impl Default for UsageSection {
+    fn default() -> Self {
+        let d = contrail_control::usage::UsageConfig::default();
+        UsageSection {
+            flush_interval_ms: d.period.as_millis() as u64,
+            max_pending_buckets: d.max_pending,
+        }
+    }
+}
+
+impl UsageSection {
+    /// The control plane's settings.
+    pub fn to_control(&self) -> contrail_control::usage::UsageConfig {
+        contrail_control::usage::UsageConfig {
+            period: Duration::from_millis(self.flush_interval_ms),
+            max_pending: self.max_pending_buckets,
+            ..contrail_control::usage::UsageConfig::default()
+        }
+    }
 }
 
 /// Graceful drain.
@@ -595,6 +631,12 @@ impl Config {
         self.commands
             .validate()
             .map_err(|reason| invalid("commands", reason))?;
+        if self.usage.flush_interval_ms < 10 || self.usage.flush_interval_ms > 3_600_000 {
+            return Err(invalid("usage.flush_interval_ms", "must be 10..=3600000"));
+        }
+        if self.usage.max_pending_buckets == 0 {
+            return Err(invalid("usage.max_pending_buckets", "must be at least 1"));
+        }
         let l = &self.limits;
         if l.max_sessions == 0 {
             return Err(invalid("limits.max_sessions", "must be at least 1"));

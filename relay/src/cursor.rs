@@ -14,7 +14,7 @@
 //! accept: the agent keeps it and, at worst, resends it. The side table holds at most one entry
 //! per batch in the credit window (`max_inflight` frames past the last ack).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +42,14 @@ pub struct AgentCursor {
     /// Woken when `completed` advances past the last ack for the first time, and whenever at
     /// least `wake_after` frames wait for an ack.
     pub notify: Notify,
+    /// Frames and bytes acked, for the usage ledger (shared with the sessions of this stream
+    /// through `SessionStats::committed`).
+    pub committed: Arc<contrail_control::usage::UsageCounters>,
+    /// Batches completed and not yet acked, `(last seq, frames, bytes)` in seq order: usage
+    /// counts them when an ack covers them. At most one entry per batch in the credit window.
+    usage_log: Mutex<VecDeque<(u64, u64, u64)>>,
+    /// No acks on this stream (the MAVLink UDP endpoint): usage counts at completion.
+    usage_on_commit: bool,
 }
 
 impl AgentCursor {
@@ -56,6 +64,57 @@ impl AgentCursor {
             parked: Mutex::new(BTreeMap::new()),
             has_parked: AtomicBool::new(false),
             notify: Notify::new(),
+            committed: Arc::default(),
+            usage_log: Mutex::new(VecDeque::new()),
+            usage_on_commit: false,
+        }
+    }
+
+    /// For a stream without acks: usage counts batches when they complete.
+    pub fn usage_on_commit(mut self) -> Self {
+        self.usage_on_commit = true;
+        self
+    }
+
+    /// A batch `..=last` of `frames` frames and `bytes` bytes was accepted by every required
+    /// sink: counted as usage once an ack covers it (at once without acks).
+    pub fn usage_completed(&self, last: u64, frames: u64, bytes: u64) {
+        if self.usage_on_commit {
+            self.committed.add(frames, bytes);
+            return;
+        }
+        let mut log = self.usage_log.lock();
+        // In order nearly always (appended); a batch completed out of order goes in its place.
+        let at = log.iter().rposition(|e| e.0 < last).map_or(0, |p| p + 1);
+        log.insert(at, (last, frames, bytes));
+    }
+
+    /// The agent resumes claiming acks up to `seq` that this relay did not write (it acked
+    /// elsewhere in between): those batches are not this relay's usage.
+    pub fn usage_forget_through(&self, seq: u64) {
+        let mut log = self.usage_log.lock();
+        while log.front().is_some_and(|e| e.0 <= seq) {
+            log.pop_front();
+        }
+    }
+
+    /// The agent was acked up to `seq` (an `Ack` written, or `resume_from_seq` in
+    /// `Registered`): the batches it covers count as usage.
+    pub fn usage_acked(&self, seq: u64) {
+        let (mut frames, mut bytes) = (0, 0);
+        {
+            let mut log = self.usage_log.lock();
+            while let Some(&(last, f, b)) = log.front() {
+                if last > seq {
+                    break;
+                }
+                frames += f;
+                bytes += b;
+                log.pop_front();
+            }
+        }
+        if frames > 0 {
+            self.committed.add(frames, bytes);
         }
     }
     /// Highest seq handed to the sinks.
@@ -271,6 +330,9 @@ impl ResumeTable {
         }
         let cursor = match (claim, held) {
             (Some(claim), Some(e)) => {
+                // Batches up to the claim that this relay never acked were acked (and counted)
+                // by another relay.
+                e.cursor.usage_forget_through(claim);
                 e.cursor.set_forwarded(claim);
                 e.cursor.complete_through(claim);
                 e.cursor
@@ -324,6 +386,31 @@ impl ResumeTable {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn usage_counts_acked_batches_once_and_not_those_acked_elsewhere() {
+        let c = AgentCursor::starting_at(0);
+        c.usage_completed(10, 10, 100);
+        c.usage_completed(30, 10, 100); // out of order: 11..=20 completes later
+        c.usage_completed(20, 10, 100);
+        c.usage_acked(20);
+        assert_eq!(c.committed.take(), (20, 200));
+        c.usage_acked(20);
+        assert_eq!(c.committed.take(), (0, 0), "an ack counts a batch once");
+        // The agent left, was acked through 30 by another relay, and came back.
+        c.usage_completed(40, 10, 100);
+        c.usage_forget_through(30);
+        c.usage_acked(40);
+        assert_eq!(
+            c.committed.take(),
+            (10, 100),
+            "only 31..=40 is this relay's"
+        );
+        // No acks (MAVLink UDP): counted at completion.
+        let u = AgentCursor::starting_at(0).usage_on_commit();
+        u.usage_completed(5, 5, 50);
+        assert_eq!(u.committed.take(), (5, 50));
+    }
     use super::*;
 
     fn id(s: &str) -> AgentId {

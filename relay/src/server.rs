@@ -124,6 +124,7 @@ impl RelayBuilder {
             },
             drain_deadline: Duration::from_millis(config.drain.deadline_ms),
             commands: config.commands.to_control(),
+            usage: config.usage.to_control(),
             ..ControlConfig::default()
         };
         let mut control = Control::start(control_cfg, http, self.metrics).await?;

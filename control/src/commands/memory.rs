@@ -260,6 +260,26 @@ impl MemoryStore {
         OutputStored::Inserted
     }
 
+    /// Open commands by status and the `limit` most recent of them (one pass over the store,
+    /// which is bounded by its capacity).
+    pub(super) fn in_flight(&self, limit: usize) -> super::InFlight {
+        let s = self.state.lock();
+        let mut out = super::InFlight::default();
+        for id in s.order.iter().rev() {
+            let Some(c) = s.commands.get(id) else {
+                continue;
+            };
+            if c.status.is_final() {
+                continue;
+            }
+            out.count(c.status.as_str(), 1);
+            if out.recent.len() < limit {
+                out.recent.push(c.clone());
+            }
+        }
+        out
+    }
+
     pub(super) fn expire_due(&self, now_ms: u64, limit: usize) -> Vec<CommandRecord> {
         let mut s = self.state.lock();
         let mut out = Vec::new();

@@ -6,6 +6,7 @@ pub mod hint;
 pub mod memory;
 pub mod model;
 pub mod postgres;
+pub mod report;
 
 use std::sync::Arc;
 
@@ -63,6 +64,30 @@ pub enum CancelOutcome {
         /// Its state before.
         was: CommandStatus,
     },
+}
+
+/// Commands not yet final: how many per status, and the most recent.
+#[derive(Debug, Clone, Default)]
+pub struct InFlight {
+    /// Stored, not yet sent.
+    pub queued: u64,
+    /// Sent, not yet accepted.
+    pub delivered: u64,
+    /// Accepted by the agent, no result yet.
+    pub running: u64,
+    /// The most recently submitted open commands, newest first.
+    pub recent: Vec<CommandRecord>,
+}
+
+impl InFlight {
+    fn count(&mut self, status: &str, n: u64) {
+        match status {
+            "queued" => self.queued += n,
+            "delivered" => self.delivered += n,
+            "running" => self.running += n,
+            _ => {}
+        }
+    }
 }
 
 /// Where commands are kept.
@@ -293,6 +318,14 @@ impl CommandService {
             ));
         }
         Ok(res)
+    }
+
+    /// Open commands by status and the `limit` most recent (fleet-wide with PostgreSQL).
+    pub async fn in_flight(&self, limit: usize) -> Result<InFlight, StoreError> {
+        match &self.store {
+            CommandStore::Postgres(s) => s.in_flight(limit).await,
+            CommandStore::Memory(s) => Ok(s.in_flight(limit)),
+        }
     }
 
     /// A drone registered on this relay (with the commands capability).

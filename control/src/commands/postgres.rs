@@ -254,6 +254,37 @@ impl PgStore {
         })
     }
 
+    /// Open commands by status and the `limit` most recent of them (the fleet page).
+    pub(super) async fn in_flight(&self, limit: usize) -> Result<super::InFlight, StoreError> {
+        with_client!(self, |c| async move {
+            let mut out = super::InFlight::default();
+            let counts = c
+                .query(
+                    "SELECT status, count(*) FROM commands \
+                     WHERE status IN ('queued', 'delivered', 'running') GROUP BY status",
+                    &[],
+                )
+                .await
+                .map_err(db_err)?;
+            for r in &counts {
+                let status: String = r.try_get(0).map_err(db_err)?;
+                let n: i64 = r.try_get(1).map_err(db_err)?;
+                out.count(&status, u64::try_from(n).unwrap_or(0));
+            }
+            let q = format!(
+                "SELECT {COLUMNS} FROM commands \
+                 WHERE status IN ('queued', 'delivered', 'running') \
+                 ORDER BY created_ms DESC, id LIMIT $1"
+            );
+            let rows = c
+                .query(&q, &[&i64::try_from(limit).unwrap_or(i64::MAX)])
+                .await
+                .map_err(db_err)?;
+            out.recent = records(&rows)?;
+            Ok(out)
+        })
+    }
+
     pub(super) async fn cancel(
         &self,
         id: &CommandId,

@@ -29,6 +29,9 @@ pub enum ApiError {
     /// A configured limit on concurrent requests of this kind is reached.
     #[error("too many {0} open")]
     TooMany(&'static str),
+    /// A backing store (the usage database) could not answer.
+    #[error("store unavailable: {0}")]
+    StoreUnavailable(String),
 }
 
 #[derive(Serialize)]
@@ -45,6 +48,7 @@ impl ApiError {
             ApiError::Disabled => (StatusCode::NOT_FOUND, "disabled"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many"),
+            ApiError::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
         }
     }
 }

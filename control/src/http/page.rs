@@ -150,8 +150,8 @@ struct PageState {
     sinks: Vec<SinkStatus>,
     latency: LatencyViews,
     drones: DronePage,
-    /// Commands in flight (filled once the downlink reports them).
-    commands: Vec<serde_json::Value>,
+    /// Commands in flight: counts per open status and the most recent.
+    commands: crate::registry::CommandsView,
 }
 
 /// Rates need the previous counters of the rows on the page.
@@ -283,7 +283,7 @@ async fn build_state(s: &AppState, p: &Paging, prev: Option<&mut Prev>) -> PageS
         sinks: s.local.sinks(),
         latency: s.latency.views(),
         drones,
-        commands: s.local.commands(),
+        commands: s.local.commands().await,
     }
 }
 

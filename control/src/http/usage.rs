@@ -1,6 +1,7 @@
 //! `GET /v1/usage`: without parameters (or with `offset`/`limit`) the running totals per agent
 //! since start; with `agent`, `from`, `to` (ms since the Unix epoch) or `format=csv`, the hourly
-//! buckets of [`crate::usage::UsageLedger`], as JSON or CSV. Behind the viewer token.
+//! buckets of [`crate::usage::UsageLedger`] (from PostgreSQL, summed over every relay, when a
+//! database is configured), as JSON or CSV. Behind the viewer token.
 
 use std::fmt::Write as _;
 
@@ -41,7 +42,8 @@ struct UsageList {
 
 #[derive(Serialize)]
 struct Hourly {
-    /// Where buckets live: `memory` (lost on restart) until the PostgreSQL store exists.
+    /// Where buckets live: `postgres` (every relay, survives restarts) or `memory` (this
+    /// relay since it started).
     storage: &'static str,
     /// Whether the totals survive a restart.
     persistent: bool,
@@ -94,7 +96,14 @@ pub(crate) async fn usage(
         Some(_) => return Err(ApiError::BadRequest("format must be json or csv".into())),
     };
     let agent = q.agent.filter(|a| !a.is_empty());
-    let mut hours = s.usage.query(agent.as_deref(), from, to, limit + 1);
+    let mut hours = s
+        .usage
+        .query(agent.as_deref(), from, to, limit + 1)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "usage query failed");
+            ApiError::StoreUnavailable(e.to_string())
+        })?;
     let truncated = hours.len() > limit;
     hours.truncate(limit);
     if csv {
@@ -114,8 +123,8 @@ pub(crate) async fn usage(
         return Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response());
     }
     Ok(Json(Hourly {
-        storage: "memory",
-        persistent: false,
+        storage: s.usage.storage(),
+        persistent: s.usage.storage() == "postgres",
         agent,
         from,
         to,

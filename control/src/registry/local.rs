@@ -38,10 +38,30 @@ pub trait SinkReport: Send + Sync + 'static {
     fn sinks(&self) -> Vec<SinkStatus>;
 }
 
-/// Something that reports the commands in flight (the downlink, once it exists).
+/// Commands not yet final, as the page shows them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CommandsView {
+    /// Where commands live (`postgres`: the whole fleet; `memory`: this relay); empty when no
+    /// reporter is installed.
+    pub storage: &'static str,
+    /// Stored, not yet sent.
+    pub queued: u64,
+    /// Sent, not yet accepted.
+    pub delivered: u64,
+    /// Accepted, no result yet.
+    pub running: u64,
+    /// The most recent open commands as JSON objects (`id`, `agent_id`, `type`, `status`,
+    /// `age_ms`, `relay_id`), newest first.
+    pub recent: Vec<serde_json::Value>,
+    /// Why the store could not be read, if it could not.
+    pub error: Option<String>,
+}
+
+/// Something that reports the commands in flight (the command store, see
+/// `commands::report::StoreReport`).
 pub trait CommandsReport: Send + Sync + 'static {
-    /// Commands not yet finished, as JSON objects (`id`, `agent_id`, `type`, `status`, …).
-    fn in_flight(&self) -> Vec<serde_json::Value>;
+    /// Commands not yet final (cheap: implementations cache).
+    fn in_flight(&self) -> futures::future::BoxFuture<'_, CommandsView>;
 }
 
 /// Static facts about this relay, set by the relay at start.
@@ -121,15 +141,18 @@ impl LocalRelay {
         r.map(|r| r.sinks()).unwrap_or_default()
     }
 
-    /// Installs the commands reporter (hook for the downlink).
+    /// Installs the commands reporter ([`crate::Control::start`] installs the command store's).
     pub fn set_commands_report(&self, report: Arc<dyn CommandsReport>) {
         *self.commands.write() = Some(report);
     }
 
     /// Commands in flight (empty without a reporter).
-    pub fn commands(&self) -> Vec<serde_json::Value> {
+    pub async fn commands(&self) -> CommandsView {
         let r = self.commands.read().clone();
-        r.map(|r| r.in_flight()).unwrap_or_default()
+        match r {
+            Some(r) => r.in_flight().await,
+            None => CommandsView::default(),
+        }
     }
 
     /// Samples CPU (call periodically; the page and the record read the last sample).

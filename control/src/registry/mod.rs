@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use local::{CommandsReport, LocalRelay, RelayFacts, SinkReport, SinkStatus};
+pub use local::{CommandsReport, CommandsView, LocalRelay, RelayFacts, SinkReport, SinkStatus};
 pub use reader::{DroneRoute, FleetReader, FleetSnapshot};
 
 /// Key prefix of relay records.

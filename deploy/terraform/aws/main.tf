@@ -28,5 +28,7 @@ locals {
     namespace         = local.metrics_namespace
     log_group         = aws_cloudwatch_log_group.metrics.name
     service_dimension = local.service_dimension
+    # As the relay prints the bucket's le label (0.5, 1, 2.5, ...).
+    ack_threshold_le = tostring(var.ack_latency_p99_threshold_seconds)
   })
 }

@@ -1,7 +1,8 @@
 ############################ CloudWatch: metrics, alarms, notifications ############################
 # The ADOT sidecar in every relay task scrapes 127.0.0.1:2112/metrics and writes the selected
 # series as Embedded Metric Format logs to the metrics log group; CloudWatch extracts them into
-# namespace "Contrail" with dimension Service (plus quantile for the latency summaries).
+# namespace "Contrail" with dimension Service (latency histograms as statistic sets, plus two
+# counters for the p99 alarm, see below).
 # Counters are converted to per-interval deltas by the exporter, so Sum over a period = events.
 
 resource "aws_cloudwatch_log_group" "metrics" {
@@ -84,21 +85,49 @@ resource "aws_cloudwatch_metric_alarm" "sink_unhealthy" {
   ok_actions          = local.alarm_actions
 }
 
+# p99 from the histogram: p99 > threshold exactly when more than 1 % of acks took longer than the
+# threshold (a bucket boundary). The ADOT collector sends the threshold's bucket and the ack
+# count as per-period counters summed over every relay (templates/adot-config.yaml.tftpl), so
+# this is the fleet's p99, as histogram_quantile computes it in Prometheus.
 resource "aws_cloudwatch_metric_alarm" "ack_latency_p99" {
   alarm_name          = "${local.name}-ack-latency-p99"
-  alarm_description   = "Worst relay's p99 receive-to-ack latency above threshold for 10 minutes (PROVISIONAL threshold). RUNBOOK: ContrailAckLatencyP99High."
-  namespace           = local.metrics_namespace
-  metric_name         = "contrail_ack_latency_seconds"
-  dimensions          = merge(local.relay_dimensions, { quantile = "0.99" })
-  statistic           = "Maximum"
-  period              = 60
+  alarm_description   = "Fleet p99 receive-to-ack latency above threshold (more than 1% of acks slower) for 8 of 10 minutes (PROVISIONAL threshold). RUNBOOK: ContrailAckLatencyP99High."
   evaluation_periods  = 10
   datapoints_to_alarm = 8
-  threshold           = var.ack_latency_p99_threshold_seconds
+  threshold           = 1
   comparison_operator = "GreaterThanThreshold"
   treat_missing_data  = "notBreaching"
   alarm_actions       = local.alarm_actions
   ok_actions          = local.alarm_actions
+
+  metric_query {
+    id          = "slow_percent"
+    expression  = "IF(acks > 0, 100 * (acks - within) / acks, 0)"
+    label       = "Percent of acks slower than the p99 threshold"
+    return_data = true
+  }
+
+  metric_query {
+    id = "acks"
+    metric {
+      namespace   = local.metrics_namespace
+      metric_name = "contrail_ack_latency_seconds_count"
+      dimensions  = local.relay_dimensions
+      stat        = "Sum"
+      period      = 60
+    }
+  }
+
+  metric_query {
+    id = "within"
+    metric {
+      namespace   = local.metrics_namespace
+      metric_name = "contrail_ack_latency_seconds_within_threshold"
+      dimensions  = local.relay_dimensions
+      stat        = "Sum"
+      period      = 60
+    }
+  }
 }
 
 resource "aws_cloudwatch_metric_alarm" "redis_publish_errors" {

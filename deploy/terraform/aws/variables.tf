@@ -292,9 +292,13 @@ variable "alarm_email" {
 }
 
 variable "ack_latency_p99_threshold_seconds" {
-  description = "Alarm when the worst relay's p99 receive-to-ack latency exceeds this (PROVISIONAL)."
+  description = "Alarm when the fleet's p99 receive-to-ack latency exceeds this (PROVISIONAL): more than 1% of acks slower. Must be a bucket boundary of contrail_ack_latency_seconds."
   type        = number
   default     = 0.5
+  validation {
+    condition     = contains([0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], var.ack_latency_p99_threshold_seconds)
+    error_message = "ack_latency_p99_threshold_seconds must be a bucket boundary of contrail_ack_latency_seconds (0.00005 ... 30, see docs/sre.md)."
+  }
 }
 
 variable "cpu_alarm_threshold_percent" {

@@ -287,7 +287,12 @@ impl Endpoint {
         let prefix = &self.ingest.core.config.mavlink.agent_prefix;
         let agent_id = AgentId::new(format!("{prefix}{sysid}")).ok()?;
         let session_id = SessionId::from_random_bytes(rand::random());
-        let stats = Arc::new(SessionStats::default());
+        // No acks on UDP: usage counts what every required sink accepted.
+        let cursor = Arc::new(AgentCursor::starting_at(0).usage_on_commit());
+        let stats = Arc::new(SessionStats {
+            committed: cursor.committed.clone(),
+            ..SessionStats::default()
+        });
         let now_ms = crate::clock::unix_ms();
         stats.last_heartbeat_unix_ms.store(now_ms, Relaxed);
         self.ingest.core.events.session_up(Arc::new(SessionInfo {
@@ -304,7 +309,7 @@ impl Endpoint {
                 session_id,
                 session_hex: session_id.to_hex(),
             }),
-            cursor: Arc::new(AgentCursor::starting_at(0)),
+            cursor,
             stats,
             next_seq: 1,
             last_seen: Instant::now(),

@@ -454,7 +454,12 @@ async fn handshake(
     if !send_control(&mut send, codec, Msg::Registered(registered)).await {
         return Err(None);
     }
-    let stats = Arc::new(SessionStats::default());
+    // `resume_from_seq` acks what completed while the agent was away.
+    cursor.usage_acked(resume_from);
+    let stats = Arc::new(SessionStats {
+        committed: cursor.committed.clone(),
+        ..SessionStats::default()
+    });
     stats.set_identity(crate::identity::from_wire(
         &register.identity.unwrap_or_default(),
         &register.agent_version,
@@ -563,6 +568,7 @@ async fn control_loop(
                 if !send_control(send, codec, ack).await {
                     return End::new(ErrorCode::Normal, "control stream closed");
                 }
+                reg.cursor.usage_acked(acked);
                 trigger.increment(1);
                 stats
                     .inflight

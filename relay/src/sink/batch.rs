@@ -50,6 +50,11 @@ impl SinkBatch {
         cursor: Arc<AgentCursor>,
     ) -> Self {
         let completion = if required_sinks == 0 {
+            cursor.usage_completed(
+                frames.last_seq(),
+                frames.len() as u64,
+                frames.data().len() as u64,
+            );
             cursor.complete_batch(frames.first_seq(), frames.last_seq(), received_at);
             None
         } else {
@@ -74,6 +79,12 @@ impl SinkBatch {
     pub fn complete(&self) -> bool {
         if let Some(c) = &self.completion {
             if c.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                // Usage: counted once an ack covers the batch.
+                c.cursor.usage_completed(
+                    self.frames.last_seq(),
+                    self.frames.len() as u64,
+                    self.frames.data().len() as u64,
+                );
                 c.cursor.complete_batch(
                     self.frames.first_seq(),
                     self.frames.last_seq(),

@@ -49,6 +49,8 @@ async fn echo_hello_to_a_drone_on_relay_b_through_relay_a() {
         },
     )
     .await;
+    // The queue learns the drone when its session records it (after Redis may show it).
+    wait_recorded(&pg, "drone-7").await;
     let (status, v) = api
         .submit(OPERATOR, "drone-7", echo(&["echo", "hello"]), None)
         .await;
