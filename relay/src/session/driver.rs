@@ -581,8 +581,7 @@ async fn control_loop(
                     .inflight
                     .store(reg.cursor.forwarded().saturating_sub(acked), Relaxed);
                 if let Some(t) = reg.cursor.completed_received_at() {
-                    core.latency.ack_sent(t);
-                    let us = (t.elapsed().as_micros() as u64).max(1);
+                    let us = (core.latency.ack_sent(t).as_micros() as u64).max(1);
                     stats.ack_latency_us.store(us, Relaxed);
                 }
                 continue;

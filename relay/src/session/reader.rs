@@ -321,7 +321,7 @@ async fn process(
     }
     signal.set_batch_interval_us(state.ack_delay.interval_us);
     core.latency
-        .frame_ages(now_ns, batch.metas().iter().map(|m| m.sent_at_unix_ns));
+        .frame_ages(now, now_ns, batch.metas().iter().map(|m| m.sent_at_unix_ns));
     if ingest.fanout.required() == 0 {
         core.latency.committed_on_arrival(n);
     }
