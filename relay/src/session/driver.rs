@@ -219,7 +219,9 @@ pub(crate) async fn run(
             &ctx.reg,
             side
         )));
+        // Biased: the reader first, so the control loop sees what it just forwarded.
         tokio::select! {
+            biased;
             r = &mut telemetry => r.into_end(),
             e = &mut control => e,
             e = &mut commands => e,
@@ -228,6 +230,7 @@ pub(crate) async fn run(
         let mut telemetry = std::pin::pin!(reader::run(&ctx, reader::Streams::Accept));
         let mut control = std::pin::pin!(control_loop(&ctx, &mut stream, None));
         tokio::select! {
+            biased;
             r = &mut telemetry => r.into_end(),
             e = &mut control => e,
         }
@@ -529,6 +532,9 @@ async fn control_loop(
     reg.cursor.set_acked(acked, wake_after);
     // When the oldest frame not yet acked must be acked by (acks are coalesced until then).
     let mut ack_due: Option<tokio::time::Instant> = None;
+    // The deadline passed before anything completed: the first completion is acked at once
+    // (it wakes this loop: the cursor is disarmed).
+    let mut overdue = false;
     // The control stream is read only when it woke the loop (acks wake it far more often).
     let control_gate = WakeGate::new();
     // Likewise the command side's link (sessions without one never poll it).
@@ -543,14 +549,41 @@ async fn control_loop(
                 // A fresh weighted draw per agent: drained agents spread over the fleet.
                 relays: core.placement.targets(&core.relay_id, true).await,
             });
+            // Every completion is acked at once from now on: let the first one wake us.
+            reg.cursor.set_timer_armed(false);
             if !send_control(send, codec, drain).await {
                 return End::new(ErrorCode::Normal, "control stream closed");
             }
         }
-        let completed = reg.cursor.completed();
+        let now = tokio::time::Instant::now();
+        // A coalescing agent's frame starts the ack delay when this loop sees it forwarded
+        // (the reader runs in this task), not when a sink completes it: the completion then
+        // needs no wake-up of its own (one wake-up fewer per ack).
+        if ack_due.is_none()
+            && !overdue
+            && !drained
+            && !ack_delay.is_zero()
+            && reg.cursor.forwarded() > acked
+            && signal.batch_interval().is_none_or(|i| i <= ack_delay)
+        {
+            ack_due = Some(now + ack_delay);
+            reg.cursor.set_timer_armed(true);
+        }
+        let mut completed = reg.cursor.completed();
+        if completed <= acked && ack_due.is_some_and(|due| now >= due) {
+            // Nothing completed in time (a slow sink): disarm, so the first completion wakes
+            // this loop, and ack it at once.
+            ack_due = None;
+            overdue = true;
+            reg.cursor.set_timer_armed(false);
+            completed = reg.cursor.completed();
+        }
         if completed > acked {
-            let now = tokio::time::Instant::now();
-            let due = *ack_due.get_or_insert(now + ack_delay);
+            let due = if overdue {
+                now
+            } else {
+                *ack_due.get_or_insert(now + ack_delay)
+            };
             // Coalesce: acks wait (up to `ack_delay`) to cover several frames, which saves a
             // packet each way per frame; a busy agent (a quarter of its window waiting) is
             // acked at once, and so is an agent whose batches come further apart than
@@ -570,6 +603,8 @@ async fn control_loop(
             };
             if let Some(trigger) = trigger {
                 ack_due = None;
+                overdue = false;
+                reg.cursor.set_timer_armed(false);
                 acked = completed;
                 reg.cursor.set_acked(acked, wake_after);
                 let ack = Msg::Ack(contrail_protocol::proto::Ack { up_to_seq: acked });
