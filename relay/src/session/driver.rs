@@ -526,8 +526,9 @@ async fn control_loop(
     let mut drained = false;
     let ack_delay = core.config.limits.ack_delay();
     let ack_now = core.config.limits.ack_now_threshold();
-    // Without a delay every completion must wake this loop; with one, only the first and the
-    // threshold do (see `AgentCursor::complete_through`).
+    // Without a delay every completion must wake this loop; with one, only the first (and not
+    // even that while this loop's own timer is armed: `AgentCursor::set_timer_armed`) and the
+    // threshold do (see `AgentCursor::complete_range`).
     let wake_after = if ack_delay.is_zero() { 1 } else { ack_now };
     reg.cursor.set_acked(acked, wake_after);
     // When the oldest frame not yet acked must be acked by (acks are coalesced until then).
