@@ -26,8 +26,7 @@ fn own_cpu() -> Duration {
 }
 
 fn redis_cpu(redis: &RedisServer) -> f64 {
-    let info = redis.cmd(&["INFO", "cpu"]);
-    let text = info.as_str().unwrap_or("");
+    let text: String = redis.cmd(&["INFO", "cpu"]);
     text.lines()
         .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
         .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
@@ -58,7 +57,7 @@ fn main() -> anyhow::Result<()> {
     println!("| sessions | pass | pipelines | commands | wall ms | commands/s | bench CPU ms | redis CPU ms |");
     println!("|---|---|---|---|---|---|---|---|");
     for &n in &sizes {
-        redis.cmd(&["FLUSHALL"]);
+        redis.cmd::<()>(&["FLUSHALL"]);
         let fleet = Fleet::default();
         for i in 0..n {
             fleet.session_up(Arc::new(SessionInfo {
@@ -85,7 +84,7 @@ fn main() -> anyhow::Result<()> {
                 rcpu * 1e3,
             );
         }
-        let dbsize = redis.cmd(&["DBSIZE"]).as_int().unwrap_or(-1);
+        let dbsize: i64 = redis.cmd(&["DBSIZE"]);
         anyhow::ensure!(dbsize == n as i64, "dbsize {dbsize} != {n}");
     }
     Ok(())

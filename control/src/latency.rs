@@ -173,6 +173,28 @@ impl Series {
 
 type Shared = Arc<Mutex<Series>>;
 
+fn record_into(series: &Mutex<Series>, slot: u64, items: impl IntoIterator<Item = (u64, u64)>) {
+    let mut g = series.lock();
+    for (v, n) in items {
+        g.record_n(slot, v, n);
+    }
+}
+
+/// One histogram of a [`LatencyRecorder`], resolved once ([`LatencyRecorder::handle`]).
+#[derive(Debug, Clone)]
+pub struct HistHandle {
+    origin: Instant,
+    series: Shared,
+}
+
+impl HistHandle {
+    /// Records `(value_ns, times)` pairs at `now` (the window clock), one lock per call.
+    pub fn record_weighted_at(&self, now: Instant, items: impl IntoIterator<Item = (u64, u64)>) {
+        let slot = now.saturating_duration_since(self.origin).as_secs() / SLOT_SECS;
+        record_into(&self.series, slot, items);
+    }
+}
+
 /// Named latency histograms; cloneable handle.
 #[derive(Debug, Clone)]
 pub struct LatencyRecorder {
@@ -266,6 +288,16 @@ impl LatencyRecorder {
         }
     }
 
+    /// `hist`, resolved once: a caller that records into the same histogram for every batch
+    /// (a sink's writes) skips the per-call lookup (a read lock, a map search by name and a
+    /// reference count bounced between threads).
+    pub fn handle(&self, hist: Hist<'_>) -> HistHandle {
+        HistHandle {
+            origin: self.origin,
+            series: self.series(hist),
+        }
+    }
+
     /// Records every value (nanoseconds) of a batch, taking the histogram lock once.
     pub fn record_many(&self, hist: Hist<'_>, values_ns: impl IntoIterator<Item = u64>) {
         self.record_weighted(hist, values_ns.into_iter().map(|v| (v, 1)));
@@ -284,11 +316,13 @@ impl LatencyRecorder {
         items: impl IntoIterator<Item = (u64, u64)>,
     ) {
         let slot = self.slot_no(now);
-        let series = self.series(hist);
-        let mut g = series.lock();
-        for (v, n) in items {
-            g.record_n(slot, v, n);
-        }
+        let fixed = match hist {
+            Hist::FrameAge => &self.frame_age,
+            Hist::Committed => &self.committed,
+            Hist::AckLatency => &self.ack,
+            Hist::SinkWrite(_) => return record_into(&self.series(hist), slot, items),
+        };
+        record_into(fixed, slot, items);
     }
 
     /// Records one value (nanoseconds).

@@ -39,6 +39,10 @@ pub struct AgentCursor {
     parked: Mutex<BTreeMap<u64, u64>>,
     /// Whether `parked` may hold ranges (read without the lock on the in-order path).
     has_parked: AtomicBool,
+    /// The ack writer has a deadline of its own for the oldest frame waiting (it armed its
+    /// coalescing timer when it saw the frame forwarded), so the first completion need not
+    /// wake it; the `wake_after` threshold still does.
+    timer_armed: AtomicBool,
     /// Woken when `completed` advances past the last ack for the first time, and whenever at
     /// least `wake_after` frames wait for an ack.
     pub notify: Notify,
@@ -63,6 +67,7 @@ impl AgentCursor {
             wake_after: AtomicU64::new(1),
             parked: Mutex::new(BTreeMap::new()),
             has_parked: AtomicBool::new(false),
+            timer_armed: AtomicBool::new(false),
             notify: Notify::new(),
             committed: Arc::default(),
             usage_log: Mutex::new(VecDeque::new()),
@@ -170,7 +175,10 @@ impl AgentCursor {
         if before < after {
             let acked = self.acked.load(Ordering::Acquire);
             let wake_after = self.wake_after.load(Ordering::Relaxed);
-            if before <= acked || after.saturating_sub(acked) >= wake_after {
+            // (SeqCst with `set_timer_armed`: an ack writer that disarms and then reads
+            // `completed` either sees this advance or is woken by it.)
+            let first_waiting = before <= acked && !self.timer_armed.load(Ordering::SeqCst);
+            if first_waiting || after.saturating_sub(acked) >= wake_after {
                 self.notify.notify_one();
             }
         }
@@ -222,9 +230,17 @@ impl AgentCursor {
         self.acked.fetch_max(seq, Ordering::AcqRel);
     }
 
+    /// Whether the ack writer's own timer covers the oldest frame waiting (see
+    /// `timer_armed`). After disarming, the writer must read [`completed`](Self::completed)
+    /// again: a completion racing with the disarm is either seen there or wakes it.
+    pub fn set_timer_armed(&self, armed: bool) {
+        self.timer_armed.store(armed, Ordering::SeqCst);
+    }
+
     /// Starts a session's acks: returns `resume_from_seq` (the ack point) and makes it the
     /// ack the credit window counts from until the session sends its first `Ack`.
     pub fn start_session(&self) -> u64 {
+        self.set_timer_armed(false);
         let resume_from = self.completed();
         self.acked.store(resume_from, Ordering::Release);
         resume_from
@@ -412,6 +428,39 @@ mod tests {
         assert_eq!(u.committed.take(), (5, 50));
     }
     use super::*;
+
+    /// Whether the cursor woke its ack writer since the last call (takes the permit).
+    fn woken(c: &AgentCursor) -> bool {
+        futures::FutureExt::now_or_never(c.notify.notified()).is_some()
+    }
+
+    #[test]
+    fn an_armed_ack_writer_is_woken_only_by_the_threshold_or_after_disarming() {
+        let c = AgentCursor::starting_at(0);
+        c.set_acked(0, 4);
+        c.complete_range(1, 1);
+        assert!(
+            woken(&c),
+            "unarmed: the first frame waiting wakes the writer"
+        );
+        c.set_acked(1, 4);
+        c.set_timer_armed(true);
+        c.complete_range(2, 2);
+        assert!(!woken(&c), "armed: its own timer covers the first frame");
+        c.complete_range(3, 5);
+        assert!(woken(&c), "the threshold (4 waiting) wakes it all the same");
+        c.set_acked(5, 4);
+        c.set_timer_armed(false);
+        c.complete_range(6, 6);
+        assert!(
+            woken(&c),
+            "disarmed (deadline passed): the first completion wakes it"
+        );
+        c.set_timer_armed(true);
+        assert_eq!(c.start_session(), 6);
+        c.complete_range(7, 7);
+        assert!(woken(&c), "a new session starts disarmed");
+    }
 
     fn id(s: &str) -> AgentId {
         AgentId::new(s).expect("valid id")

@@ -1,15 +1,18 @@
 //! A real `redis-server` child process on a free loopback port.
 
-use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
+use redis::{ConnectionAddr, ConnectionInfo, FromRedisValue, IntoConnectionInfo, RedisResult};
 use tempfile::TempDir;
 
 use crate::launch::{self, Spec};
 use crate::process::ProcessGuard;
-use crate::resp::RespValue;
+
+/// Connect, read and write timeout of the commands sent by [`RedisServer::cmd`] and its kin.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a [`RedisServer`] is started beyond the defaults.
 #[derive(Debug, Clone, Default)]
@@ -128,32 +131,61 @@ impl RedisServer {
         ));
     }
 
-    /// Sends one command and returns the reply (which may be [`RespValue::Error`]).
-    pub fn try_cmd(&self, args: &[&str]) -> io::Result<RespValue> {
-        RespValue::request_as(self.addr(), self.options.password.as_deref(), args)
+    /// Sends one command over a fresh connection (with the server's password, on database 0)
+    /// and converts the reply to `T`. Connection failures, error replies and replies that do not
+    /// convert are errors.
+    pub fn try_cmd<T: FromRedisValue>(&self, args: &[&str]) -> RedisResult<T> {
+        request(self.addr(), self.options.password.as_deref(), 0, args)
     }
 
-    /// Like [`RedisServer::try_cmd`] on database `db` (`SELECT db` first); panics on errors.
-    pub fn cmd_in_db(&self, db: u32, args: &[&str]) -> RespValue {
-        let db = db.to_string();
-        RespValue::request_in(
+    /// Like [`RedisServer::cmd`] on database `db`.
+    ///
+    /// # Panics
+    /// As [`RedisServer::cmd`].
+    pub fn cmd_in_db<T: FromRedisValue>(&self, db: u32, args: &[&str]) -> T {
+        request(
             self.addr(),
             self.options.password.as_deref(),
-            Some(&db),
+            i64::from(db),
             args,
         )
         .unwrap_or_else(|e| panic!("redis command {args:?} to {} failed: {e}", self.addr()))
     }
 
-    /// Sends one command over a fresh connection and returns the reply, e.g.
-    /// `server.cmd(&["TTL", "key"]).as_int()`.
+    /// Sends one command over a fresh connection and returns the reply as `T`, e.g.
+    /// `server.cmd::<i64>(&["TTL", "key"])` or `server.cmd::<Option<String>>(&["GET", "key"])`.
     ///
     /// # Panics
-    /// On connection or protocol errors (an error *reply* is returned, not a panic).
-    pub fn cmd(&self, args: &[&str]) -> RespValue {
+    /// On connection errors, error replies, and replies that do not convert to `T` (use
+    /// [`RedisServer::try_cmd`] to see those).
+    pub fn cmd<T: FromRedisValue>(&self, args: &[&str]) -> T {
         self.try_cmd(args)
             .unwrap_or_else(|e| panic!("redis command {args:?} to {} failed: {e}", self.addr()))
     }
+}
+
+/// One command on a fresh blocking connection of the `redis` crate (AUTH and SELECT as given,
+/// [`IO_TIMEOUT`] for connect, read and write).
+fn request<T: FromRedisValue>(
+    addr: SocketAddr,
+    password: Option<&str>,
+    db: i64,
+    args: &[&str],
+) -> RedisResult<T> {
+    let (name, rest) = args
+        .split_first()
+        .unwrap_or_else(|| panic!("an empty redis command"));
+    let mut info: ConnectionInfo =
+        ConnectionAddr::Tcp(addr.ip().to_string(), addr.port()).into_connection_info()?;
+    let mut settings = info.redis_settings().clone().set_db(db);
+    if let Some(pw) = password {
+        settings = settings.set_password(pw);
+    }
+    info = info.set_redis_settings(settings);
+    let mut con = redis::Client::open(info)?.get_connection_with_timeout(IO_TIMEOUT)?;
+    con.set_read_timeout(Some(IO_TIMEOUT))?;
+    con.set_write_timeout(Some(IO_TIMEOUT))?;
+    redis::cmd(name).arg(rest).query(&mut con)
 }
 
 fn log_path(dir: &Path) -> PathBuf {
@@ -205,23 +237,20 @@ fn spec<'a>(dir: &'a Path, log: &'a Path, options: &'a RedisOptions) -> Spec<'a>
 /// `PING` must answer `+PONG`, and `INFO server` must name our process (not some other server
 /// that already owned the port).
 fn probe(addr: SocketAddr, pid: u32, password: Option<&str>) -> bool {
-    match RespValue::request_as(addr, password, &["PING"]) {
-        Ok(RespValue::Simple(s)) if s == "PONG" => {}
+    match request::<String>(addr, password, 0, &["PING"]) {
+        Ok(s) if s == "PONG" => {}
         _ => return false,
     }
-    match RespValue::request_as(addr, password, &["INFO", "server"]) {
-        Ok(v) => v.as_str().is_some_and(|info| {
-            info.lines()
-                .any(|l| l.trim() == format!("process_id:{pid}"))
-        }),
-        Err(_) => false,
-    }
+    request::<String>(addr, password, 0, &["INFO", "server"]).is_ok_and(|info| {
+        info.lines()
+            .any(|l| l.trim() == format!("process_id:{pid}"))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::collections::HashMap;
 
     use crate::poll::poll_until;
 
@@ -232,31 +261,27 @@ mod tests {
             redis.url(),
             format!("redis://127.0.0.1:{}/", redis.addr().port())
         );
-        assert_eq!(redis.cmd(&["PING"]), RespValue::Simple("PONG".into()));
+        assert_eq!(redis.cmd::<String>(&["PING"]), "PONG");
+        assert_eq!(redis.cmd::<String>(&["SET", "k", "v", "EX", "100"]), "OK");
         assert_eq!(
-            redis.cmd(&["SET", "k", "v", "EX", "100"]).as_str(),
-            Some("OK")
+            redis.cmd::<Option<String>>(&["GET", "k"]).as_deref(),
+            Some("v")
         );
-        assert_eq!(redis.cmd(&["GET", "k"]), RespValue::Bulk(b"v".to_vec()));
-        let ttl = redis.cmd(&["TTL", "k"]).as_int().expect("ttl int");
+        let ttl: i64 = redis.cmd(&["TTL", "k"]);
         assert!((1..=100).contains(&ttl), "ttl {ttl}");
-        assert!(redis.cmd(&["GET", "missing"]).is_nil());
-        assert!(redis.cmd(&["NOSUCHCOMMAND"]).is_error());
-        let id = redis.cmd(&["XADD", "s", "*", "f", "v"]);
-        assert!(id.as_str().is_some_and(|s| s.contains('-')), "{id:?}");
-        let range = redis.cmd(&["XRANGE", "s", "-", "+"]);
-        let entries = range.as_array().expect("array");
-        assert_eq!(entries.len(), 1);
-        let fields = entries[0].as_array().expect("entry")[1]
-            .as_array()
-            .expect("fields");
-        assert_eq!(fields[0].as_str(), Some("f"));
-        assert_eq!(fields[1].as_str(), Some("v"));
+        assert_eq!(redis.cmd::<Option<String>>(&["GET", "missing"]), None);
+        assert!(redis.try_cmd::<redis::Value>(&["NOSUCHCOMMAND"]).is_err());
+        let id: String = redis.cmd(&["XADD", "s", "*", "f", "v"]);
+        assert!(id.contains('-'), "{id:?}");
+        let range: Vec<(String, HashMap<String, Vec<u8>>)> = redis.cmd(&["XRANGE", "s", "-", "+"]);
+        assert_eq!(range.len(), 1);
+        assert_eq!(range[0].0, id);
+        assert_eq!(range[0].1.get("f").map(Vec::as_slice), Some(&b"v"[..]));
         // No persistence configured.
-        let save = redis.cmd(&["CONFIG", "GET", "save"]);
-        assert_eq!(save.as_array().expect("array")[1].as_str(), Some(""));
-        let aof = redis.cmd(&["CONFIG", "GET", "appendonly"]);
-        assert_eq!(aof.as_array().expect("array")[1].as_str(), Some("no"));
+        let save: (String, String) = redis.cmd(&["CONFIG", "GET", "save"]);
+        assert_eq!(save.1, "");
+        let aof: (String, String) = redis.cmd(&["CONFIG", "GET", "appendonly"]);
+        assert_eq!(aof.1, "no");
     }
 
     #[test]
@@ -265,12 +290,21 @@ mod tests {
             password: Some("pw".into()),
             tls: true,
         });
-        assert_eq!(redis.cmd(&["PING"]).as_str(), Some("PONG"));
-        let anonymous = RespValue::request(redis.addr(), &["PING"]).expect("reply");
-        assert!(anonymous.is_error(), "no password needed: {anonymous:?}");
-        redis.cmd_in_db(4, &["SET", "k", "v"]);
-        assert_eq!(redis.cmd_in_db(4, &["GET", "k"]).as_str(), Some("v"));
-        assert!(redis.cmd(&["GET", "k"]).is_nil(), "db 0 has it");
+        assert_eq!(redis.cmd::<String>(&["PING"]), "PONG");
+        let anonymous = request::<String>(redis.addr(), None, 0, &["PING"]);
+        assert!(anonymous.is_err(), "no password needed: {anonymous:?}");
+        redis.cmd_in_db::<()>(4, &["SET", "k", "v"]);
+        assert_eq!(
+            redis
+                .cmd_in_db::<Option<String>>(4, &["GET", "k"])
+                .as_deref(),
+            Some("v")
+        );
+        assert_eq!(
+            redis.cmd::<Option<String>>(&["GET", "k"]),
+            None,
+            "db 0 has it"
+        );
         let tls = redis.tls_addr().expect("tls addr");
         assert_eq!(tls.port(), redis.addr().port() + 1);
         assert!(
@@ -287,31 +321,32 @@ mod tests {
         let a = RedisServer::start();
         let b = RedisServer::start();
         assert_ne!(a.addr(), b.addr());
-        a.cmd(&["SET", "only-a", "1"]);
-        assert!(b.cmd(&["GET", "only-a"]).is_nil());
+        a.cmd::<()>(&["SET", "only-a", "1"]);
+        assert_eq!(b.cmd::<Option<String>>(&["GET", "only-a"]), None);
     }
 
     #[test]
     fn stop_and_restart_on_same_port() {
         let mut redis = RedisServer::start();
         let addr = redis.addr();
-        redis.cmd(&["SET", "k", "v"]);
+        redis.cmd::<()>(&["SET", "k", "v"]);
         redis.stop();
         assert!(!redis.is_running());
         assert!(
-            redis.try_cmd(&["PING"]).is_err(),
+            redis.try_cmd::<String>(&["PING"]).is_err(),
             "still answering after stop"
         );
         redis.stop(); // idempotent
         redis.restart();
         assert_eq!(redis.addr(), addr);
-        assert_eq!(redis.cmd(&["PING"]).as_str(), Some("PONG"));
-        assert!(
-            redis.cmd(&["GET", "k"]).is_nil(),
+        assert_eq!(redis.cmd::<String>(&["PING"]), "PONG");
+        assert_eq!(
+            redis.cmd::<Option<String>>(&["GET", "k"]),
+            None,
             "data survived without persistence"
         );
         redis.restart(); // restart while running
-        assert_eq!(redis.cmd(&["PING"]).as_str(), Some("PONG"));
+        assert_eq!(redis.cmd::<String>(&["PING"]), "PONG");
     }
 
     #[test]
@@ -334,7 +369,7 @@ mod tests {
         let addr = redis.addr();
         let dir = redis.dir().to_path_buf();
         drop(redis);
-        assert!(RespValue::request(addr, &["PING"]).is_err());
+        assert!(request::<String>(addr, None, 0, &["PING"]).is_err());
         poll_until(Duration::from_secs(5), "temp dir removal", || !dir.exists());
     }
 }

@@ -60,13 +60,9 @@ pub fn value(session: &str) -> String {
 
 /// `GET key` as a string, `None` when missing or when redis is unreachable.
 pub fn get(redis: &RedisServer, key: &str) -> Option<String> {
-    redis
-        .try_cmd(&["GET", key])
-        .ok()?
-        .as_str()
-        .map(str::to_owned)
+    redis.try_cmd::<Option<String>>(&["GET", key]).ok()?
 }
 
 pub fn pttl(redis: &RedisServer, key: &str) -> i64 {
-    redis.cmd(&["PTTL", key]).as_int().unwrap_or(-3)
+    redis.try_cmd::<i64>(&["PTTL", key]).unwrap_or(-3)
 }

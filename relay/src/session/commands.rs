@@ -8,6 +8,8 @@
 //!   chunks (bounded size; stored idempotently by command, stream and offset).
 //!
 //! It runs beside the telemetry reader in the session task; the reader never waits for it.
+//! Only sessions that can get commands have one (the relay has a downlink and the agent the
+//! `commands` capability); the others' reader accepts its streams itself (`driver.rs`).
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -24,6 +24,15 @@ pub(crate) enum ReadEnd {
     Violation(End),
 }
 
+impl ReadEnd {
+    /// Why the session ends.
+    pub(crate) fn into_end(self) -> End {
+        match self {
+            ReadEnd::Closed(e) | ReadEnd::Violation(e) => e,
+        }
+    }
+}
+
 /// Per-session reader state that survives across batches.
 struct ReadState {
     /// Quota and rewind state of [`credit::check_batch`].
@@ -95,10 +104,29 @@ impl AckDelayAdapter {
 /// Chunks taken per wake-up (more wait for the next batch).
 const READ_CHUNKS: usize = 32;
 
-pub(crate) async fn run(
-    ctx: &SessionCtx,
-    streams: &mut tokio::sync::mpsc::Receiver<super::commands::UniStream>,
-) -> ReadEnd {
+/// Where the reader gets the agent's telemetry streams.
+pub(crate) enum Streams<'a> {
+    /// It accepts them itself (a session without a command side).
+    Accept,
+    /// The session's command side accepts them, keeps the command output stream and hands
+    /// telemetry streams over.
+    Handed(&'a mut tokio::sync::mpsc::Receiver<super::commands::UniStream>),
+}
+
+impl Streams<'_> {
+    async fn next(&mut self, conn: &quinn::Connection) -> Result<quinn::RecvStream, End> {
+        match self {
+            Streams::Accept => conn.accept_uni().await.map_err(closed),
+            Streams::Handed(rx) => match rx.recv().await {
+                Some(Ok(s)) => Ok(s),
+                Some(Err(e)) => Err(closed(e)),
+                None => Err(closed(quinn::ConnectionError::LocallyClosed)),
+            },
+        }
+    }
+}
+
+pub(crate) async fn run(ctx: &SessionCtx, mut streams: Streams<'_>) -> ReadEnd {
     let core = ctx.core();
     let limits = &core.config.limits;
     let mut state = ReadState {
@@ -116,12 +144,9 @@ pub(crate) async fn run(
     let cap = limits.read_buffer_bytes;
     let mut metas: Vec<FrameMeta> = Vec::new();
     loop {
-        // Uni streams are accepted by the session's command side, which keeps the command
-        // output stream and hands telemetry streams here.
-        let mut stream = match streams.recv().await {
-            Some(Ok(s)) => s,
-            Some(Err(e)) => return ReadEnd::Closed(closed(e)),
-            None => return ReadEnd::Closed(closed(quinn::ConnectionError::LocallyClosed)),
+        let mut stream = match streams.next(&ctx.conn).await {
+            Ok(s) => s,
+            Err(end) => return ReadEnd::Closed(end),
         };
         // Allocated on the first data, so idle sessions hold no read buffer.
         let mut buf = BytesMut::new();
@@ -296,7 +321,7 @@ async fn process(
     }
     signal.set_batch_interval_us(state.ack_delay.interval_us);
     core.latency
-        .frame_ages(now_ns, batch.metas().iter().map(|m| m.sent_at_unix_ns));
+        .frame_ages(now, now_ns, batch.metas().iter().map(|m| m.sent_at_unix_ns));
     if ingest.fanout.required() == 0 {
         core.latency.committed_on_arrival(n);
     }

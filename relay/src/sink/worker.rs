@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::queue::Pushed;
 use super::{BatchQueue, Sink, SinkBatch, SinkCommon, SinkError, SinkFactory};
-use crate::latency::Latency;
+use crate::latency::{Latency, SinkLatency};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -43,7 +43,7 @@ pub struct SinkHandle {
     m_errors: Counter,
     m_depth: Gauge,
     m_healthy: Gauge,
-    latency: Latency,
+    latency: SinkLatency,
     health: Option<contrail_control::HealthFlag>,
 }
 
@@ -81,7 +81,7 @@ impl SinkHandle {
             m_errors: metrics::counter!(m::SINK_ERRORS, "sink" => name.clone()),
             m_depth: metrics::gauge!(m::SINK_QUEUE_DEPTH, "sink" => name),
             m_healthy,
-            latency,
+            latency: latency.for_sink(&common.name),
             health,
             common,
         }
@@ -212,7 +212,10 @@ pub async fn run(handle: Arc<SinkHandle>, factory: SinkFactory, restart_delay: D
     handle.set_healthy(true);
     let max = handle.common.max_batches_per_write.max(1);
     let items: &mut Vec<Arc<SinkBatch>> = &mut held;
-    let mut done: Vec<Arc<SinkBatch>> = Vec::with_capacity(max);
+    let mut done = Done {
+        batches: Vec::with_capacity(max),
+        committed: Vec::with_capacity(max),
+    };
     if !items.is_empty() {
         let frames: usize = items.iter().map(|b| b.frames.len()).sum();
         tracing::warn!(sink = %handle.common.name, batches = items.len(), frames, "redelivering what the previous worker held");
@@ -240,14 +243,21 @@ pub async fn run(handle: Arc<SinkHandle>, factory: SinkFactory, restart_delay: D
     }
 }
 
-/// Writes `items` (held in the handle until written), then completes them. `done` is scratch
-/// space kept across calls.
+/// Scratch space of [`write_items`], kept across calls (no allocation per write).
+struct Done {
+    /// The batches just written.
+    batches: Vec<Arc<SinkBatch>>,
+    /// Whether this sink's completion committed each of them (it was the last required sink).
+    committed: Vec<bool>,
+}
+
+/// Writes `items` (held in the handle until written), then completes them.
 async fn write_items(
     handle: &SinkHandle,
     factory: &SinkFactory,
     sink: &mut Box<dyn Sink>,
     items: &mut Vec<Arc<SinkBatch>>,
-    done: &mut Vec<Arc<SinkBatch>>,
+    done: &mut Done,
 ) {
     if items.is_empty() {
         return;
@@ -259,21 +269,19 @@ async fn write_items(
             Ok(written) => {
                 // Written: out of the held set before anything else can fail, so a later
                 // panic never writes (and completes) them twice.
-                std::mem::swap(items, done);
+                std::mem::swap(items, &mut done.batches);
                 handle.set_healthy(true);
                 handle.m_accepted.increment(written as u64);
                 handle
                     .frames_written
                     .fetch_add(written as u64, Ordering::Relaxed);
-                let committed: Vec<bool> = if handle.common.required {
-                    done.iter().map(|b| b.complete()).collect()
-                } else {
-                    Vec::new()
-                };
-                handle
-                    .latency
-                    .sink_written(&handle.common.name, done, &committed);
-                done.clear();
+                if handle.common.required {
+                    done.committed
+                        .extend(done.batches.iter().map(|b| b.complete()));
+                }
+                handle.latency.written(&done.batches, &done.committed);
+                done.batches.clear();
+                done.committed.clear();
                 return;
             }
             Err(e) => {

@@ -42,10 +42,10 @@ async fn echo_hello_to_a_drone_on_relay_b_through_relay_a() {
         "drone routed to relay-b",
         || async {
             redis
-                .try_cmd(&["GET", "drone:drone-7"])
+                .try_cmd::<Option<String>>(&["GET", "drone:drone-7"])
                 .ok()
-                .and_then(|v| v.as_str().map(|s| s.contains("relay-b")))
-                .unwrap_or(false)
+                .flatten()
+                .is_some_and(|s| s.contains("relay-b"))
         },
     )
     .await;
@@ -546,10 +546,10 @@ async fn memory_store_refuses_drones_held_by_another_relay() {
         "drone routed to relay-b",
         || async {
             redis
-                .try_cmd(&["GET", "drone:drone-mem"])
+                .try_cmd::<Option<String>>(&["GET", "drone:drone-mem"])
                 .ok()
-                .and_then(|v| v.as_str().map(|s| s.contains("relay-b")))
-                .unwrap_or(false)
+                .flatten()
+                .is_some_and(|s| s.contains("relay-b"))
         },
     )
     .await;

@@ -30,8 +30,10 @@ const TOTAL: u64 = 15_000;
 const MAX_INFLIGHT: u64 = 1024;
 
 fn route_of(redis: &RedisServer, agent: &str) -> Option<String> {
-    let v = redis.try_cmd(&["GET", &format!("drone:{agent}")]).ok()?;
-    let json: serde_json::Value = serde_json::from_str(v.as_str()?).ok()?;
+    let v: String = redis
+        .try_cmd::<Option<String>>(&["GET", &format!("drone:{agent}")])
+        .ok()??;
+    let json: serde_json::Value = serde_json::from_str(&v).ok()?;
     json["relay_id"].as_str().map(str::to_string)
 }
 

@@ -15,8 +15,10 @@ use contrail_testsupport::{poll_until_async, RedisServer};
 const TOTAL: u64 = 12_000;
 
 fn route(redis: &RedisServer, agent: &str) -> Option<(String, String)> {
-    let v = redis.try_cmd(&["GET", &format!("drone:{agent}")]).ok()?;
-    let json: serde_json::Value = serde_json::from_str(v.as_str()?).ok()?;
+    let v: String = redis
+        .try_cmd::<Option<String>>(&["GET", &format!("drone:{agent}")])
+        .ok()??;
+    let json: serde_json::Value = serde_json::from_str(&v).ok()?;
     Some((
         json["relay_id"].as_str()?.to_string(),
         json["session_id"].as_str()?.to_string(),
@@ -103,7 +105,7 @@ async fn redis_outage_does_not_stop_streaming_and_keys_come_back() {
     )
     .await;
     assert!(
-        redis.try_cmd(&["PING"]).is_err(),
+        redis.try_cmd::<String>(&["PING"]).is_err(),
         "Redis really was down while they streamed"
     );
 
@@ -177,15 +179,16 @@ async fn routing_over_tls_with_password_and_db_from_the_relay_config() {
     let agent = relay.agent("drone-tls-route").await;
     let session = agent.session().map(|s| s.session_id).expect("session");
     let value = poll_until_async(Duration::from_secs(10), "key in db 5", async || {
-        let r = redis.cmd_in_db(5, &["GET", "drone:drone-tls-route"]);
-        r.as_str().map(str::to_owned)
+        redis.cmd_in_db::<Option<String>>(5, &["GET", "drone:drone-tls-route"])
     })
     .await;
     let json: serde_json::Value = serde_json::from_str(&value).expect("json");
     assert_eq!(json["relay_id"], "relay-tls");
     assert_eq!(json["session_id"].as_str(), Some(session.as_str()));
     assert!(
-        redis.cmd(&["GET", "drone:drone-tls-route"]).is_nil(),
+        redis
+            .cmd::<Option<String>>(&["GET", "drone:drone-tls-route"])
+            .is_none(),
         "written to db 0"
     );
     agent.close().await.expect("close");

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use contrail_protocol::client::{Agent, ClientConfig, OutFrame, Trust};
 use contrail_protocol::AgentId;
-use contrail_testsupport::{NatsServer, ProcessGuard, RedisServer, RespValue};
+use contrail_testsupport::{NatsServer, ProcessGuard, RedisServer};
 use futures::StreamExt;
 
 const RELAY_IDS: [&str; 3] = ["fleet-a", "fleet-b", "fleet-c"];
@@ -167,13 +167,13 @@ fn routes(redis: &RedisServer) -> Vec<Option<(String, String)>> {
         .collect();
     let mut args = vec!["MGET"];
     args.extend(keys.iter().map(String::as_str));
-    let Ok(RespValue::Array(values)) = redis.try_cmd(&args) else {
+    let Ok(values) = redis.try_cmd::<Vec<Option<String>>>(&args) else {
         return vec![None; AGENTS];
     };
     values
         .iter()
         .map(|v| {
-            let json: serde_json::Value = serde_json::from_str(v.as_str()?).ok()?;
+            let json: serde_json::Value = serde_json::from_str(v.as_deref()?).ok()?;
             Some((
                 json["relay_id"].as_str()?.to_string(),
                 json["session_id"].as_str()?.to_string(),

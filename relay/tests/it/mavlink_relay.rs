@@ -502,28 +502,9 @@ fn redis_entries(
     redis: &contrail_testsupport::RedisServer,
     key: &str,
 ) -> Vec<std::collections::HashMap<String, Vec<u8>>> {
-    use contrail_testsupport::RespValue;
-    let page = redis.cmd(&["XRANGE", key, "-", "+"]);
-    let bytes = |v: &RespValue| match v {
-        RespValue::Bulk(b) => b.clone(),
-        other => other.as_str().unwrap_or_default().as_bytes().to_vec(),
-    };
-    page.as_array()
-        .expect("XRANGE array")
-        .iter()
-        .map(|e| {
-            let fields = e.as_array().expect("entry")[1].as_array().expect("fields");
-            fields
-                .chunks(2)
-                .map(|kv| {
-                    (
-                        String::from_utf8_lossy(&bytes(&kv[0])).into_owned(),
-                        bytes(&kv[1]),
-                    )
-                })
-                .collect()
-        })
-        .collect()
+    let page: Vec<(String, std::collections::HashMap<String, Vec<u8>>)> =
+        redis.cmd(&["XRANGE", key, "-", "+"]);
+    page.into_iter().map(|(_, fields)| fields).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

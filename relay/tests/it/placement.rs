@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use contrail_protocol::client::{Agent, ClientConfig, Trust};
 use contrail_protocol::AgentId;
-use contrail_testsupport::{poll_until_async, ProcessGuard, RedisServer, RespValue};
+use contrail_testsupport::{poll_until_async, ProcessGuard, RedisServer};
 use futures::StreamExt;
 
 struct Child {
@@ -107,10 +107,10 @@ async fn registry_ready(redis: &RedisServer, ids: &[&str]) {
         async || {
             ids.iter().all(|id| {
                 let key = format!("relay:{id}");
-                tokio::task::block_in_place(|| redis.try_cmd(&["GET", &key]))
+                tokio::task::block_in_place(|| redis.try_cmd::<Option<String>>(&["GET", &key]))
                     .ok()
-                    .and_then(|v: RespValue| v.as_str().map(|s| s.contains("\"state\":\"ready\"")))
-                    .unwrap_or(false)
+                    .flatten()
+                    .is_some_and(|s| s.contains("\"state\":\"ready\""))
             })
         },
     )
@@ -222,7 +222,7 @@ async fn two_relays_that_each_think_the_other_is_better_cannot_bounce_an_agent()
         })
         .to_string();
         let key = format!("relay:{ghost}");
-        tokio::task::block_in_place(|| redis.cmd(&["SET", &key, &rec]));
+        tokio::task::block_in_place(|| redis.cmd::<()>(&["SET", &key, &rec]));
     }
     // The relays' cached views expire within a second: wait until A redirects at all.
     let probe = Agent::connect(client(a.addr, "loop-drone".into(), &cert))

@@ -267,7 +267,7 @@ async fn optional_sink_outage_never_holds_acks_and_counts_drops() {
     // Both optional sinks work before the outage (with 4-batch queues they may already have
     // dropped some of these under drop_oldest; only that they store is checked here).
     poll_until_async(DEADLINE, "optional sinks storing", async || {
-        blocking(|| redis.cmd(&["XLEN", "contrail:telemetry:drone-o"]).as_int()) > Some(0)
+        blocking(|| redis.cmd::<i64>(&["XLEN", "contrail:telemetry:drone-o"])) > 0
             && js_count(&nats.url(), "CONTRAIL").await > 0
     })
     .await;

@@ -225,9 +225,8 @@ async fn three_relays_see_every_relay_and_drone_through_redis() {
     }
     // Relay records: typed, with TTL, and the drones name their relay.
     let rec: contrail_control::registry::RelayRecord = serde_json::from_str(
-        redis
-            .cmd(&["GET", "relay:sre-b"])
-            .as_str()
+        &redis
+            .cmd::<Option<String>>(&["GET", "relay:sre-b"])
             .expect("relay:sre-b"),
     )
     .expect("RelayRecord json");
@@ -239,7 +238,7 @@ async fn three_relays_see_every_relay_and_drone_through_redis() {
     );
     assert_eq!(rec.state, "ready");
     assert!(!rec.draining);
-    let ttl = redis.cmd(&["TTL", "relay:sre-b"]).as_int().unwrap_or(-3);
+    let ttl: i64 = redis.cmd(&["TTL", "relay:sre-b"]);
     assert!((1..=45).contains(&ttl), "ttl {ttl}");
     let v = get_json(&format!("{}/v1/fleet/drones?q=d-3", relays[0].http())).await;
     assert_eq!(v["total"], 1, "{v}");
@@ -260,7 +259,9 @@ async fn three_relays_see_every_relay_and_drone_through_redis() {
     let c = relays.pop().expect("sre-c");
     c.relay.drain("test").await;
     assert!(
-        redis.cmd(&["GET", "relay:sre-c"]).as_str().is_none(),
+        redis
+            .cmd::<Option<String>>(&["GET", "relay:sre-c"])
+            .is_none(),
         "record deleted"
     );
     let base = relays[0].http();

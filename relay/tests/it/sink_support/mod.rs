@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use contrail_protocol::client::{Agent, OutFrame};
 use contrail_relay::config::SinkConfig;
-use contrail_testsupport::{RedisServer, RespValue};
+use contrail_testsupport::RedisServer;
 use futures::StreamExt;
 
 /// Flight id of every test frame.
@@ -148,15 +148,13 @@ pub fn check_exactly_once_in_order(stored: &[Stored], agents: &[(&str, u64)]) {
     }
 }
 
-fn field_str(v: &RespValue) -> String {
-    match v {
-        RespValue::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
-        other => other.as_str().unwrap_or_default().to_owned(),
-    }
+fn field_str(fields: &HashMap<String, Vec<u8>>, k: &str) -> String {
+    let v = fields.get(k).unwrap_or_else(|| panic!("field {k} missing"));
+    String::from_utf8_lossy(v).into_owned()
 }
 
-fn field_u64(v: &RespValue) -> u64 {
-    field_str(v).parse().expect("numeric field")
+fn field_u64(fields: &HashMap<String, Vec<u8>>, k: &str) -> u64 {
+    field_str(fields, k).parse().expect("numeric field")
 }
 
 /// Every entry of stream `key`, in stream order (XRANGE in pages of 1000).
@@ -164,37 +162,29 @@ pub fn redis_stream(redis: &RedisServer, key: &str) -> Vec<Stored> {
     let mut out = Vec::new();
     let mut start = "-".to_string();
     loop {
-        let page = redis.cmd(&["XRANGE", key, &start, "+", "COUNT", "1000"]);
-        let entries = page.as_array().expect("XRANGE array");
-        if entries.is_empty() {
+        let entries: Vec<(String, HashMap<String, Vec<u8>>)> =
+            redis.cmd(&["XRANGE", key, &start, "+", "COUNT", "1000"]);
+        let Some(last_id) = entries.last().map(|(id, _)| id.clone()) else {
             return out;
-        }
-        let mut last_id = String::new();
-        for e in entries {
-            let e = e.as_array().expect("entry");
-            last_id = field_str(&e[0]);
-            let fields = e[1].as_array().expect("fields");
-            let mut m: HashMap<String, &RespValue> = HashMap::new();
-            for kv in fields.chunks(2) {
-                m.insert(field_str(&kv[0]), &kv[1]);
-            }
-            let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("field {k} missing"));
+        };
+        let page = entries.len();
+        for (_, m) in entries {
             out.push(Stored {
-                agent: field_str(get("agent")),
-                seq: field_u64(get("seq")),
-                kind: field_u64(get("kind")) as u32,
-                flight: field_str(get("flight")),
-                sent_at: field_u64(get("sent_at")),
-                device_time: field_u64(get("device_time")),
-                received_at: field_u64(get("received_at")),
-                content_type: field_str(get("content_type")),
-                payload: match get("payload") {
-                    RespValue::Bulk(b) => b.clone(),
-                    other => panic!("payload not bulk: {other:?}"),
-                },
+                agent: field_str(&m, "agent"),
+                seq: field_u64(&m, "seq"),
+                kind: field_u64(&m, "kind") as u32,
+                flight: field_str(&m, "flight"),
+                sent_at: field_u64(&m, "sent_at"),
+                device_time: field_u64(&m, "device_time"),
+                received_at: field_u64(&m, "received_at"),
+                content_type: field_str(&m, "content_type"),
+                payload: m
+                    .get("payload")
+                    .cloned()
+                    .unwrap_or_else(|| panic!("field payload missing")),
             });
         }
-        if entries.len() < 1000 {
+        if page < 1000 {
             return out;
         }
         start = format!("({last_id}");
