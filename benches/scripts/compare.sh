@@ -2,12 +2,18 @@
 # Side-by-side: the same `max` and `fleet` workloads (same publishers, payload, rate, duration,
 # credit window, harness) against Contrail, Mosquitto (MQTT QoS 1 and QoS 0) and NATS (plain and
 # TLS), each started here on free loopback ports (never the machine's own 1883/4222), RUNS times
-# each (default 3); writes benches/results/compare-<date>.md with medians and ratios vs Contrail.
+# each (default 3); writes benches/results/compare-<date>.md with medians and ratios vs NATS with TLS.
 #
 #   benches/scripts/compare.sh
 #   WORKLOADS=fleet TARGETS="contrail nats" RUNS=1 benches/scripts/compare.sh
 #   NO_BUILD=1 EXTRA_ARGS="--duration 5s" benches/scripts/compare.sh
 #   MQTT_CLIENT=rumqttc TARGETS="mqtt-qos0 mqtt-qos1" benches/scripts/compare.sh   # via rumqttc
+#   WORKLOADS="fleet fleet@1000" TARGETS="contrail nats-tls" benches/scripts/compare.sh
+#
+# A workload is a scenario name, or SCENARIO@AGENTS for the scenario with that many agents
+# (`fleet@1000`: 1,000 agents x 20 Hz, half the fleet rate). The loadgen's subscriber runs on a
+# thread of its own and latency counts from each message's intended send time (issue 23; the
+# report splits it, see docs/performance.md "Round 11").
 #
 # Pinning (issue 23): every server under test runs on SERVER_CPUS (all its threads, `taskset -a`)
 # and the load generator on LOADGEN_CPUS, so each server gets the same core and the simulated
@@ -91,6 +97,9 @@ CONF
 }
 
 for w in $WORKLOADS; do
+  scenario="${w%@*}"
+  wargs=()
+  [ "$scenario" = "$w" ] || wargs=(--agents "${w#*@}")
   for t in $TARGETS; do
     for i in $(seq 1 "$RUNS"); do
       start_target "$t"
@@ -100,7 +109,7 @@ for w in $WORKLOADS; do
         pin=(taskset -c "$LOADGEN_CPUS")
       fi
       before="$(rcvbuf_errors)"
-      cmd=("${pin[@]}" "$LOADGEN_BIN" --scenario "$w" "${ARGS[@]}" --relay-pid "$PID" --json "$RAW/$w-$t-$i.json" --quiet ${EXTRA_ARGS:-})
+      cmd=("${pin[@]}" "$LOADGEN_BIN" --scenario "$scenario" "${wargs[@]}" "${ARGS[@]}" --relay-pid "$PID" --json "$RAW/$w-$t-$i.json" --quiet ${EXTRA_ARGS:-})
       echo "== $w $t run $i: ${cmd[*]}" >&2
       "${cmd[@]}" | tee "$RAW/$w-$t-$i.txt" || echo "(run exited non-zero)" >&2
       after="$(rcvbuf_errors)"
