@@ -108,6 +108,7 @@ for w in $WORKLOADS; do
         taskset -a -p -c "$SERVER_CPUS" "$PID" >/dev/null
         pin=(taskset -c "$LOADGEN_CPUS")
       fi
+      cut -d' ' -f1 /proc/loadavg >"$RAW/$w-$t-$i.load" # others' load: a busy box is no comparison
       before="$(rcvbuf_errors)"
       cmd=("${pin[@]}" "$LOADGEN_BIN" --scenario "$scenario" "${wargs[@]}" "${ARGS[@]}" --relay-pid "$PID" --json "$RAW/$w-$t-$i.json" --quiet ${EXTRA_ARGS:-})
       echo "== $w $t run $i: ${cmd[*]}" >&2
@@ -126,10 +127,12 @@ python3 "$(dirname "$0")/summarize.py" compare "$RAW" "$(machine_line)" "$SINK" 
   echo
   echo "Pinned: $([ "$PINNED" = 1 ] && echo "servers on CPU $SERVER_CPUS, loadgen on CPU $LOADGEN_CPUS" || echo no)."
   echo
-  echo "| run | UDP RcvbufErrors |"
-  echo "|---|---|"
+  echo "| run | UDP RcvbufErrors (whole run) | load average at its start |"
+  echo "|---|---|---|"
   for f in "$RAW"/*.rcvbuf; do
-    [ -e "$f" ] && echo "| $(basename "$f" .rcvbuf) | $(cat "$f") |"
+    [ -e "$f" ] || continue
+    load="${f%.rcvbuf}.load"
+    echo "| $(basename "$f" .rcvbuf) | $(cat "$f") | $(cat "$load" 2>/dev/null || echo n/a) |"
   done
 } >>"$OUT"
 echo "wrote $OUT" >&2
