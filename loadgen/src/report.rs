@@ -185,7 +185,7 @@ fn rate(v: f64) -> String {
 fn latency_row(s: &mut String, name: &str, p: &Percentiles) {
     let _ = writeln!(
         s,
-        "  {name:<10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+        "  {name:<24} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
         ms(p.p50_us),
         ms(p.p90_us),
         ms(p.p99_us),
@@ -273,13 +273,13 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "latency (ms)      p50      p90      p99    p99.9      max    samples"
+            "latency (ms)                    p50      p90      p99    p99.9      max    samples"
         );
         for (name, p) in [("ack", &self.ack_latency), ("e2e", &self.e2e_latency)] {
             match p {
                 Some(p) => latency_row(&mut s, name, p),
                 None => {
-                    let _ = writeln!(s, "  {name:<10} n/a");
+                    let _ = writeln!(s, "  {name:<24} n/a");
                 }
             }
         }
