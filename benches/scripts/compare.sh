@@ -2,12 +2,18 @@
 # Side-by-side: the same `max` and `fleet` workloads (same publishers, payload, rate, duration,
 # credit window, harness) against Contrail, Mosquitto (MQTT QoS 1 and QoS 0) and NATS (plain and
 # TLS), each started here on free loopback ports (never the machine's own 1883/4222), RUNS times
-# each (default 3); writes benches/results/compare-<date>.md with medians and ratios vs Contrail.
+# each (default 3); writes benches/results/compare-<date>.md with medians and ratios vs NATS with TLS.
 #
 #   benches/scripts/compare.sh
 #   WORKLOADS=fleet TARGETS="contrail nats" RUNS=1 benches/scripts/compare.sh
 #   NO_BUILD=1 EXTRA_ARGS="--duration 5s" benches/scripts/compare.sh
 #   MQTT_CLIENT=rumqttc TARGETS="mqtt-qos0 mqtt-qos1" benches/scripts/compare.sh   # via rumqttc
+#   WORKLOADS="fleet fleet@1000" TARGETS="contrail nats-tls" benches/scripts/compare.sh
+#
+# A workload is a scenario name, or SCENARIO@AGENTS for the scenario with that many agents
+# (`fleet@1000`: 1,000 agents x 20 Hz, half the fleet rate). The loadgen's subscriber runs on a
+# thread of its own and latency counts from each message's intended send time (issue 23; the
+# report splits it, see docs/performance.md "Round 11").
 #
 # Pinning (issue 23): every server under test runs on SERVER_CPUS (all its threads, `taskset -a`)
 # and the load generator on LOADGEN_CPUS, so each server gets the same core and the simulated
@@ -91,6 +97,9 @@ CONF
 }
 
 for w in $WORKLOADS; do
+  scenario="${w%@*}"
+  wargs=()
+  [ "$scenario" = "$w" ] || wargs=(--agents "${w#*@}")
   for t in $TARGETS; do
     for i in $(seq 1 "$RUNS"); do
       start_target "$t"
@@ -99,8 +108,9 @@ for w in $WORKLOADS; do
         taskset -a -p -c "$SERVER_CPUS" "$PID" >/dev/null
         pin=(taskset -c "$LOADGEN_CPUS")
       fi
+      cut -d' ' -f1 /proc/loadavg >"$RAW/$w-$t-$i.load" # others' load: a busy box is no comparison
       before="$(rcvbuf_errors)"
-      cmd=("${pin[@]}" "$LOADGEN_BIN" --scenario "$w" "${ARGS[@]}" --relay-pid "$PID" --json "$RAW/$w-$t-$i.json" --quiet ${EXTRA_ARGS:-})
+      cmd=("${pin[@]}" "$LOADGEN_BIN" --scenario "$scenario" "${wargs[@]}" "${ARGS[@]}" --relay-pid "$PID" --json "$RAW/$w-$t-$i.json" --quiet ${EXTRA_ARGS:-})
       echo "== $w $t run $i: ${cmd[*]}" >&2
       "${cmd[@]}" | tee "$RAW/$w-$t-$i.txt" || echo "(run exited non-zero)" >&2
       after="$(rcvbuf_errors)"
@@ -117,10 +127,12 @@ python3 "$(dirname "$0")/summarize.py" compare "$RAW" "$(machine_line)" "$SINK" 
   echo
   echo "Pinned: $([ "$PINNED" = 1 ] && echo "servers on CPU $SERVER_CPUS, loadgen on CPU $LOADGEN_CPUS" || echo no)."
   echo
-  echo "| run | UDP RcvbufErrors |"
-  echo "|---|---|"
+  echo "| run | UDP RcvbufErrors (whole run) | load average at its start |"
+  echo "|---|---|---|"
   for f in "$RAW"/*.rcvbuf; do
-    [ -e "$f" ] && echo "| $(basename "$f" .rcvbuf) | $(cat "$f") |"
+    [ -e "$f" ] || continue
+    load="${f%.rcvbuf}.load"
+    echo "| $(basename "$f" .rcvbuf) | $(cat "$f") | $(cat "$load" 2>/dev/null || echo n/a) |"
   done
 } >>"$OUT"
 echo "wrote $OUT" >&2

@@ -69,6 +69,14 @@ def metrics(rs):
         "cpu_cores": med([get(r, "relay", "cpu_cores") for r in rs]),
         "lg_cores": med([r.get("loadgen_cpu_cores") for r in rs]),
         "dgrams": med([r.get("udp_datagrams_per_frame") for r in rs]),
+        "send_lag_p99": med([get(r, "e2e_split", "send_lag", "p99_us") for r in rs]),
+        "handoff_p99": med([get(r, "e2e_split", "handoff_to_subscriber", "p99_us") for r in rs]),
+        "to_relay_p99": med([get(r, "e2e_split", "to_relay", "p99_us") for r in rs]),
+        "relay_side_p99": med([get(r, "e2e_split", "relay_to_subscriber", "p99_us") for r in rs]),
+        "relay_side_p999": med([get(r, "e2e_split", "relay_to_subscriber", "p999_us") for r in rs]),
+        "e2e_p99_runs": [get(r, "e2e_latency", "p99_us") for r in rs],
+        "cpu_frame_runs": [get(r, "relay", "cpu_ns_per_frame") for r in rs],
+        "rcvbuf_runs": [r.get("udp_rcvbuf_errors") for r in rs],
         "ok": sum(1 for r in rs if get(r, "verdict", "ok")),
         "cmd": rs[0].get("command", ""),
         "e2e_note": rs[0].get("e2e_note"),
@@ -103,6 +111,14 @@ def scenarios(raw, machine, sink):
     return "\n".join(out)
 
 
+def runs_ms(values):
+    return ", ".join("n/a" if v is None else f"{v / 1000:.1f}" for v in values)
+
+
+def ratio(a, b):
+    return "n/a" if a is None or not b else f"{a / b:.2f}×"
+
+
 def compare(raw, machine, sink):
     runs = load(raw)
     by = {}
@@ -110,22 +126,43 @@ def compare(raw, machine, sink):
         workload, target = name.split("-", 1)
         by.setdefault(workload, {})[target] = metrics(rs)
     out = [f"# Contrail vs Mosquitto vs NATS ({machine})", "",
-           f"Same harness (contrail-loadgen), publishers, payload, rate, duration and credit window "
-           f"(1024 outstanding per publisher). Contrail relay sink: `{sink}`. Medians; 2 shared cores, noisy. "
-           "Ratio = target / Contrail (throughput: higher is better; latency: lower is better).", ""]
+           "Same harness (contrail-loadgen), publishers, payload, rate, duration and credit window "
+           "(1024 outstanding per publisher); open-loop schedule, latency from the intended send time, "
+           f"subscriber on a thread of its own. Contrail relay sink: `{sink}`. Medians; ratios are "
+           "against NATS with TLS in the same run (lower is better). `send lag`: intended send time → "
+           "handed to the client library (the load generator's own lateness); `handed→sub`: from there "
+           "to the subscriber; `relay-side`: the relay's receive stamp → subscriber (Contrail only: the "
+           "brokers stamp nothing). Server µs/msg: the server's CPU over the window per message "
+           "(Contrail: per frame acked). RcvbufErrors: the kernel's UDP receive-buffer overflows over "
+           "the measured window, per run.", ""]
     for workload, targets in by.items():
-        base = targets.get("contrail", {})
+        base = targets.get("nats-tls", {})
         out += [f"## {workload}", "",
-                "| target | runs (pass) | delivered (or acked)/s | ratio | e2e p50 ms | e2e p99 ms | ratio | e2e p99.9 ms | lost | dups | server cores |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| target | runs (pass) | delivered/s | e2e p50 ms | e2e p99 ms (runs) | p99 vs NATS TLS | e2e p99.9 ms | "
+                "send lag p99 | handed→sub p99 | relay-side p99 | server cores | server µs/msg | CPU/msg vs NATS TLS | "
+                "loadgen cores | lost | dups | RcvbufErrors |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for target, m in targets.items():
-            def ratio(a, b):
-                return "n/a" if a is None or not b else f"{a / b:.2f}×"
+            cpu_us = None if m["cpu_frame"] is None else m["cpu_frame"] / 1000
+            base_cpu = None if base.get("cpu_frame") is None else base["cpu_frame"] / 1000
             out.append(
-                f"| {target} | {m['runs']} ({m['ok']}) | {fmt_rate(m['delivered_or_acked'])} | "
-                f"{ratio(m['delivered_or_acked'], base.get('delivered_or_acked'))} | {fmt_ms(m['e2e_p50'])} | "
-                f"{fmt_ms(m['e2e_p99'])} | {ratio(m['e2e_p99'], base.get('e2e_p99'))} | {fmt_ms(m['e2e_p999'])} | "
-                f"{m['lost']} | {m['dups']} | {fmt(m['cpu_cores'], '{:.2f}')} |")
+                f"| {target} | {m['runs']} ({m['ok']}) | {fmt_rate(m['delivered_or_acked'])} | {fmt_ms(m['e2e_p50'])} | "
+                f"{fmt_ms(m['e2e_p99'])} ({runs_ms(m['e2e_p99_runs'])}) | {ratio(m['e2e_p99'], base.get('e2e_p99'))} | "
+                f"{fmt_ms(m['e2e_p999'])} | {fmt_ms(m['send_lag_p99'])} | {fmt_ms(m['handoff_p99'])} | "
+                f"{fmt_ms(m['relay_side_p99'])} | {fmt(m['cpu_cores'], '{:.2f}')} | {fmt(cpu_us, '{:.1f}')} | "
+                f"{ratio(cpu_us, base_cpu)} | {fmt(m['lg_cores'], '{:.2f}')} | {m['lost']} | {m['dups']} | "
+                f"{', '.join(str(v) for v in m['rcvbuf_runs'])} |")
+        c = targets.get("contrail")
+        if c and base and workload.startswith("fleet"):
+            c_cpu = None if c["cpu_frame"] is None else c["cpu_frame"] / 1000
+            b_cpu = None if base["cpu_frame"] is None else base["cpu_frame"] / 1000
+            out += ["", "Issue 23's goals, Contrail against NATS with TLS in this run (medians):", "",
+                    f"- relay CPU per frame / NATS TLS server CPU per message: {ratio(c_cpu, b_cpu)} (goal ≤ 0.6×)",
+                    f"- relay-side p99 / NATS TLS e2e p99: {ratio(c['relay_side_p99'], base['e2e_p99'])} (goal ≤ 1×)",
+                    f"- e2e p99 / NATS TLS e2e p99: {ratio(c['e2e_p99'], base['e2e_p99'])} (goal ≤ 1×)"]
+            if "@" in workload:
+                out.append(f"- Contrail e2e p99 {fmt_ms(c['e2e_p99'])} ms (goal ≤ 5), p99.9 {fmt_ms(c['e2e_p999'])} ms "
+                           f"(goal ≤ 10); relay-side p99 {fmt_ms(c['relay_side_p99'])}, p99.9 {fmt_ms(c['relay_side_p999'])} ms")
         out += ["", "Commands:", ""] + [f"- {t}: `{m['cmd']}`" for t, m in targets.items()] + [""]
     return "\n".join(out)
 

@@ -52,7 +52,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch, Notify, Semaphore};
 
 use crate::ctx::{AgentEnd, RunCtx};
-use crate::deliveries::DeliveryBook;
+use crate::deliveries::{Delivery, DeliveryBook};
 use crate::hist;
 use crate::scenario::Rate;
 use crate::track::SendLog;
@@ -156,20 +156,49 @@ impl Target {
 }
 
 /// Writes the payload header.
-fn put_header(dst: &mut [u8], idx: usize, seq: u64, stamp: u64) {
+fn put_header(dst: &mut [u8], idx: usize, seq: u64, stamp: u64, lag_us: u32) {
     dst[0..4].copy_from_slice(&(idx as u32).to_be_bytes());
-    dst[4..8].copy_from_slice(&0u32.to_be_bytes());
+    dst[4..8].copy_from_slice(&lag_us.to_be_bytes());
     dst[8..16].copy_from_slice(&seq.to_be_bytes());
     dst[16..24].copy_from_slice(&stamp.to_be_bytes());
 }
 
-/// Reads the payload header: (publisher index, seq, stamp).
-pub fn parse_header(p: &[u8]) -> Option<(usize, u64, u64)> {
+/// A message's payload header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Publisher index.
+    pub idx: usize,
+    /// Publisher's seq.
+    pub seq: u64,
+    /// Intended send time (Unix ns; the actual one for `max` runs).
+    pub stamp: u64,
+    /// How late the publisher handed the message to its client, µs after `stamp`.
+    pub lag_us: u32,
+}
+
+/// Reads the payload header.
+pub fn parse_header(p: &[u8]) -> Option<Header> {
     let h = p.get(..HEADER)?;
-    let idx = u32::from_be_bytes(h[0..4].try_into().ok()?) as usize;
-    let seq = u64::from_be_bytes(h[8..16].try_into().ok()?);
-    let stamp = u64::from_be_bytes(h[16..24].try_into().ok()?);
-    Some((idx, seq, stamp))
+    Some(Header {
+        idx: u32::from_be_bytes(h[0..4].try_into().ok()?) as usize,
+        lag_us: u32::from_be_bytes(h[4..8].try_into().ok()?),
+        seq: u64::from_be_bytes(h[8..16].try_into().ok()?),
+        stamp: u64::from_be_bytes(h[16..24].try_into().ok()?),
+    })
+}
+
+/// What the subscriber books for a payload: a message without a readable header is foreign.
+fn delivery_of(payload: &[u8]) -> Delivery {
+    match parse_header(payload) {
+        Some(h) => Delivery {
+            idx: Some(h.idx),
+            seq: h.seq,
+            stamp: h.stamp,
+            handed: h.stamp + u64::from(h.lag_us) * 1_000,
+            relay_rx: 0,
+        },
+        None => Delivery::default(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -332,6 +361,108 @@ fn credit_left(target: &Target, idx: usize, sent: u64, acked: u64) -> u64 {
     WINDOW.saturating_sub(sent.saturating_sub(done))
 }
 
+/// The largest lag a header carries (u32 µs: 71 minutes).
+fn lag_us(lag_ns: u64) -> u32 {
+    u32::try_from(lag_ns / 1_000).unwrap_or(u32::MAX)
+}
+
+/// How a publisher hands messages to its client: the per-target part of [`publish_loop`].
+trait Publish {
+    /// Hands over seqs `first..first + n` of publisher `idx`, each header stamped
+    /// `stamp_unix_ns` (intended send time) and `lag_us` (how late they are handed over).
+    async fn publish(
+        &mut self,
+        idx: usize,
+        first: u64,
+        n: u64,
+        stamp_unix_ns: u64,
+        lag_us: u32,
+    ) -> anyhow::Result<()>;
+}
+
+/// Publisher acks (MQTT QoS 1): the cumulative count, its wake-up and the send log that ack
+/// latency is measured from.
+struct Acks<'a> {
+    acked: &'a AtomicU64,
+    notify: &'a Notify,
+    log: &'a Mutex<SendLog>,
+}
+
+/// The publish loop every broker publisher runs, the same open-loop schedule as Contrail's
+/// fixed-rate agents (`contrail::send_fixed`): message `k` is due at `phase + k × period`
+/// whatever happened to the ones before it (a late publisher catches up without skipping, so
+/// nothing is coordinated away), its header carries that intended time, and the lateness of
+/// the hand-over to the client goes into the send-lag histogram and the header. The stop
+/// signal and the timer live across iterations (one timer reset per message, no waiter
+/// re-registration). `max` runs send batches of up to 256 as credits allow. Counts into
+/// `sent` as it goes.
+async fn publish_loop(
+    target: &Target,
+    ctx: &RunCtx,
+    idx: usize,
+    acks: Option<Acks<'_>>,
+    stop: &mut watch::Receiver<bool>,
+    out: &mut impl Publish,
+    sent: &mut u64,
+) -> anyhow::Result<()> {
+    let Some(mut sched) = Schedule::new(ctx, idx) else {
+        let _ = stop.wait_for(|s| *s).await;
+        return Ok(());
+    };
+    let stop_flag = stop.clone();
+    let mut stopped = std::pin::pin!(async {
+        let _ = stop.wait_for(|s| *s).await;
+    });
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(ctx.at(sched.due).into()));
+    loop {
+        if *stop_flag.borrow() {
+            return Ok(());
+        }
+        let acked = acks.as_ref().map_or(0, |a| a.acked.load(Relaxed));
+        let credit = credit_left(target, idx, *sent, acked);
+        if credit == 0 {
+            match &acks {
+                Some(a) => tokio::select! {
+                    biased;
+                    _ = &mut stopped => return Ok(()),
+                    _ = a.notify.notified() => {}
+                },
+                None => tokio::select! {
+                    biased;
+                    _ = &mut stopped => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_micros(200)) => {}
+                },
+            }
+            continue;
+        }
+        let (n, at) = match sched.period {
+            None => (credit.min(256), ctx.now_ns()),
+            Some(p) => {
+                tokio::select! {
+                    biased;
+                    _ = &mut stopped => return Ok(()),
+                    () = &mut timer => {}
+                }
+                let at = sched.due;
+                sched.due += p;
+                timer.as_mut().reset(ctx.at(sched.due).into());
+                (1, at)
+            }
+        };
+        let lag = ctx.now_ns().saturating_sub(at);
+        if sched.period.is_some() && ctx.measured(at) {
+            ctx.send_lag_hist.record_n(idx, lag, 1);
+        }
+        if let Some(a) = &acks {
+            a.log.lock().sent(*sent + 1, *sent + n, at);
+        }
+        out.publish(idx, *sent + 1, n, ctx.epoch_unix_ns + at, lag_us(lag))
+            .await?;
+        *sent += n;
+        ctx.sent.fetch_add(n, Relaxed);
+    }
+}
+
 struct Schedule {
     period: Option<u64>,
     due: u64,
@@ -354,6 +485,35 @@ impl Schedule {
                 })
             }
         }
+    }
+}
+
+/// The hand-written MQTT publisher's output: a batch of PUBLISH packets, one write.
+struct MqttOut {
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    out: BytesMut,
+    body: Vec<u8>,
+    topic: String,
+    qos: u8,
+}
+
+impl Publish for MqttOut {
+    async fn publish(
+        &mut self,
+        idx: usize,
+        first: u64,
+        n: u64,
+        stamp: u64,
+        lag_us: u32,
+    ) -> anyhow::Result<()> {
+        self.out.clear();
+        for seq in first..first + n {
+            put_header(&mut self.body, idx, seq, stamp, lag_us);
+            let pid = ((seq - 1) % 65_535 + 1) as u16;
+            mqtt_publish(&mut self.out, &self.topic, self.qos, pid, &self.body);
+        }
+        self.wr.write_all(&self.out).await?;
+        Ok(())
     }
 }
 
@@ -389,7 +549,7 @@ async fn mqtt_publisher(
     ctx.sessions_up.fetch_add(1, Relaxed);
     ctx.connect_finished(true);
 
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, wr) = stream.into_split();
     let log = Arc::new(Mutex::new(SendLog::default()));
     let acked = Arc::new(AtomicU64::new(0));
     let acked_notify = Arc::new(Notify::new());
@@ -431,73 +591,24 @@ async fn mqtt_publisher(
         })
     };
 
-    let mut sent = 0u64;
-    let mut out = BytesMut::with_capacity(256 * 1024);
     let mut body = payload.to_vec();
     if body.len() < HEADER {
         body.resize(HEADER, 0);
     }
-    let Some(mut sched) = Schedule::new(ctx, idx) else {
-        let _ = stop.wait_for(|s| *s).await;
-        reader.abort();
-        return Ok(AgentEnd::default());
+    let mut out = MqttOut {
+        wr,
+        out: BytesMut::with_capacity(256 * 1024),
+        body,
+        topic,
+        qos,
     };
-    let result: anyhow::Result<()> = async {
-        loop {
-            if *stop.borrow() {
-                return Ok(());
-            }
-            let credit = credit_left(target, idx, sent, acked.load(Relaxed));
-            if credit == 0 {
-                tokio::select! {
-                    _ = acked_notify.notified(), if qos == 1 => {}
-                    _ = tokio::time::sleep(Duration::from_micros(200)), if qos == 0 => {}
-                    _ = stop.wait_for(|s| *s) => return Ok(()),
-                }
-                continue;
-            }
-            let n = match sched.period {
-                None => credit.min(256),
-                Some(_) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(ctx.at(sched.due).into()) => {}
-                        _ = stop.wait_for(|s| *s) => return Ok(()),
-                    }
-                    1
-                }
-            };
-            let (stamp_ns, at) = match sched.period {
-                None => {
-                    let now = ctx.now_ns();
-                    (ctx.epoch_unix_ns + now, now)
-                }
-                Some(p) => {
-                    let at = sched.due;
-                    sched.due += p;
-                    (ctx.epoch_unix_ns + at, at)
-                }
-            };
-            out.clear();
-            for k in 0..n {
-                let seq = sent + 1 + k;
-                put_header(&mut body, idx, seq, stamp_ns);
-                mqtt_publish(
-                    &mut out,
-                    &topic,
-                    qos,
-                    ((seq - 1) % 65_535 + 1) as u16,
-                    &body,
-                );
-            }
-            if qos == 1 {
-                log.lock().sent(sent + 1, sent + n, at);
-            }
-            wr.write_all(&out).await?;
-            sent += n;
-            ctx.sent.fetch_add(n, Relaxed);
-        }
-    }
-    .await;
+    let mut sent = 0u64;
+    let acks = (qos == 1).then_some(Acks {
+        acked: &acked,
+        notify: &acked_notify,
+        log: &log,
+    });
+    let result = publish_loop(target, ctx, idx, acks, &mut stop, &mut out, &mut sent).await;
     // Drain acks (bounded).
     if qos == 1 {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -506,7 +617,7 @@ async fn mqtt_publisher(
         }
     }
     reader.abort();
-    let _ = wr.write_all(&[0xe0, 0x00]).await; // DISCONNECT
+    let _ = out.wr.write_all(&[0xe0, 0x00]).await; // DISCONNECT
     ctx.sessions_up.fetch_sub(1, Relaxed);
     result?;
     Ok(AgentEnd {
@@ -532,6 +643,33 @@ async fn nats_connect(target: &Target, name: &str) -> anyhow::Result<async_nats:
     opts.connect(url).await.context("NATS connect")
 }
 
+/// The NATS publisher's output: async-nats takes an owned `Bytes` per message (one copy of the
+/// payload) and hands it to the client's connection task, which writes whatever is queued.
+struct NatsOut {
+    client: async_nats::Client,
+    subject: async_nats::Subject,
+    body: BytesMut,
+}
+
+impl Publish for NatsOut {
+    async fn publish(
+        &mut self,
+        idx: usize,
+        first: u64,
+        n: u64,
+        stamp: u64,
+        lag_us: u32,
+    ) -> anyhow::Result<()> {
+        for seq in first..first + n {
+            put_header(&mut self.body, idx, seq, stamp, lag_us);
+            self.client
+                .publish(self.subject.clone(), Bytes::copy_from_slice(&self.body))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
 async fn nats_publisher(
     target: &Target,
     ctx: &Arc<RunCtx>,
@@ -554,59 +692,18 @@ async fn nats_publisher(
     ctx.connect_hist.record_n(idx, ctx.now_ns() - t0, 1);
     ctx.sessions_up.fetch_add(1, Relaxed);
     ctx.connect_finished(true);
-    let mut sent = 0u64;
     let mut body = BytesMut::from(payload);
     if body.len() < HEADER {
         body.resize(HEADER, 0);
     }
-    let Some(mut sched) = Schedule::new(ctx, idx) else {
-        let _ = stop.wait_for(|s| *s).await;
-        return Ok(AgentEnd::default());
+    let mut out = NatsOut {
+        client,
+        subject,
+        body,
     };
-    let result: anyhow::Result<()> = async {
-        loop {
-            if *stop.borrow() {
-                return Ok(());
-            }
-            let credit = credit_left(target, idx, sent, 0);
-            if credit == 0 {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_micros(200)) => {}
-                    _ = stop.wait_for(|s| *s) => return Ok(()),
-                }
-                continue;
-            }
-            let n = match sched.period {
-                None => credit.min(256),
-                Some(_) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(ctx.at(sched.due).into()) => {}
-                        _ = stop.wait_for(|s| *s) => return Ok(()),
-                    }
-                    1
-                }
-            };
-            let stamp = match sched.period {
-                None => ctx.epoch_unix_ns + ctx.now_ns(),
-                Some(p) => {
-                    let at = sched.due;
-                    sched.due += p;
-                    ctx.epoch_unix_ns + at
-                }
-            };
-            for k in 0..n {
-                put_header(&mut body, idx, sent + 1 + k, stamp);
-                // async-nats takes an owned `Bytes` per message (one copy of the payload).
-                client
-                    .publish(subject.clone(), Bytes::copy_from_slice(&body))
-                    .await?;
-            }
-            sent += n;
-            ctx.sent.fetch_add(n, Relaxed);
-        }
-    }
-    .await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
+    let mut sent = 0u64;
+    let result = publish_loop(target, ctx, idx, None, &mut stop, &mut out, &mut sent).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), out.client.flush()).await;
     ctx.sessions_up.fetch_sub(1, Relaxed);
     result?;
     Ok(AgentEnd { sent, acked: sent })
@@ -679,7 +776,7 @@ async fn mqtt_subscriber(
     };
     let mut book = DeliveryBook::new(ctx.clone());
     let mut acks = BytesMut::new();
-    let mut frames: Vec<(Option<usize>, u64, u64)> = Vec::with_capacity(4096);
+    let mut frames: Vec<Delivery> = Vec::with_capacity(4096);
     let mut touched: Vec<usize> = Vec::with_capacity(4096);
     loop {
         frames.clear();
@@ -693,16 +790,13 @@ async fn mqtt_subscriber(
                 acks.put_slice(&[0x40, 0x02]);
                 acks.put_u16(pid);
             }
-            match parse_header(&payload) {
-                Some((i, seq, stamp)) => frames.push((Some(i), seq, stamp)),
-                None => frames.push((None, 0, 0)),
-            }
+            frames.push(delivery_of(&payload));
         }
         if !frames.is_empty() {
             touched.clear();
-            touched.extend(frames.iter().filter_map(|f| f.0));
+            touched.extend(frames.iter().filter_map(|f| f.idx));
             touched.dedup();
-            book.record_batch(frames.iter().copied());
+            book.record(frames.iter().copied());
             publish_credit(&target, &book, &touched);
         }
         if !acks.is_empty() {
@@ -746,7 +840,7 @@ async fn nats_subscriber(
         }
     };
     let mut book = DeliveryBook::new(ctx.clone());
-    let mut frames: Vec<(Option<usize>, u64, u64)> = Vec::with_capacity(1024);
+    let mut frames: Vec<Delivery> = Vec::with_capacity(1024);
     let mut touched: Vec<usize> = Vec::with_capacity(1024);
     loop {
         let msg = tokio::select! {
@@ -755,24 +849,18 @@ async fn nats_subscriber(
         };
         let Some(msg) = msg else { break };
         frames.clear();
-        frames.push(match parse_header(&msg.payload) {
-            Some((i, seq, stamp)) => (Some(i), seq, stamp),
-            None => (None, 0, 0),
-        });
+        frames.push(delivery_of(&msg.payload));
         // Take whatever else is ready without waiting, to record in batches.
         while frames.len() < 1024 {
             match futures::FutureExt::now_or_never(sub.next()) {
-                Some(Some(m)) => frames.push(match parse_header(&m.payload) {
-                    Some((i, seq, stamp)) => (Some(i), seq, stamp),
-                    None => (None, 0, 0),
-                }),
+                Some(Some(m)) => frames.push(delivery_of(&m.payload)),
                 _ => break,
             }
         }
         touched.clear();
-        touched.extend(frames.iter().filter_map(|f| f.0));
+        touched.extend(frames.iter().filter_map(|f| f.idx));
         touched.dedup();
-        book.record_batch(frames.iter().copied());
+        book.record(frames.iter().copied());
         publish_credit(&target, &book, &touched);
     }
     Ok(book)
@@ -812,6 +900,39 @@ async fn rumqttc_connect(
             Ok((client, ev))
         }
         other => bail!("MQTT CONNECT refused: {other:?}"),
+    }
+}
+
+/// The rumqttc publisher's output: one request through the client's channel per message.
+struct RumqttcOut {
+    client: rumqttc::AsyncClient,
+    topic: String,
+    qos: rumqttc::QoS,
+    body: Vec<u8>,
+}
+
+impl Publish for RumqttcOut {
+    async fn publish(
+        &mut self,
+        idx: usize,
+        first: u64,
+        n: u64,
+        stamp: u64,
+        lag_us: u32,
+    ) -> anyhow::Result<()> {
+        for seq in first..first + n {
+            put_header(&mut self.body, idx, seq, stamp, lag_us);
+            // rumqttc takes an owned topic and payload per message.
+            self.client
+                .publish_bytes(
+                    self.topic.clone(),
+                    self.qos,
+                    false,
+                    Bytes::copy_from_slice(&self.body),
+                )
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -881,73 +1002,31 @@ async fn rumqttc_publisher(
         })
     };
 
-    let mut sent = 0u64;
     let mut body = payload.to_vec();
     if body.len() < HEADER {
         body.resize(HEADER, 0);
     }
-    let Some(mut sched) = Schedule::new(ctx, idx) else {
-        let _ = stop.wait_for(|s| *s).await;
-        driver.abort();
-        return Ok(AgentEnd::default());
-    };
     let qos1 = target.kind == Kind::MqttQos1;
-    let result: anyhow::Result<()> = async {
-        loop {
-            if *stop.borrow() {
-                return Ok(());
-            }
-            let credit = credit_left(target, idx, sent, acked.load(Relaxed));
-            if credit == 0 {
-                tokio::select! {
-                    _ = acked_notify.notified(), if qos1 => {}
-                    _ = tokio::time::sleep(Duration::from_micros(200)), if !qos1 => {}
-                    _ = stop.wait_for(|s| *s) => return Ok(()),
-                }
-                continue;
-            }
-            let n = match sched.period {
-                None => credit.min(256),
-                Some(_) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(ctx.at(sched.due).into()) => {}
-                        _ = stop.wait_for(|s| *s) => return Ok(()),
-                    }
-                    1
-                }
-            };
-            let (stamp_ns, at) = match sched.period {
-                None => {
-                    let now = ctx.now_ns();
-                    (ctx.epoch_unix_ns + now, now)
-                }
-                Some(p) => {
-                    let at = sched.due;
-                    sched.due += p;
-                    (ctx.epoch_unix_ns + at, at)
-                }
-            };
-            if qos1 {
-                log.lock().sent(sent + 1, sent + n, at);
-            }
-            for k in 0..n {
-                put_header(&mut body, idx, sent + 1 + k, stamp_ns);
-                // rumqttc takes an owned topic and payload per message.
-                client
-                    .publish_bytes(topic.clone(), qos, false, Bytes::copy_from_slice(&body))
-                    .await?;
-            }
-            sent += n;
-            ctx.sent.fetch_add(n, Relaxed);
-        }
-    }
-    .await;
+    let mut out = RumqttcOut {
+        client,
+        topic,
+        qos,
+        body,
+    };
+    let mut sent = 0u64;
+    let acks = qos1.then_some(Acks {
+        acked: &acked,
+        notify: &acked_notify,
+        log: &log,
+    });
+    let result = publish_loop(target, ctx, idx, acks, &mut stop, &mut out, &mut sent).await;
     if qos1 {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while acked.load(Relaxed) < sent && tokio::time::Instant::now() < deadline {
             let _ = tokio::time::timeout(Duration::from_millis(50), acked_notify.notified()).await;
         }
     }
+    let client = out.client;
     // DISCONNECT goes out through the event loop, which then ends.
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(1), driver).await;
@@ -989,15 +1068,10 @@ async fn rumqttc_subscriber(
         }
     };
     let mut book = DeliveryBook::new(ctx.clone());
-    let mut frames: Vec<(Option<usize>, u64, u64)> = Vec::with_capacity(4096);
+    let mut frames: Vec<Delivery> = Vec::with_capacity(4096);
     let mut touched: Vec<usize> = Vec::with_capacity(4096);
     let frame_of = |e: rumqttc::Event| match e {
-        rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
-            Some(match parse_header(&p.payload) {
-                Some((i, seq, stamp)) => (Some(i), seq, stamp),
-                None => (None, 0, 0),
-            })
-        }
+        rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => Some(delivery_of(&p.payload)),
         _ => None,
     };
     loop {
@@ -1017,9 +1091,9 @@ async fn rumqttc_subscriber(
         }
         if !frames.is_empty() {
             touched.clear();
-            touched.extend(frames.iter().filter_map(|f| f.0));
+            touched.extend(frames.iter().filter_map(|f| f.idx));
             touched.dedup();
-            book.record_batch(frames.iter().copied());
+            book.record(frames.iter().copied());
             publish_credit(&target, &book, &touched);
         }
     }
@@ -1035,7 +1109,7 @@ mod tests {
     #[test]
     fn mqtt_publish_round_trips() {
         let mut payload = vec![0u8; 40];
-        put_header(&mut payload, 7, 42, 99);
+        put_header(&mut payload, 7, 42, 99, 5);
         let mut buf = BytesMut::new();
         mqtt_publish(&mut buf, "lg/x/7", 1, 42, &payload);
         mqtt_publish(&mut buf, "lg/x/7", 0, 0, &payload);
@@ -1043,11 +1117,103 @@ mod tests {
         assert_eq!((t, flags), (3, 2));
         let (pid, p) = mqtt_publish_parts(flags, body).expect("parts");
         assert_eq!(pid, 42);
-        assert_eq!(parse_header(&p), Some((7, 42, 99)));
+        let h = Header {
+            idx: 7,
+            seq: 42,
+            stamp: 99,
+            lag_us: 5,
+        };
+        assert_eq!(parse_header(&p), Some(h));
+        let d = delivery_of(&p);
+        assert_eq!((d.idx, d.seq, d.stamp, d.handed), (Some(7), 42, 99, 5_099));
+        assert_eq!(
+            delivery_of(&p[..HEADER - 1]).idx,
+            None,
+            "no header: foreign"
+        );
         let (t, flags, body) = mqtt_next(&mut buf).expect("ok").expect("complete");
         assert_eq!((t, flags), (3, 0));
         assert_eq!(mqtt_publish_parts(flags, body).expect("parts").0, 0);
         assert!(buf.is_empty());
+    }
+
+    /// Records what the loop hands over; the first hand-over stalls (a busy client).
+    struct Recorder {
+        calls: Vec<(u64, u64, u64, u32)>,
+        stall: Duration,
+        stop: Option<watch::Sender<bool>>,
+    }
+
+    impl Publish for Recorder {
+        async fn publish(
+            &mut self,
+            _idx: usize,
+            first: u64,
+            n: u64,
+            stamp: u64,
+            lag_us: u32,
+        ) -> anyhow::Result<()> {
+            self.calls.push((first, n, stamp, lag_us));
+            if self.calls.len() == 1 {
+                tokio::time::sleep(self.stall).await;
+            }
+            if self.calls.len() == 12 {
+                if let Some(stop) = self.stop.take() {
+                    let _ = stop.send(true);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_publisher_catches_up_on_its_schedule_and_reports_the_lag() {
+        let plan = crate::scenario::Plan::build(
+            None,
+            &crate::scenario::Overrides {
+                agents: Some(1),
+                rate: Some(Rate::Hz(200.0)),
+                ..Default::default()
+            },
+        )
+        .expect("plan");
+        let ctx = RunCtx::new(plan, "t-".into());
+        ctx.set_window(0, u64::MAX);
+        let target = Target::new(Kind::Nats, "127.0.0.1:1".parse().expect("addr"), None, 1);
+        let (stop_tx, mut stop) = watch::channel(false);
+        let stall = Duration::from_millis(40);
+        let mut rec = Recorder {
+            calls: Vec::new(),
+            stall,
+            stop: Some(stop_tx),
+        };
+        let mut sent = 0;
+        publish_loop(&target, &ctx, 0, None, &mut stop, &mut rec, &mut sent)
+            .await
+            .expect("loop");
+        assert_eq!(sent, 12);
+        let period = 5_000_000u64;
+        let first_stamp = rec.calls[0].2;
+        for (k, &(first, n, stamp, _)) in rec.calls.iter().enumerate() {
+            let k = k as u64;
+            assert_eq!(
+                (first, n),
+                (k + 1, 1),
+                "one message per due time, none skipped"
+            );
+            assert_eq!(
+                stamp,
+                first_stamp + k * period,
+                "stamped with its intended time"
+            );
+        }
+        // The message due right after the stall was handed over at least the stall minus its
+        // period late, and said so in its header and in the send-lag histogram.
+        let late_us = (stall.as_nanos() as u64 - period) / 1_000;
+        assert!(rec.calls[1].3 as u64 >= late_us, "{:?}", rec.calls);
+        let lag = ctx.send_lag_hist.snapshot();
+        assert_eq!(lag.len(), 12);
+        assert!(lag.max() >= late_us * 1_000);
     }
 
     #[test]

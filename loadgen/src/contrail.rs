@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
 use crate::ctx::{AgentEnd, RunCtx};
-use crate::deliveries::DeliveryBook;
+use crate::deliveries::{Delivery, DeliveryBook};
 use crate::hist;
 use crate::scenario::Rate;
 use crate::track::SendLog;
@@ -351,18 +351,21 @@ pub async fn run_subscriber(
             _ = done.wait_for(|d| *d) => break,
         };
         match next {
-            Ok(Some(batch)) => book.record_relayed_batch(batch.iter().map(|v| {
+            Ok(Some(batch)) => book.record(batch.iter().map(|v| {
                 let f = v.frame();
+                // `device_time` carries the intended send time (fixed-rate runs), `sent_at`
+                // the agent library's stamp when the frame was handed to it.
                 let stamp = match f.device_time() {
                     0 => f.sent_at_unix_ns(),
                     t => t,
                 };
-                (
-                    ctx.agent_index(v.agent_id()),
-                    f.seq(),
+                Delivery {
+                    idx: ctx.agent_index(v.agent_id()),
+                    seq: f.seq(),
                     stamp,
-                    v.received_at_unix_ns(),
-                )
+                    handed: f.sent_at_unix_ns(),
+                    relay_rx: v.received_at_unix_ns(),
+                }
             })),
             Ok(None) => break,
             Err(e) => {

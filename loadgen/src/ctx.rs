@@ -52,9 +52,12 @@ pub struct RunCtx {
     pub ack_hist: ShardedHist,
     /// Send → subscriber latency.
     pub e2e_hist: ShardedHist,
-    /// Intended send time → handed to the agent library (fixed-rate Contrail runs): how late
-    /// the load generator itself was.
+    /// Intended send time → handed to the agent library or broker client (fixed-rate runs):
+    /// how late the load generator itself was.
     pub send_lag_hist: ShardedHist,
+    /// Handed to the client library → subscriber (every target: e2e without the load
+    /// generator's own send lag).
+    pub handoff_hist: ShardedHist,
     /// Send → the relay's receive stamp (Contrail e2e, one clock).
     pub to_relay_hist: ShardedHist,
     /// The relay's receive stamp → subscriber (Contrail e2e, one clock).
@@ -90,6 +93,7 @@ impl RunCtx {
             ack_hist: ShardedHist::new(SHARDS),
             e2e_hist: ShardedHist::new(SHARDS),
             send_lag_hist: ShardedHist::new(SHARDS),
+            handoff_hist: ShardedHist::new(1),
             to_relay_hist: ShardedHist::new(1),
             from_relay_hist: ShardedHist::new(1),
             connect_hist: ShardedHist::new(SHARDS),

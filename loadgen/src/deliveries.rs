@@ -9,6 +9,21 @@ use crate::ctx::{unix_ns, RunCtx};
 use crate::hist;
 use crate::track::{Seen, SeqTracker};
 
+/// One frame (message) the subscriber received.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Delivery {
+    /// The agent (publisher) index; `None` for a frame that is not this run's.
+    pub idx: Option<usize>,
+    /// The agent's seq.
+    pub seq: u64,
+    /// Intended send time for fixed-rate runs, the actual one otherwise (Unix ns, 0 unknown).
+    pub stamp: u64,
+    /// When the load generator handed the frame to the client library (Unix ns, 0 unknown).
+    pub handed: u64,
+    /// The relay's receive stamp (Unix ns, 0 unknown: brokers have none).
+    pub relay_rx: u64,
+}
+
 /// Per-agent delivery trackers (≈ 56 bytes per agent) and the run's counters.
 pub struct DeliveryBook {
     ctx: Arc<RunCtx>,
@@ -31,45 +46,53 @@ impl DeliveryBook {
     /// Records a batch of deliveries received at one moment. `frames` yields
     /// `(agent index, seq, stamp_unix_ns)`, where the stamp is the intended send time for
     /// fixed-rate runs (coordinated-omission correction) or the actual one otherwise.
-    /// One histogram lock per call, one clock reading per call.
+    #[cfg(test)]
     pub fn record_batch(&mut self, frames: impl Iterator<Item = (Option<usize>, u64, u64)>) {
-        self.record_relayed_batch(frames.map(|(i, seq, stamp)| (i, seq, stamp, 0)));
+        self.record(frames.map(|(idx, seq, stamp)| Delivery {
+            idx,
+            seq,
+            stamp,
+            ..Delivery::default()
+        }));
     }
 
-    /// [`record_batch`](Self::record_batch) for frames that also carry the relay's receive
-    /// stamp (Unix ns, 0 when unknown): the end-to-end latency of each new frame is also split
-    /// into send → relay and relay → subscriber (meaningful when both run on one clock).
-    pub fn record_relayed_batch(
-        &mut self,
-        frames: impl Iterator<Item = (Option<usize>, u64, u64, u64)>,
-    ) {
+    /// Records a batch of deliveries received at one moment, one histogram lock and one clock
+    /// reading per call. The end-to-end latency of each new frame is measured from its
+    /// `stamp`; where known it is also split at the hand-over to the client (handed →
+    /// subscriber) and at the relay's receive stamp (stamp → relay, relay → subscriber),
+    /// meaningful when everything runs on one clock.
+    pub fn record(&mut self, frames: impl Iterator<Item = Delivery>) {
         let now_unix = unix_ns();
         let epoch_unix = self.ctx.epoch_unix_ns;
         let mut new = 0u64;
         let mut dups = 0u64;
         let mut shard = self.ctx.e2e_hist.shard(0);
+        let mut handoff = self.ctx.handoff_hist.shard(0);
         let mut to_relay = self.ctx.to_relay_hist.shard(0);
         let mut from_relay = self.ctx.from_relay_hist.shard(0);
-        for (idx, seq, stamp, relay_rx) in frames {
-            let Some(t) = idx.and_then(|i| self.trackers.get_mut(i)) else {
+        for d in frames {
+            let Some(t) = d.idx.and_then(|i| self.trackers.get_mut(i)) else {
                 self.foreign += 1;
                 continue;
             };
-            match t.record(seq) {
+            match t.record(d.seq) {
                 Seen::New => {
                     new += 1;
-                    if stamp > 0 && self.ctx.measured(stamp.saturating_sub(epoch_unix)) {
-                        hist::record_n(&mut shard, now_unix.saturating_sub(stamp), 1);
-                        if relay_rx > 0 {
-                            hist::record_n(&mut to_relay, relay_rx.saturating_sub(stamp), 1);
-                            hist::record_n(&mut from_relay, now_unix.saturating_sub(relay_rx), 1);
+                    if d.stamp > 0 && self.ctx.measured(d.stamp.saturating_sub(epoch_unix)) {
+                        hist::record_n(&mut shard, now_unix.saturating_sub(d.stamp), 1);
+                        if d.handed > 0 {
+                            hist::record_n(&mut handoff, now_unix.saturating_sub(d.handed), 1);
+                        }
+                        if d.relay_rx > 0 {
+                            hist::record_n(&mut to_relay, d.relay_rx.saturating_sub(d.stamp), 1);
+                            hist::record_n(&mut from_relay, now_unix.saturating_sub(d.relay_rx), 1);
                         }
                     }
                 }
                 Seen::Dup => dups += 1,
             }
         }
-        drop((shard, to_relay, from_relay));
+        drop((shard, handoff, to_relay, from_relay));
         self.ctx.delivered.fetch_add(new, Relaxed);
         if dups > 0 {
             self.ctx.dups.fetch_add(dups, Relaxed);
@@ -169,9 +192,14 @@ mod tests {
         ctx.set_window(0, u64::MAX);
         let sent = unix_ns() - 10_000_000; // 10 ms ago
         let relay_rx = sent + 4_000_000; // the relay had it 4 ms later
-        book.record_relayed_batch(
-            [(Some(0), 1, sent, relay_rx), (Some(0), 1, sent, relay_rx)].into_iter(),
-        );
+        let d = Delivery {
+            idx: Some(0),
+            seq: 1,
+            stamp: sent,
+            handed: sent + 1_000_000, // handed to the client library 1 ms late
+            relay_rx,
+        };
+        book.record([d, d].into_iter());
         let to_relay = Percentiles::of(&ctx.to_relay_hist.snapshot());
         let from_relay = Percentiles::of(&ctx.from_relay_hist.snapshot());
         assert_eq!(
@@ -183,5 +211,11 @@ mod tests {
         assert!(from_relay.p50_us >= 6_000.0, "{from_relay:?}");
         let e2e = Percentiles::of(&ctx.e2e_hist.snapshot());
         assert!(e2e.p50_us >= 10_000.0, "{e2e:?}");
+        let handoff = Percentiles::of(&ctx.handoff_hist.snapshot());
+        assert_eq!(handoff.count, 1);
+        assert!(
+            handoff.p50_us >= 9_000.0 && handoff.p50_us < e2e.p50_us,
+            "{handoff:?} {e2e:?}"
+        );
     }
 }

@@ -174,6 +174,10 @@ struct Cli {
     /// Worker threads (default: the number of CPUs).
     #[arg(long)]
     threads: Option<usize>,
+    /// Run the e2e subscriber as a task on the agents' runtime instead of on a thread and
+    /// runtime of its own (the default since round 11; kept for A/B runs).
+    #[arg(long)]
+    shared_subscriber: bool,
 }
 
 fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
@@ -308,6 +312,7 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
         relay_pid: cli.relay_pid,
         quiet: cli.quiet,
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        subscriber_thread: !cli.shared_subscriber,
     };
     let report = rt.block_on(run::execute(ctx, driver, opts));
     print!("{}", report.table());

@@ -38,8 +38,8 @@ pub struct Report {
     pub e2e_latency: Option<Percentiles>,
     /// Why e2e is missing, if it is.
     pub e2e_note: Option<String>,
-    /// Where e2e latency accrues (Contrail; the relay stamps each frame's receive time, so
-    /// the split is exact when relay and load generator share a clock, e.g. one machine).
+    /// Where e2e latency accrues (the relay stamps each frame's receive time, so the split at
+    /// it is exact when relay and load generator share a clock, e.g. one machine).
     pub e2e_split: Option<E2eSplit>,
     /// Errors by code.
     pub errors: BTreeMap<String, u64>,
@@ -66,16 +66,21 @@ pub struct Report {
     pub verdict: Verdict,
 }
 
-/// E2E latency split at the relay's receive stamp, and the load generator's own lateness.
+/// Where end-to-end latency accrues: the load generator's own lateness, the rest after the
+/// hand-over to the client library (every target), and the split at the relay's receive stamp
+/// (Contrail only: a broker puts no receive time in what it delivers).
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct E2eSplit {
-    /// Intended send time → frame handed to the agent library (fixed-rate runs): time the
-    /// load generator's own scheduling added; part of `to_relay`.
+    /// Intended send time → frame handed to the agent library or broker client (fixed-rate
+    /// runs): time the load generator's own scheduling added.
     pub send_lag: Option<Percentiles>,
-    /// Send (intended, for fixed-rate runs) → the relay received the frame.
-    pub to_relay: Percentiles,
-    /// The relay received the frame → the subscriber had it.
-    pub relay_to_subscriber: Percentiles,
+    /// Frame handed to the client library → the subscriber had it: e2e without the load
+    /// generator's send lag (still with the client library's queueing in the load generator).
+    pub handoff_to_subscriber: Option<Percentiles>,
+    /// Send (intended, for fixed-rate runs) → the relay received the frame: client lag.
+    pub to_relay: Option<Percentiles>,
+    /// The relay received the frame → the subscriber had it: relay-side latency.
+    pub relay_to_subscriber: Option<Percentiles>,
 }
 
 /// Connect phase.
@@ -180,7 +185,7 @@ fn rate(v: f64) -> String {
 fn latency_row(s: &mut String, name: &str, p: &Percentiles) {
     let _ = writeln!(
         s,
-        "  {name:<10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+        "  {name:<24} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
         ms(p.p50_us),
         ms(p.p90_us),
         ms(p.p99_us),
@@ -268,21 +273,22 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "latency (ms)      p50      p90      p99    p99.9      max    samples"
+            "latency (ms)                    p50      p90      p99    p99.9      max    samples"
         );
         for (name, p) in [("ack", &self.ack_latency), ("e2e", &self.e2e_latency)] {
             match p {
                 Some(p) => latency_row(&mut s, name, p),
                 None => {
-                    let _ = writeln!(s, "  {name:<10} n/a");
+                    let _ = writeln!(s, "  {name:<24} n/a");
                 }
             }
         }
         if let Some(split) = &self.e2e_split {
             let rows = [
                 ("  send lag", split.send_lag.as_ref()),
-                ("  client lag (→relay rx)", Some(&split.to_relay)),
-                ("  relay-side (rx→sub)", Some(&split.relay_to_subscriber)),
+                ("  handed→sub", split.handoff_to_subscriber.as_ref()),
+                ("  client lag (→relay rx)", split.to_relay.as_ref()),
+                ("  relay-side (rx→sub)", split.relay_to_subscriber.as_ref()),
             ];
             for (name, p) in rows {
                 if let Some(p) = p.filter(|p| p.count > 0) {

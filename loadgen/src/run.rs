@@ -128,23 +128,50 @@ impl Driver {
         }
     }
 
+    /// Starts the subscriber: on a thread and single-threaded runtime of its own
+    /// (`own_thread`), so that the e2e measurement does not queue behind the agents' tasks
+    /// on a saturated runtime (the kernel schedules the thread as soon as it wakes), or as a
+    /// task beside the agents.
     fn spawn_subscriber(
         &self,
         ctx: &Arc<RunCtx>,
         ready: oneshot::Sender<anyhow::Result<()>>,
         done: watch::Receiver<bool>,
+        own_thread: bool,
     ) -> JoinHandle<anyhow::Result<DeliveryBook>> {
         let ctx = ctx.clone();
-        match self {
-            Driver::Contrail(t) => {
-                let t = t.clone();
-                tokio::spawn(async move { contrail::run_subscriber(t, ctx, ready, done).await })
+        let driver = self.clone();
+        let sub = async move {
+            match driver {
+                Driver::Contrail(t) => contrail::run_subscriber(t, ctx, ready, done).await,
+                Driver::Broker(t) => brokers::run_subscriber(t, ctx, ready, done).await,
             }
-            Driver::Broker(t) => {
-                let t = t.clone();
-                tokio::spawn(async move { brokers::run_subscriber(t, ctx, ready, done).await })
-            }
+        };
+        if !own_thread {
+            return tokio::spawn(sub);
         }
+        let (tx, rx) = oneshot::channel();
+        // A failed spawn drops `ready` with the future: the run then reports no subscriber.
+        let thread = std::thread::Builder::new()
+            .name("lg-subscriber".into())
+            .spawn(move || {
+                let r = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|rt| rt.block_on(sub));
+                let _ = tx.send(r);
+            });
+        tokio::spawn(async move {
+            let thread = thread?;
+            let r = rx.await;
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            r.unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "the subscriber thread ended without a result"
+                ))
+            })
+        })
     }
 }
 
@@ -159,6 +186,8 @@ pub struct RunOptions {
     pub quiet: bool,
     /// The command line, for the report.
     pub command: String,
+    /// Run the subscriber on a thread and runtime of its own (see `Driver::spawn_subscriber`).
+    pub subscriber_thread: bool,
 }
 
 struct Snapshot {
@@ -202,7 +231,8 @@ pub async fn execute(ctx: Arc<RunCtx>, driver: Driver, opts: RunOptions) -> Repo
     let mut subscriber = None;
     if opts.e2e {
         let (ready_tx, ready_rx) = oneshot::channel();
-        let handle = driver.spawn_subscriber(&ctx, ready_tx, done_rx.clone());
+        let handle =
+            driver.spawn_subscriber(&ctx, ready_tx, done_rx.clone(), opts.subscriber_thread);
         match ready_rx.await {
             Ok(Ok(())) => subscriber = Some(handle),
             Ok(Err(e)) => {
@@ -437,13 +467,15 @@ pub async fn execute(ctx: Arc<RunCtx>, driver: Driver, opts: RunOptions) -> Repo
         ack_latency: (has_acks && !ack.is_empty()).then(|| Percentiles::of(&ack)),
         e2e_latency: book.as_ref().map(|_| Percentiles::of(&e2e)),
         e2e_split: {
-            let to_relay = ctx.to_relay_hist.snapshot();
-            let lag = ctx.send_lag_hist.snapshot();
-            (!to_relay.is_empty()).then(|| E2eSplit {
-                send_lag: (!lag.is_empty()).then(|| Percentiles::of(&lag)),
-                to_relay: Percentiles::of(&to_relay),
-                relay_to_subscriber: Percentiles::of(&ctx.from_relay_hist.snapshot()),
-            })
+            let some =
+                |h: hdrhistogram::Histogram<u64>| (!h.is_empty()).then(|| Percentiles::of(&h));
+            let split = E2eSplit {
+                send_lag: some(ctx.send_lag_hist.snapshot()),
+                handoff_to_subscriber: some(ctx.handoff_hist.snapshot()),
+                to_relay: some(ctx.to_relay_hist.snapshot()),
+                relay_to_subscriber: some(ctx.from_relay_hist.snapshot()),
+            };
+            (split.send_lag.is_some() || split.handoff_to_subscriber.is_some()).then_some(split)
         },
         e2e_note,
         error_rate: error_count as f64 / sent_total.max(1) as f64,

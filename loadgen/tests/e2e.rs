@@ -144,7 +144,15 @@ async fn reports_every_frame_at_fixed_rate_and_max() {
         assert_eq!(num(&r, &["totals", "duplicates"]), 0.0, "{name}: {r}");
         assert_eq!(num(&r, &["sessions_connected"]), agents, "{name}: {r}");
         assert!(num(&r, &["ack_latency", "count"]) > 0.0, "{name}: {r}");
-        assert!(num(&r, &["e2e_latency", "count"]) > 0.0, "{name}: {r}");
+        let e2e = num(&r, &["e2e_latency", "count"]);
+        assert!(e2e > 0.0, "{name}: {r}");
+        // Every measured frame is split at the hand-over to the agent library and at the
+        // relay's receive stamp; fixed-rate runs also report the load generator's send lag.
+        let split = &r["e2e_split"];
+        for part in ["handoff_to_subscriber", "to_relay", "relay_to_subscriber"] {
+            assert_eq!(num(split, &[part, "count"]), e2e, "{name} {part}: {r}");
+        }
+        assert_eq!(split["send_lag"].is_null(), name == "max", "{name}: {r}");
         assert_eq!(
             r["verdict"]["ok"],
             serde_json::Value::Bool(true),
