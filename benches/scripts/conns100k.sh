@@ -16,6 +16,7 @@
 #   AGENTS=10000 PERF=1 benches/scripts/conns100k.sh      # the 10k point of the profile
 #   HEARTBEAT_MS=20000 benches/scripts/conns100k.sh       # agents ping every 20 s
 #   CONNECT_CONCURRENCY=128 ...                           # connects in flight (default 256)
+#   RELAY_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 ...   # the relay on jemalloc
 #   NO_BUILD=1 ...                                        # reuse target/release binaries
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -71,7 +72,8 @@ required = true
 path = "/dev/null"
 format = "protobuf"
 EOF
-CONTRAIL_LOG=warn "$RELAY_BIN" --config "$dir/relay.toml" >"$OUT/relay.log" 2>&1 &
+# RELAY_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2: the same relay on another allocator.
+LD_PRELOAD="${RELAY_PRELOAD:-}" CONTRAIL_LOG=warn "$RELAY_BIN" --config "$dir/relay.toml" >"$OUT/relay.log" 2>&1 &
 RELAY_PID=$!
 PIDS+=("$RELAY_PID")
 wait_for test -s "$dir/cert/cert.pem"
@@ -107,14 +109,16 @@ c1="$(redis-cli -p "$RPORT" info stats | awk -F: '/^total_commands_processed/{pr
 t1="$(date +%s.%N)"
 rss="$(awk '/VmRSS/{print $2}' "/proc/$RELAY_PID/status")"
 sessions="$(curl -s "$API/metrics" | awk '/^contrail_sessions_active /{print $2}')"
+opened="$(curl -s "$API/metrics" | awk '/^contrail_sessions_opened_total /{print $2}')"
 keys="$(redis-cli -p "$RPORT" dbsize)"
-python3 - "$r0" "$r1" "$s0" "$s1" "$c0" "$c1" "$t0" "$t1" "$HZ" "$rss" "$sessions" "$keys" <<'PY' | tee -a "$OUT/summary.txt"
+python3 - "$r0" "$r1" "$s0" "$s1" "$c0" "$c1" "$t0" "$t1" "$HZ" "$rss" "$sessions" "$keys" "$opened" <<'PY' | tee -a "$OUT/summary.txt"
 import sys
 r0, r1, s0, s1, c0, c1 = map(int, sys.argv[1:7])
 t0, t1 = float(sys.argv[7]), float(sys.argv[8])
 hz, rss, sessions, keys = int(sys.argv[9]), int(sys.argv[10]), sys.argv[11], sys.argv[12]
+opened = sys.argv[13]
 dt = t1 - t0
-print(f"quiet window {dt:.1f} s, {sessions} sessions, {keys} Redis keys")
+print(f"quiet window {dt:.1f} s, {sessions} sessions active at its end ({opened} opened since start), {keys} Redis keys")
 print(f"  relay CPU   {(r1 - r0) / hz / dt * 100:.1f}% of one core (CPU-s per s, /proc)")
 print(f"  relay RSS   {rss / 1024:.0f} MiB")
 print(f"  redis CPU   {(s1 - s0) / hz / dt * 100:.1f}% of one core; {(c1 - c0) / dt:.0f} commands/s")

@@ -1,11 +1,10 @@
 //! Fleet-wide registry of relays in Redis: each relay publishes `relay:{relay_id}` (a JSON
 //! [`RelayRecord`] with a TTL, refreshed every [`RegistryConfig::refresh`]) and its id in the
-//! sorted set [`RELAY_INDEX_KEY`]; any relay reads every relay record with `ZRANGE` of the index
-//! + `MGET` (never a keyspace `SCAN`: the keyspace holds the fleet's drones), cached for
-//! [`RegistryConfig::cache_for`]
-//! ([`reader::FleetReader::relay_view`]: placement, issue 23, reads only this), and, when a
-//! fleet-wide drone listing asks, every `drone:{id}` routing key, cached for
-//! [`RegistryConfig::drones_cache_for`] ([`reader::FleetReader::drone_view`]).
+//! sorted set [`RELAY_INDEX_KEY`]. Any relay reads every relay record with `ZRANGE` of the index
+//! and one `MGET` (never a keyspace `SCAN`: the keyspace holds the fleet's drones), cached for
+//! [`RegistryConfig::cache_for`] ([`reader::FleetReader::relay_view`]: placement, issue 23,
+//! reads only this); and, when a fleet-wide drone listing asks, every `drone:{id}` routing key,
+//! cached for [`RegistryConfig::drones_cache_for`] ([`reader::FleetReader::drone_view`]).
 //!
 //! * [`local::LocalRelay`]: what this relay knows about itself (address, region, limits, sinks,
 //!   CPU) and turns into its record.
