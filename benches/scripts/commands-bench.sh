@@ -33,7 +33,8 @@ if [ "$STORE" = postgres ]; then
   pg="$WORK/pg"
   mkdir -p "$pg"
   as_pg=()
-  if [ "$(id -u)" = 0 ]; then chown postgres "$pg"; as_pg=(runuser -u postgres --); fi
+  # initdb and postgres refuse root: run them as the postgres user (who must reach $WORK).
+  if [ "$(id -u)" = 0 ]; then chmod 755 "$WORK"; chown postgres "$pg"; as_pg=(runuser -u postgres --); fi
   "${as_pg[@]}" "$bin/initdb" -D "$pg/data" -A trust -U postgres --no-sync -E UTF8 >"$OUT/initdb.log"
   PGPORT="$(free_port tcp)"
   "${as_pg[@]}" "$bin/postgres" -D "$pg/data" -p "$PGPORT" -k "$pg" \
