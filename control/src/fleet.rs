@@ -284,6 +284,16 @@ impl Fleet {
             .collect()
     }
 
+    /// Calls `f` with the live sessions in agent-id order while holding the read lock (for
+    /// listings that page through the fleet without copying it; keep `f` short, a session
+    /// going up or down waits for it).
+    pub fn with_live<R>(
+        &self,
+        f: impl FnOnce(std::collections::btree_map::Values<'_, String, Arc<SessionInfo>>) -> R,
+    ) -> R {
+        f(self.inner.read().live.values())
+    }
+
     /// All live sessions (used by the routing refresh).
     pub fn all(&self) -> Vec<Arc<SessionInfo>> {
         self.inner.read().live.values().cloned().collect()

@@ -143,7 +143,17 @@ pub async fn run_agent(
     ctx.connect_finished(true);
 
     let mut log = SendLog::default();
-    let result = match ctx.plan.rate {
+    let rate = if ctx.plan.streams(idx) {
+        // Streaming agents wait out the plan's idle phase (idle agents only heartbeat).
+        let mut go = ctx.go.subscribe();
+        tokio::select! {
+            _ = go.wait_for(|g| *g) => ctx.plan.rate,
+            _ = stop.wait_for(|s| *s) => Rate::Idle,
+        }
+    } else {
+        Rate::Idle
+    };
+    let result = match rate {
         Rate::Max => send_max(&agent, &ctx, idx, &payload, &mut log, &mut stop).await,
         Rate::Hz(hz) => send_fixed(&agent, &ctx, idx, hz, &payload, &mut log, &mut stop).await,
         Rate::Idle => {

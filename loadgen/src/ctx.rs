@@ -64,6 +64,8 @@ pub struct RunCtx {
     pub from_relay_hist: ShardedHist,
     /// Connect + register time.
     pub connect_hist: ShardedHist,
+    /// Turns true when streaming agents may start sending (after the plan's idle phase).
+    pub go: tokio::sync::watch::Sender<bool>,
 }
 
 impl RunCtx {
@@ -97,6 +99,7 @@ impl RunCtx {
             to_relay_hist: ShardedHist::new(1),
             from_relay_hist: ShardedHist::new(1),
             connect_hist: ShardedHist::new(SHARDS),
+            go: tokio::sync::watch::Sender::new(false),
         }
     }
 

@@ -58,7 +58,8 @@ enum MqttClientArg {
 #[derive(Debug, Parser)]
 #[command(name = "contrail-loadgen", version, about)]
 struct Cli {
-    /// Built-in scenario (max, fleet, conns, soak, cpu100, cpu10k, mavlink-fleet, commands) or a
+    /// Built-in scenario (max, fleet, conns, conns100k, soak, cpu100, cpu10k, mavlink-fleet,
+    /// commands) or a
     /// TOML file.
     #[arg(long)]
     scenario: Option<String>,
@@ -117,6 +118,14 @@ struct Cli {
     /// Print latency and RSS every interval (soak).
     #[arg(long, value_parser = parse_duration)]
     interval: Option<std::time::Duration>,
+    /// Fraction of the agents that send at `--rate` (spread evenly); the others stay idle with
+    /// heartbeats (Contrail target).
+    #[arg(long)]
+    streaming: Option<f64>,
+    /// After every agent connected, this long with every agent idle before the streaming
+    /// agents start; the report's `idle` section gives relay CPU and RSS over it.
+    #[arg(long, value_parser = parse_duration)]
+    idle_phase: Option<std::time::Duration>,
     /// Fail when errors / frames sent exceeds this.
     #[arg(long)]
     max_error_rate: Option<f64>,
@@ -165,7 +174,8 @@ struct Cli {
         hide_env_values = true
     )]
     commands_token: String,
-    /// Scenario `commands`: commands submitted per second (to random agents).
+    /// Scenario `commands`: commands submitted per second (to random agents); 0 connects the
+    /// agents and submits nothing (the A side of an A/B).
     #[arg(long, default_value_t = 100.0)]
     commands_rate: f64,
     /// Scenario `commands`: more relay pids whose CPU counts (beside --relay-pid).
@@ -230,10 +240,15 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
         connect_concurrency: cli.connect_concurrency,
         interval: cli.interval,
         max_error_rate: cli.max_error_rate,
+        streaming: cli.streaming,
+        idle_phase: cli.idle_phase,
     };
     let plan = Plan::build(file.as_ref(), &overrides)?;
     if plan.mavlink_mix && cli.target != TargetArg::Contrail {
         anyhow::bail!("--payload mavlink-mix needs --target contrail");
+    }
+    if (plan.streaming < 1.0 || !plan.idle_phase.is_zero()) && cli.target != TargetArg::Contrail {
+        anyhow::bail!("streaming < 1 and idle_phase need --target contrail");
     }
     let relays = cli
         .relays
@@ -347,7 +362,14 @@ fn commands_main(cli: Cli) -> anyhow::Result<bool> {
         api_token: cli.commands_token.clone(),
         relay_pids,
         json: cli.json.clone(),
+        connect_concurrency: cli.connect_concurrency.unwrap_or(256),
+        sockets: cli
+            .sockets
+            .unwrap_or_else(|| cli.agents.unwrap_or(200).div_ceil(128).clamp(2, 16)),
     };
+    if !(cli.commands_rate.is_finite() && (0.0..=100_000.0).contains(&cli.commands_rate)) {
+        anyhow::bail!("--commands-rate must be in [0, 100000] (0: connect only)");
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(t) = cli.threads {
         rt.worker_threads(t.max(1));

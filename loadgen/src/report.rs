@@ -62,6 +62,8 @@ pub struct Report {
     pub udp_rcvbuf_errors: Option<u64>,
     /// Per-interval figures (soak).
     pub intervals: Vec<IntervalReport>,
+    /// The all-idle phase before streaming (scenario `idle_phase`), if the plan had one.
+    pub idle: Option<IdleReport>,
     /// Pass/fail.
     pub verdict: Verdict,
 }
@@ -145,6 +147,24 @@ pub struct RelayReport {
     pub cpu_ns_per_frame: Option<f64>,
     /// Relay CPU over the window, in cores.
     pub cpu_cores: f64,
+}
+
+/// The idle phase: every agent connected, none streaming (heartbeats only).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct IdleReport {
+    /// Its length, seconds.
+    pub seconds: f64,
+    /// Sessions connected at its start.
+    pub sessions: u64,
+    /// Relay CPU over it, in cores (with `--relay-pid`): heartbeats, routing refresh, resume
+    /// table, whatever else runs while nothing streams.
+    pub relay_cpu_cores: Option<f64>,
+    /// Relay RSS at its end, KiB.
+    pub relay_rss_kib: Option<u64>,
+    /// This process's CPU over it, in cores.
+    pub loadgen_cpu_cores: Option<f64>,
+    /// UDP datagrams received per second on this machine over it.
+    pub udp_datagrams_per_s: Option<f64>,
 }
 
 /// One interval of a soak run.
@@ -254,6 +274,18 @@ impl Report {
                 _ => String::new(),
             }
         );
+        if let Some(i) = &self.idle {
+            let _ = writeln!(
+                s,
+                "idle      {} sessions for {:.1} s: relay cpu {} cores, rss {} KiB; loadgen {} cores; {} UDP datagrams/s",
+                i.sessions,
+                i.seconds,
+                i.relay_cpu_cores.map_or("n/a".into(), |c| format!("{c:.3}")),
+                opt(i.relay_rss_kib),
+                i.loadgen_cpu_cores.map_or("n/a".into(), |c| format!("{c:.3}")),
+                i.udp_datagrams_per_s.map_or("n/a".into(), |c| format!("{c:.0}")),
+            );
+        }
         let _ = writeln!(
             s,
             "throughput  sent {}   acked {}   delivered {}",

@@ -19,7 +19,7 @@ use crate::ctx::{AgentEnd, RunCtx};
 use crate::deliveries::{losses, DeliveryBook};
 use crate::hist::{new_hist, Percentiles};
 use crate::report::{
-    ConnectReport, E2eSplit, IntervalReport, RelayReport, Report, Throughput, Totals,
+    ConnectReport, E2eSplit, IdleReport, IntervalReport, RelayReport, Report, Throughput, Totals,
 };
 use crate::{brokers, contrail, procfs};
 
@@ -245,7 +245,10 @@ pub async fn execute(ctx: Arc<RunCtx>, driver: Driver, opts: RunOptions) -> Repo
         e2e_note = Some("disabled (--no-e2e)".into());
     }
 
-    // 2. Agents.
+    // 2. Agents (streaming ones start at once unless the plan has an idle phase).
+    if plan.idle_phase.is_zero() {
+        ctx.go.send_replace(true);
+    }
     let rss_before = pid.and_then(procfs::rss_kib);
     let progress = (!opts.quiet).then(|| tokio::spawn(progress_loop(ctx.clone(), done_rx.clone())));
     let payload: Arc<[u8]> = (0..plan.payload).map(|i| (i % 251) as u8).collect();
@@ -299,6 +302,14 @@ pub async fn execute(ctx: Arc<RunCtx>, driver: Driver, opts: RunOptions) -> Repo
         }
         None => None,
     };
+
+    // 2b. Every agent idle (heartbeats only) for the idle phase, then streaming starts.
+    let idle = if plan.idle_phase.is_zero() {
+        None
+    } else {
+        Some(idle_phase(&ctx, pid, plan.idle_phase, connected).await)
+    };
+    ctx.go.send_replace(true);
 
     // 3. Warm-up and measured window.
     let from = ctx.now_ns() + plan.warmup.as_nanos() as u64;
@@ -498,10 +509,35 @@ pub async fn execute(ctx: Arc<RunCtx>, driver: Driver, opts: RunOptions) -> Repo
             _ => None,
         },
         intervals,
+        idle,
         verdict: Default::default(),
     };
     report.judge(plan.max_error_rate);
     report
+}
+
+/// Waits `len` with every agent idle and reports what the relay and this process spent.
+async fn idle_phase(ctx: &RunCtx, pid: Option<u32>, len: Duration, sessions: u64) -> IdleReport {
+    let a = snapshot(ctx, pid);
+    eprintln!("idle phase: {sessions} sessions idle for {len:?}");
+    tokio::time::sleep(len).await;
+    let b = snapshot(ctx, pid);
+    let secs = (b.at_ns - a.at_ns) as f64 / 1e9;
+    let cores = |x: Option<u64>, y: Option<u64>| match (x, y) {
+        (Some(x), Some(y)) => Some(y.saturating_sub(x) as f64 / 1e9 / secs),
+        _ => None,
+    };
+    IdleReport {
+        seconds: secs,
+        sessions,
+        relay_cpu_cores: cores(a.cpu_ns, b.cpu_ns),
+        relay_rss_kib: pid.and_then(procfs::rss_kib),
+        loadgen_cpu_cores: cores(a.own_cpu_ns, b.own_cpu_ns),
+        udp_datagrams_per_s: match (a.udp_datagrams, b.udp_datagrams) {
+            (Some(x), Some(y)) => Some(y.saturating_sub(x) as f64 / secs),
+            _ => None,
+        },
+    }
 }
 
 /// One line per second on stderr: elapsed, sessions up, frames/s, p99 so far.

@@ -15,6 +15,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("soak", include_str!("../scenarios/soak.toml")),
     ("cpu100", include_str!("../scenarios/cpu100.toml")),
     ("cpu10k", include_str!("../scenarios/cpu10k.toml")),
+    ("conns100k", include_str!("../scenarios/conns100k.toml")),
     (
         "mavlink-fleet",
         include_str!("../scenarios/mavlink-fleet.toml"),
@@ -111,6 +112,12 @@ pub struct ScenarioFile {
     pub interval: Option<String>,
     /// Allowed errors / frames sent.
     pub max_error_rate: Option<f64>,
+    /// Fraction of the agents that send at `rate` (spread evenly over the agents); the others
+    /// stay idle with heartbeats. Default 1.
+    pub streaming: Option<f64>,
+    /// After every agent connected, this long with every agent idle (heartbeats only) before
+    /// the streaming agents start; the report's `idle` section measures it.
+    pub idle_phase: Option<String>,
 }
 
 /// What each frame carries.
@@ -232,6 +239,10 @@ pub struct Plan {
     pub interval: Duration,
     /// Allowed errors per frame sent.
     pub max_error_rate: f64,
+    /// Fraction of agents that stream (the rest idle).
+    pub streaming: f64,
+    /// All-idle phase after the connects, before streaming starts (zero: none).
+    pub idle_phase: Duration,
 }
 
 /// Overrides from the command line (all optional).
@@ -255,6 +266,10 @@ pub struct Overrides {
     pub interval: Option<Duration>,
     /// `--max-error-rate`.
     pub max_error_rate: Option<f64>,
+    /// `--streaming`.
+    pub streaming: Option<f64>,
+    /// `--idle-phase`.
+    pub idle_phase: Option<Duration>,
 }
 
 impl Plan {
@@ -299,6 +314,8 @@ impl Plan {
                 .unwrap_or(64),
             interval: dur(o.interval, &f.interval, Duration::ZERO)?,
             max_error_rate: o.max_error_rate.or(f.max_error_rate).unwrap_or(0.0),
+            streaming: o.streaming.or(f.streaming).unwrap_or(1.0),
+            idle_phase: dur(o.idle_phase, &f.idle_phase, Duration::ZERO)?,
         };
         plan.validate()?;
         Ok(plan)
@@ -320,7 +337,28 @@ impl Plan {
         if self.duration.is_zero() {
             bail!("duration must be positive");
         }
+        if !(self.streaming > 0.0 && self.streaming <= 1.0) {
+            bail!("streaming must be in (0, 1] (got {})", self.streaming);
+        }
         Ok(())
+    }
+
+    /// Whether agent `idx` sends at the plan's rate (else it stays idle): exactly
+    /// max(1, round-down(`agents` × `streaming`)) agents do, spread evenly over the
+    /// indices (with 0.01: agents 99, 199, 299, …).
+    pub fn streams(&self, idx: usize) -> bool {
+        let (k, n) = (self.streamers() as u128, self.agents.max(1) as u128);
+        let i = idx as u128;
+        (i + 1) * k / n > i * k / n
+    }
+
+    /// How many agents stream.
+    pub fn streamers(&self) -> usize {
+        if self.streaming >= 1.0 {
+            self.agents
+        } else {
+            ((self.agents as f64 * self.streaming).floor() as usize).max(1)
+        }
     }
 }
 
@@ -395,6 +433,46 @@ mod tests {
         let f: ScenarioFile = toml::from_str("payload = 128").expect("toml");
         let p = Plan::build(Some(&f), &Overrides::default()).expect("plan");
         assert_eq!((p.payload, p.mavlink_mix), (128, false));
+    }
+
+    #[test]
+    fn conns100k_streams_one_percent_after_an_idle_phase() {
+        let p = Plan::build(
+            Some(&ScenarioFile::load("conns100k").expect("conns100k")),
+            &Overrides::default(),
+        )
+        .expect("plan");
+        assert_eq!((p.agents, p.rate), (100_000, Rate::Hz(1.0)));
+        assert!(
+            p.idle_phase >= Duration::from_secs(30),
+            "{:?}",
+            p.idle_phase
+        );
+        let streaming: Vec<usize> = (0..p.agents).filter(|&i| p.streams(i)).collect();
+        assert_eq!(streaming.len(), 1000);
+        assert_eq!(p.streamers(), 1000);
+        assert_eq!(&streaming[..3], &[99, 199, 299]);
+    }
+
+    #[test]
+    fn the_streaming_fraction_is_exact_and_never_empty() {
+        for (agents, f, want) in [(10, 0.5, 5), (7, 0.3, 2), (3, 0.01, 1), (250, 1.0, 250)] {
+            let o = Overrides {
+                agents: Some(agents),
+                streaming: Some(f),
+                ..Overrides::default()
+            };
+            let p = Plan::build(None, &o).expect("plan");
+            let n = (0..agents).filter(|&i| p.streams(i)).count();
+            assert_eq!((n, p.streamers()), (want, want), "{agents} agents x {f}");
+        }
+        for bad in [0.0, -0.5, 1.5] {
+            let o = Overrides {
+                streaming: Some(bad),
+                ..Overrides::default()
+            };
+            assert!(Plan::build(None, &o).is_err(), "streaming {bad}");
+        }
     }
 
     #[test]

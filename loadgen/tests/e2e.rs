@@ -191,3 +191,145 @@ async fn fails_when_no_relay_answers() {
     assert_eq!(num(&r, &["sessions_connected"]), 0.0, "{r}");
     assert_eq!(r["verdict"]["ok"], serde_json::Value::Bool(false), "{r}");
 }
+
+/// `--idle-phase` keeps every agent idle (heartbeats only) and reports the relay's CPU over it;
+/// then only the `--streaming` fraction sends (the relay's usage shows which agents did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_phase_then_only_the_streaming_fraction_sends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (relay, ca) = live_relay(dir.path()).await;
+    let addr = relay.local_addr().to_string();
+    let json = dir.path().join("fraction.json");
+    let pid = std::process::id().to_string();
+    let (out, r) = loadgen(
+        &addr,
+        &ca,
+        &json,
+        &[
+            "--agents",
+            "8",
+            "--streaming",
+            "0.25",
+            "--idle-phase",
+            "1s",
+            "--rate",
+            "20",
+            "--payload",
+            "32",
+            "--duration",
+            "1s",
+            "--relay-pid",
+            &pid,
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "loadgen failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("idle      8 sessions"), "{stdout}");
+    assert_eq!(num(&r, &["idle", "sessions"]), 8.0, "{r}");
+    assert!(num(&r, &["idle", "seconds"]) >= 0.9, "{r}");
+    assert!(num(&r, &["idle", "relay_cpu_cores"]) >= 0.0, "{r}");
+    let sent = num(&r, &["totals", "sent"]);
+    assert!(sent > 0.0, "nothing sent: {r}");
+    assert_eq!(num(&r, &["totals", "delivered"]), sent, "{r}");
+    assert_eq!(num(&r, &["totals", "lost"]), 0.0, "{r}");
+    // Which agents sent: the relay's usage keeps every agent's totals after it disconnected.
+    let http = relay.http_addr().expect("http");
+    let usage: serde_json::Value = reqwest::get(format!("http://{http}/v1/usage?limit=100"))
+        .await
+        .expect("usage")
+        .json()
+        .await
+        .expect("usage json");
+    let agents = usage["agents"].as_array().expect("agents");
+    assert_eq!(agents.len(), 8, "{usage}");
+    let mut streamed: Vec<String> = agents
+        .iter()
+        .filter(|a| a["total_frames"].as_u64().unwrap_or(0) > 0)
+        .filter_map(|a| a["agent_id"].as_str().map(str::to_owned))
+        .collect();
+    streamed.sort();
+    assert_eq!(streamed.len(), 2, "2 of 8 agents stream: {usage}");
+    assert!(
+        streamed[0].ends_with('3') && streamed[1].ends_with('7'),
+        "agents 3 and 7 stream: {streamed:?}"
+    );
+    let frames: u64 = agents
+        .iter()
+        .map(|a| a["total_frames"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(frames as f64, sent, "{usage}");
+}
+
+/// Scenario `commands`: agents on shared sockets take commands submitted through the relay's
+/// API; every submitted command is accepted and its result stored, and the report says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commands_scenario_delivers_every_submitted_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = contrail_relay::Config::from_toml(
+        "[commands]\n[[commands.tokens]]\nname = \"bench\"\nrole = \"operator\"\ntoken = \"bench-operator-token\"\n",
+    )
+    .expect("config");
+    config.listen = "127.0.0.1:0".parse().expect("addr");
+    config.http.listen = "127.0.0.1:0".parse().expect("addr");
+    config.tls.dev_cert_dir = dir.path().join("certs");
+    config.sinks = vec![toml::from_str::<SinkConfig>(
+        "name = \"null\"\ntype = \"file\"\nrequired = true\npath = \"/dev/null\"\n",
+    )
+    .expect("sink")];
+    let udp = std::net::UdpSocket::bind(config.listen).expect("bind udp");
+    let http = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .expect("bind http");
+    let relay = RelayBuilder::new(config)
+        .start(udp, http)
+        .await
+        .expect("relay starts");
+    let ca = relay.dev_cert_path().expect("cert").to_path_buf();
+    let api = format!("http://{}", relay.http_addr().expect("http"));
+    let json = dir.path().join("commands.json");
+    let pid = std::process::id().to_string();
+    let (out, r) = loadgen(
+        &relay.local_addr().to_string(),
+        &ca,
+        &json,
+        &[
+            "--scenario",
+            "commands",
+            "--agents",
+            "20",
+            "--commands-rate",
+            "20",
+            "--duration",
+            "1s",
+            "--commands-api",
+            &api,
+            "--commands-token",
+            "bench-operator-token",
+            "--relay-pid",
+            &pid,
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "loadgen failed: {}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(num(&r, &["agents_connected"]), 20.0, "{r}");
+    let submitted = num(&r, &["submitted"]);
+    assert!(submitted > 0.0, "{r}");
+    assert_eq!(num(&r, &["submit_errors"]), 0.0, "{r}");
+    assert_eq!(num(&r, &["not_finished"]), 0.0, "{r}");
+    assert_eq!(num(&r, &["submit_to_accepted", "count"]), submitted, "{r}");
+    assert_eq!(num(&r, &["submit_to_result", "count"]), submitted, "{r}");
+    assert!(num(&r, &["executed_by_agents"]) >= submitted, "{r}");
+    assert!(num(&r, &["relay_cpu_us_per_command"]) > 0.0, "{r}");
+}

@@ -1,7 +1,7 @@
 //! Relay side of placement (issue 23, docs/placement.md): whether a registering agent is
 //! redirected, and the relay lists sent in `Redirect`, `Drain.relays` and `Registered.fleet`.
 //! The ranking rule is `contrail_control::placement`; the fleet view is the registry's cached
-//! reader (`relay:{id}` records in Redis).
+//! reader of `relay:{id}` records in Redis (relays only: placement never scans `drone:*`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -96,7 +96,7 @@ impl RelayPlacement {
     /// Redis is slow, or no relay qualifies. `commit`: the agent is sent to the first one
     /// (Redirect, Drain), which counts against that relay's room until the view is read again.
     pub async fn targets(&self, me: &str, commit: bool) -> Vec<RelayEndpoint> {
-        let snap = match tokio::time::timeout(READ_BUDGET, self.reader.snapshot()).await {
+        let snap = match tokio::time::timeout(READ_BUDGET, self.reader.relay_view()).await {
             Ok(s) => s,
             Err(_) => {
                 metrics::counter!("contrail_limit_hits_total", "limit" => "placement_read")

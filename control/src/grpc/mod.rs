@@ -73,7 +73,7 @@ impl RelayControlService {
         if !fleet_wide {
             return live;
         }
-        let snap = self.reader.snapshot().await;
+        let snap = self.reader.drone_view().await;
         let me = &*self.relay_id;
         let mut by_id: std::collections::BTreeMap<String, pb::DroneStatus> = snap
             .drones
@@ -150,11 +150,10 @@ impl RelayControl for RelayControlService {
             }));
         }
         if r.fleet_wide {
-            let snap = self.reader.snapshot().await;
+            let snap = self.reader.drone_view().await;
             if let Some(d) = snap
-                .drones
-                .iter()
-                .find(|d| d.agent_id == r.agent_id && d.relay_id != *self.relay_id)
+                .find(&r.agent_id)
+                .filter(|d| d.relay_id != *self.relay_id)
             {
                 return Ok(Response::new(pb::GetDroneStatusResponse {
                     status: Some(pb::DroneStatus {

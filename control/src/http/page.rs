@@ -76,11 +76,11 @@ struct Relays {
 }
 
 async fn relays(State(s): State<AppState>) -> Json<Relays> {
-    let snap = s.fleet_reader.snapshot().await;
+    let view = s.fleet_reader.relay_view().await;
     Json(Relays {
-        source: snap.source,
-        error: snap.error.clone(),
-        relays: snap.relays.clone(),
+        source: view.source,
+        error: view.error.clone(),
+        relays: view.relays.clone(),
     })
 }
 
@@ -157,55 +157,123 @@ struct PageState {
 /// Rates need the previous counters of the rows on the page.
 type Prev = HashMap<String, (String, u64, u64, Instant)>;
 
+/// Whether `hay` contains `needle_lower` (already lower case), ignoring case, without
+/// allocating for ASCII needles (one call per drone of the fleet per listing).
+fn contains_ci(hay: &str, needle_lower: &str) -> bool {
+    if needle_lower.is_empty() {
+        return true;
+    }
+    if !needle_lower.is_ascii() {
+        return hay.to_lowercase().contains(needle_lower);
+    }
+    let (h, n) = (hay.as_bytes(), needle_lower.as_bytes());
+    h.len() >= n.len() && h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+}
+
+/// A drone on this relay (full status) or on another one (its route).
+enum Entry {
+    Local(Arc<crate::fleet::SessionInfo>),
+    Remote(crate::registry::DroneRoute),
+}
+
+impl Entry {
+    fn agent(&self) -> &str {
+        match self {
+            Entry::Local(i) => &i.agent_id,
+            Entry::Remote(d) => &d.agent_id,
+        }
+    }
+}
+
+/// An entry of the merged walk, borrowed until it lands on the page.
+enum Ref<'a> {
+    Local(&'a Arc<crate::fleet::SessionInfo>),
+    Remote(&'a crate::registry::DroneRoute),
+}
+
+impl Ref<'_> {
+    fn agent(&self) -> &str {
+        match self {
+            Ref::Local(i) => &i.agent_id,
+            Ref::Remote(d) => &d.agent_id,
+        }
+    }
+
+    fn to_entry(&self) -> Entry {
+        match self {
+            Ref::Local(i) => Entry::Local(Arc::clone(i)),
+            Ref::Remote(d) => Entry::Remote((*d).clone()),
+        }
+    }
+}
+
+/// The requested page of the merged listing and its total: this relay's live sessions (its
+/// Fleet, ordered by agent id: authoritative for its own drones) merged with the registry's
+/// routes of other relays' drones (ordered by agent id too). One pass, no sort, no copy of the
+/// fleet: only the page's entries are cloned.
+fn merged_page(
+    s: &AppState,
+    remote: &[crate::registry::DroneRoute],
+    me: &str,
+    p: &Paging,
+) -> (usize, Vec<Entry>) {
+    let needle = p.q.to_lowercase();
+    let end = p.offset.saturating_add(p.limit);
+    let mut page = Vec::with_capacity(p.limit.min(MAX_LIMIT));
+    let mut total = 0usize;
+    let mut remote = remote.iter().filter(|d| d.relay_id != me).peekable();
+    if needle.is_empty() && remote.peek().is_none() {
+        let total = s.fleet.len();
+        let rows = s.fleet.list(p.offset, p.limit);
+        return (total, rows.into_iter().map(Entry::Local).collect());
+    }
+    s.fleet.with_live(|live| {
+        let mut live = live.peekable();
+        loop {
+            // A drone listed by this relay and (stale) by another keeps the local entry.
+            let local_first = match (live.peek(), remote.peek()) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some(l), Some(r)) => match l.agent_id.as_str().cmp(r.agent_id.as_str()) {
+                    std::cmp::Ordering::Less => true,
+                    std::cmp::Ordering::Greater => false,
+                    std::cmp::Ordering::Equal => {
+                        remote.next();
+                        true
+                    }
+                },
+            };
+            let next = if local_first {
+                live.next().map(Ref::Local)
+            } else {
+                remote.next().map(Ref::Remote)
+            };
+            let Some(next) = next else { break };
+            if !contains_ci(next.agent(), &needle) {
+                continue;
+            }
+            if total >= p.offset && total < end {
+                page.push(next.to_entry());
+            }
+            total += 1;
+        }
+    });
+    (total, page)
+}
+
 async fn drone_page(
     s: &AppState,
     p: &Paging,
     prev: Option<&mut Prev>,
-) -> (DronePage, Arc<crate::registry::FleetSnapshot>) {
-    /// A drone on this relay (full status) or on another one (its route).
-    enum Entry<'a> {
-        Local(Arc<crate::fleet::SessionInfo>),
-        Remote(&'a crate::registry::DroneRoute),
-    }
-    impl Entry<'_> {
-        fn agent(&self) -> &str {
-            match self {
-                Entry::Local(i) => &i.agent_id,
-                Entry::Remote(d) => &d.agent_id,
-            }
-        }
-    }
+) -> (DronePage, crate::registry::FleetSnapshot) {
     let snap = s.fleet_reader.snapshot().await;
     let me = &*s.local.relay_id;
-    let needle = p.q.to_lowercase();
-    let matches = |a: &str| needle.is_empty() || a.to_lowercase().contains(&needle);
-    // This relay is authoritative for its own drones (its Fleet, ordered by agent id); the
-    // registry adds the other relays'. Only the requested page is turned into rows.
-    let mut all: Vec<Entry<'_>> = s
-        .fleet
-        .all()
-        .into_iter()
-        .filter(|i| matches(&i.agent_id))
-        .map(Entry::Local)
-        .collect();
-    let remote = snap
-        .drones
-        .iter()
-        .filter(|d| d.relay_id != me && matches(&d.agent_id));
-    let had_remote = remote.clone().next().is_some();
-    if had_remote {
-        all.extend(remote.map(Entry::Remote));
-        // Stable: a drone listed by this relay and (stale) by another keeps the local entry.
-        all.sort_by(|a, b| a.agent().cmp(b.agent()));
-        all.dedup_by(|a, b| a.agent() == b.agent());
-    }
-    let total = all.len();
+    let (total, page) = merged_page(s, &snap.drones.drones, me, p);
     let now = Instant::now();
     let mut next_prev = Prev::new();
-    let rows = all
+    let rows = page
         .iter()
-        .skip(p.offset)
-        .take(p.limit)
         .map(|e| {
             let (local, relay, sid) = match e {
                 Entry::Local(i) => {

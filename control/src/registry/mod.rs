@@ -1,8 +1,10 @@
 //! Fleet-wide registry of relays in Redis: each relay publishes `relay:{relay_id}` (a JSON
-//! [`RelayRecord`] with a TTL, refreshed every [`RegistryConfig::refresh`]); any relay reads every
-//! relay and every `drone:{id}` routing key with `SCAN` + pipelined `MGET`, cached for
-//! [`RegistryConfig::cache_for`] ([`reader::FleetReader`]). Placement (issue 23) reads the same
-//! records through [`reader::FleetReader::relays`].
+//! [`RelayRecord`] with a TTL, refreshed every [`RegistryConfig::refresh`]) and its id in the
+//! sorted set [`RELAY_INDEX_KEY`]. Any relay reads every relay record with `ZRANGE` of the index
+//! and one `MGET` (never a keyspace `SCAN`: the keyspace holds the fleet's drones), cached for
+//! [`RegistryConfig::cache_for`] ([`reader::FleetReader::relay_view`]: placement, issue 23,
+//! reads only this); and, when a fleet-wide drone listing asks, every `drone:{id}` routing key,
+//! cached for [`RegistryConfig::drones_cache_for`] ([`reader::FleetReader::drone_view`]).
 //!
 //! * [`local::LocalRelay`]: what this relay knows about itself (address, region, limits, sinks,
 //!   CPU) and turns into its record.
@@ -19,10 +21,18 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use local::{CommandsReport, CommandsView, LocalRelay, RelayFacts, SinkReport, SinkStatus};
-pub use reader::{DroneRoute, FleetReader, FleetSnapshot};
+pub use reader::{DroneRoute, DroneView, FleetReader, FleetSnapshot, RelayView};
 
 /// Key prefix of relay records.
 pub const RELAY_KEY_PREFIX: &str = "relay:";
+
+/// Sorted set indexing the relay records: member = relay id, score = the record's
+/// `updated_unix_ms`. Readers list relays from it (`ZRANGE`) instead of scanning the keyspace,
+/// whose size is the fleet's (`drone:*`); members older than the TTL are pruned by readers.
+pub const RELAY_INDEX_KEY: &str = "contrail:relays";
+
+/// Most relays a read lists.
+pub const MAX_RELAYS: usize = 10_000;
 
 /// The Redis key of a relay's record.
 pub fn relay_key(relay_id: &str) -> String {
@@ -70,8 +80,11 @@ pub struct RegistryConfig {
     pub ttl: Duration,
     /// Interval between writes of the record (at most `ttl / 2`).
     pub refresh: Duration,
-    /// How long a fleet-wide read is served from cache.
+    /// How long the relay records (`relay:*`) are served from cache.
     pub cache_for: Duration,
+    /// How long the drone routes (`drone:*`, a scan of the whole fleet) are served from cache;
+    /// they are read only when a fleet-wide drone listing asks.
+    pub drones_cache_for: Duration,
     /// Most `drone:*` keys a fleet-wide read collects (beyond: truncated and counted in
     /// `contrail_limit_hits_total{limit="fleet_scan_keys"}`).
     pub max_scan_keys: usize,
@@ -85,6 +98,7 @@ impl Default for RegistryConfig {
             ttl: crate::routing::DEFAULT_TTL,
             refresh: Duration::from_secs(5),
             cache_for: Duration::from_secs(1),
+            drones_cache_for: Duration::from_secs(2),
             max_scan_keys: 200_000,
             scan_chunk: 1000,
         }

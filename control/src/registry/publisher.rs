@@ -12,7 +12,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{relay_key, LocalRelay, RegistryConfig};
+use super::{relay_key, LocalRelay, RegistryConfig, RELAY_INDEX_KEY};
 use crate::error::RoutingError;
 use crate::routing::RoutingConfig;
 
@@ -58,12 +58,21 @@ impl Run {
         };
         let rec = self.local.record();
         let json = serde_json::to_string(&rec).unwrap_or_default();
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(relay_key(&rec.relay_id))
+        // The record and its index entry in one round trip (MULTI: never one without the other).
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(relay_key(&rec.relay_id))
             .arg(json)
             .arg("EX")
-            .arg(self.cfg.ttl.as_secs().max(1));
-        let fut = cmd.query_async::<()>(conn);
+            .arg(self.cfg.ttl.as_secs().max(1))
+            .ignore()
+            .cmd("ZADD")
+            .arg(RELAY_INDEX_KEY)
+            .arg(rec.updated_unix_ms)
+            .arg(&rec.relay_id)
+            .ignore();
+        let fut = pipe.query_async::<()>(conn);
         match tokio::time::timeout(routing.io_timeout, fut).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
@@ -86,7 +95,16 @@ impl Run {
                 self.conn = connect(routing).await.ok();
             }
             if let Some(c) = self.conn.as_mut() {
-                let _ = redis::cmd("DEL").arg(&key).query_async::<()>(c).await;
+                let _ = redis::pipe()
+                    .cmd("DEL")
+                    .arg(&key)
+                    .ignore()
+                    .cmd("ZREM")
+                    .arg(RELAY_INDEX_KEY)
+                    .arg(&*self.local.relay_id)
+                    .ignore()
+                    .query_async::<()>(c)
+                    .await;
             }
         })
         .await;

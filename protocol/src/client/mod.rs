@@ -283,6 +283,22 @@ impl Agent {
         Self::start(config, endpoint.endpoint.clone(), false, None).await
     }
 
+    /// [`connect_with_commands`](Self::connect_with_commands) on a socket shared with other
+    /// agents (see [`SharedEndpoint`]): many command-taking agents in one process (gateways,
+    /// `contrail-loadgen`'s `commands` scenario).
+    pub async fn connect_shared_with_commands(
+        config: ClientConfig,
+        endpoint: &SharedEndpoint,
+        options: commands::CommandOptions,
+    ) -> Result<(Agent, commands::Commands), ClientError> {
+        if config.relays.is_empty() {
+            return Err(ClientConfigError::NoRelay.into());
+        }
+        let (hub, stream) = commands::Hub::open(options)?;
+        let agent = Self::start(config, endpoint.endpoint.clone(), false, Some(hub)).await?;
+        Ok((agent, stream))
+    }
+
     async fn start(
         config: ClientConfig,
         endpoint: quinn::Endpoint,

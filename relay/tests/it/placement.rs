@@ -222,7 +222,11 @@ async fn two_relays_that_each_think_the_other_is_better_cannot_bounce_an_agent()
         })
         .to_string();
         let key = format!("relay:{ghost}");
-        tokio::task::block_in_place(|| redis.cmd::<()>(&["SET", &key, &rec]));
+        tokio::task::block_in_place(|| {
+            redis.cmd::<()>(&["SET", &key, &rec]);
+            // Readers list relays from the index, as a relay's publisher writes it.
+            redis.cmd::<()>(&["ZADD", "contrail:relays", &now.to_string(), ghost]);
+        });
     }
     // The relays' cached views expire within a second: wait until A redirects at all.
     let probe = Agent::connect(client(a.addr, "loop-drone".into(), &cert))

@@ -240,6 +240,15 @@ async fn three_relays_see_every_relay_and_drone_through_redis() {
     assert!(!rec.draining);
     let ttl: i64 = redis.cmd(&["TTL", "relay:sre-b"]);
     assert!((1..=45).contains(&ttl), "ttl {ttl}");
+    // Readers list relays from the index (no keyspace SCAN): every relay is a member.
+    let index: BTreeSet<String> = redis
+        .cmd(&["ZRANGE", "contrail:relays", "0", "-1"])
+        .as_array()
+        .expect("index")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(index, want_relays);
     let v = get_json(&format!("{}/v1/fleet/drones?q=d-3", relays[0].http())).await;
     assert_eq!(v["total"], 1, "{v}");
     assert_eq!(v["drones"][0]["relay_id"], "sre-b");
@@ -263,6 +272,13 @@ async fn three_relays_see_every_relay_and_drone_through_redis() {
             .cmd::<Option<String>>(&["GET", "relay:sre-c"])
             .is_none(),
         "record deleted"
+    );
+    assert!(
+        redis
+            .cmd(&["ZSCORE", "contrail:relays", "sre-c"])
+            .as_str()
+            .is_none(),
+        "index entry deleted"
     );
     let base = relays[0].http();
     poll_until_async(DEADLINE, "sre-c and d-4 gone from a's view", async || {
