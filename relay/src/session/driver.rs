@@ -154,7 +154,7 @@ pub(crate) async fn run(
             tracing::debug!(code = %refusal.end.code, reason = %refusal.end.reason, "registration refused");
             match refusal.redirect {
                 Some(r) => {
-                    close_with_message(
+                    Box::pin(close_with_message(
                         &core,
                         &shared,
                         Some(&refusal.conn),
@@ -162,18 +162,18 @@ pub(crate) async fn run(
                         &codec,
                         Msg::Redirect(r),
                         &refusal.end,
-                    )
+                    ))
                     .await
                 }
                 None => {
-                    close_with_error(
+                    Box::pin(close_with_error(
                         &core,
                         &shared,
                         Some(&refusal.conn),
                         control.as_mut(),
                         &codec,
                         &refusal.end,
-                    )
+                    ))
                     .await
                 }
             }
@@ -185,14 +185,14 @@ pub(crate) async fn run(
             core.count_rejection(ErrorCode::Timeout);
             let end = End::new(ErrorCode::Timeout, "handshake/Register timeout");
             let conn = shared.conn();
-            close_with_error(
+            Box::pin(close_with_error(
                 &core,
                 &shared,
                 conn.as_ref(),
                 control.as_mut(),
                 &codec,
                 &end,
-            )
+            ))
             .await;
             return;
         }
@@ -205,19 +205,20 @@ pub(crate) async fn run(
     // `fleet` workload ≈ 3% of the relay's CPU.)
     let end = if ctx.core().downlink.is_some() && ctx.reg.commands {
         let (mut link, side, mut uni_streams) = super::commands::channels();
-        // Pinned in place and polled by reference: `select!` on the futures by value would move
-        // them into its own state, and this task would hold both copies for the session's life.
-        let mut telemetry =
-            std::pin::pin!(reader::run(&ctx, reader::Streams::Handed(&mut uni_streams)));
-        let mut control = std::pin::pin!(control_loop(&ctx, &mut stream, Some(&mut link)));
+        // Boxed: inline, this branch's three futures would size every session's task (sessions
+        // without commands included: a state machine is as large as its largest branch; the
+        // session task grew to ≈ 13 KB per idle session in round 10, heaptrack). Polled by
+        // reference: `select!` on them by value would move them into its own state.
+        let mut telemetry = Box::pin(reader::run(&ctx, reader::Streams::Handed(&mut uni_streams)));
+        let mut control = Box::pin(control_loop(&ctx, &mut stream, Some(&mut link)));
         // Gated like the control stream's read: polling it locks the connection (accept_uni),
         // and the task wakes for every telemetry batch.
         let commands_gate = WakeGate::new();
-        let mut commands = std::pin::pin!(commands_gate.run(super::commands::run(
+        let mut commands = Box::pin(commands_gate.run(super::commands::run(
             ctx.core(),
             &ctx.conn,
             &ctx.reg,
-            side
+            side,
         )));
         // Biased: the reader first, so the control loop sees what it just forwarded.
         tokio::select! {
@@ -246,14 +247,14 @@ pub(crate) async fn run(
         }
         if end.code != ErrorCode::Superseded {
             // Say why before closing (a superseded session was closed by its successor).
-            close_with_error(
+            Box::pin(close_with_error(
                 &core,
                 &shared,
                 Some(&ctx.conn),
                 Some(&mut stream.send),
                 &ctx.codec,
                 &end,
-            )
+            ))
             .await;
             return;
         }
