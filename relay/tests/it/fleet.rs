@@ -16,8 +16,8 @@
 //!    duplicate window), which is what keeps the stream exactly once. How many such frames the run
 //!    produced is printed (`stored via the killed relay but unacked`).
 
+use crate::faults_support::{log_tail, spawn_reporting};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -76,12 +76,6 @@ struct ChildRelay {
     log: PathBuf,
 }
 
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
 /// Starts `contrail-relay` (the real binary) with a required JetStream sink, Redis routing and the
 /// shared development certificate directory; reads its addresses from stdout.
 fn spawn_relay(
@@ -116,46 +110,13 @@ fn spawn_relay(
         .args(["--log", "info"])
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("relay log file"));
-    let mut process = ProcessGuard::spawn(id, &mut cmd).expect("spawn contrail-relay");
-    let stdout = process.child_mut().stdout.take().expect("relay stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // Keeps draining stdout for the relay's whole life (a closed pipe would fail its prints).
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let (mut cert, mut addrs) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while addrs.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-            panic!(
-                "{id} did not report its addresses; log:\n{}",
-                log_tail(&log)
-            )
-        });
-        if let Some(p) = line.strip_prefix("development certificate (trust this in agents): ") {
-            cert = Some(PathBuf::from(p.trim()));
-        } else if let Some(rest) = line.strip_prefix("contrail-relay listening on ") {
-            let quic: SocketAddr = rest
-                .split_whitespace()
-                .next()
-                .expect("quic address")
-                .parse()
-                .expect("socket address");
-            let http = rest.rsplit(' ').next().expect("http address").to_string();
-            addrs = Some((quic, format!("http://{http}")));
-        }
-    }
-    let (addr, http) = addrs.expect("addresses");
+    let r = spawn_reporting(id, &mut cmd, &log, Duration::from_secs(60));
     ChildRelay {
-        process,
+        process: r.process,
         id,
-        addr,
-        http,
-        cert: cert.expect("relay prints the dev certificate path before listening"),
+        addr: r.addr,
+        http: r.http,
+        cert: r.cert,
         log,
     }
 }

@@ -6,12 +6,12 @@
 //! * two relays that each think the other is better (planted registry records) cannot bounce an
 //!   agent: it is redirected at most once and then placed.
 
-use std::io::BufRead;
+use crate::faults_support::spawn_reporting;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use contrail_protocol::client::{Agent, ClientConfig, Trust};
 use contrail_protocol::AgentId;
@@ -61,41 +61,12 @@ fn spawn_with(
         .args(["--log", "info"])
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("log"));
-    let mut process = ProcessGuard::spawn(id, &mut cmd).expect("spawn contrail-relay");
-    let stdout = process.child_mut().stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let (mut cert, mut addrs) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while addrs.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("{id} did not start; see {}", log.display()));
-        if let Some(p) = line.strip_prefix("development certificate (trust this in agents): ") {
-            cert = Some(PathBuf::from(p.trim()));
-        } else if let Some(rest) = line.strip_prefix("contrail-relay listening on ") {
-            let quic: SocketAddr = rest
-                .split_whitespace()
-                .next()
-                .expect("quic")
-                .parse()
-                .expect("addr");
-            let http = rest.rsplit(' ').next().expect("http").to_string();
-            addrs = Some((quic, format!("http://{http}")));
-        }
-    }
-    let (addr, http) = addrs.expect("addresses");
+    let r = spawn_reporting(id, &mut cmd, &log, Duration::from_secs(60));
     Child {
-        process,
-        addr,
-        http,
-        cert: cert.expect("certificate path"),
+        process: r.process,
+        addr: r.addr,
+        http: r.http,
+        cert: r.cert,
     }
 }
 

@@ -154,41 +154,71 @@ pub fn spawn_relay(dir: &Path, relay_id: &str, redis: Option<SocketAddr>) -> Chi
     if let Some(r) = redis {
         cmd.args(["--redis-addr", &r.to_string()]);
     }
-    let mut process = ProcessGuard::spawn(relay_id, &mut cmd).expect("spawn contrail-relay");
+    let r = spawn_reporting(relay_id, &mut cmd, &log, Duration::from_secs(15));
+    ChildRelay {
+        process: r.process,
+        id: relay_id.to_string(),
+        addr: r.addr,
+        cert: r.cert,
+        sink_path,
+        log,
+    }
+}
+
+/// The last 40 lines of a relay's log, for a failure message.
+pub fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// A relay process and what it printed on stdout before serving.
+pub struct Reported {
+    pub process: ProcessGuard,
+    pub addr: SocketAddr,
+    /// `http://host:port` of the admin API.
+    pub http: String,
+    pub cert: PathBuf,
+}
+
+/// Spawns `cmd` (`contrail-relay` with `--dev-cert-dir`, stdout piped, stderr to `log`) and waits
+/// up to `wait` for the lines that name its development certificate and its addresses. Stdout is
+/// drained for the relay's whole life (a closed pipe would fail its prints).
+pub fn spawn_reporting(id: &str, cmd: &mut Command, log: &Path, wait: Duration) -> Reported {
+    let mut process = ProcessGuard::spawn(id, cmd).expect("spawn contrail-relay");
     let stdout = process.child_mut().stdout.take().expect("relay stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
+            let _ = tx.send(line);
         }
     });
-    let mut cert = None;
-    let mut addr = None;
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while addr.is_none() || cert.is_none() {
+    let (mut cert, mut addrs) = (None, None);
+    let deadline = std::time::Instant::now() + wait;
+    while addrs.is_none() || cert.is_none() {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-            panic!(
-                "{relay_id} did not report its address; log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
+            panic!("{id} did not report its addresses; log:\n{}", log_tail(log))
         });
         if let Some(p) = line.strip_prefix("development certificate (trust this in agents): ") {
             cert = Some(PathBuf::from(p.trim()));
         } else if let Some(rest) = line.strip_prefix("contrail-relay listening on ") {
-            let a = rest.split_whitespace().next().expect("address");
-            addr = Some(a.parse().expect("socket address"));
+            let quic: SocketAddr = rest
+                .split_whitespace()
+                .next()
+                .expect("quic address")
+                .parse()
+                .expect("socket address");
+            let http = rest.rsplit(' ').next().expect("http address").to_string();
+            addrs = Some((quic, format!("http://{http}")));
         }
     }
-    ChildRelay {
+    let (addr, http) = addrs.expect("addresses");
+    Reported {
         process,
-        id: relay_id.to_string(),
-        addr: addr.expect("addr"),
-        cert: cert.expect("cert"),
-        sink_path,
-        log,
+        addr,
+        http,
+        cert: cert.expect("certificate path"),
     }
 }
