@@ -5,6 +5,8 @@
 #
 #   bash scripts/demo-commands.sh            # builds what it needs (debug), prints "hello"
 #   CONTRAIL_BIN_DIR=target/release bash scripts/demo-commands.sh   # use built binaries
+#   CONTRAIL_SIM_VEHICLE=path/to/sim_vehicle ...   # the simulated vehicle built elsewhere (the
+#                                                  # test suite's: `cargo test` names it sim_vehicle-<hash>)
 #
 # Needs: PostgreSQL's initdb/postgres (Debian: apt-get install postgresql; as root they run as
 # the `postgres` user), curl, python3. Everything lives in a temporary directory and is stopped
@@ -18,7 +20,8 @@ if [ -z "$bin" ]; then
   cargo build -q -p contrail-relay -p contrail-agent --bins --example sim_vehicle
   bin=target/debug
 fi
-for f in "$bin/contrail-relay" "$bin/contrail-agent" "$bin/examples/sim_vehicle"; do
+sim_vehicle="${CONTRAIL_SIM_VEHICLE:-$bin/examples/sim_vehicle}"
+for f in "$bin/contrail-relay" "$bin/contrail-agent" "$sim_vehicle"; do
   [ -x "$f" ] || { echo "demo: $f is missing (cargo build -p contrail-relay -p contrail-agent --bins --example sim_vehicle)" >&2; exit 2; }
 done
 pgbin="$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -1)")"
@@ -97,7 +100,7 @@ mav_port="$(port SOCK_DGRAM)"
   --source "udpin:127.0.0.1:$mav_port" --http-listen "" \
   --commands --allow-exec echo >"$work/agent.log" 2>&1 &
 pids+=($!)
-"$bin/examples/sim_vehicle" "127.0.0.1:$mav_port" 600 >"$work/vehicle.log" 2>&1 &
+"$sim_vehicle" "127.0.0.1:$mav_port" 600 >"$work/vehicle.log" 2>&1 &
 pids+=($!)
 wait_for 30 curl -sf "http://127.0.0.1:$b_http/v1/drones/drone-1"
 log "drone-1 (contrail-agent + simulated vehicle) connected to relay-b"
