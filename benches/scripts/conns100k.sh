@@ -83,7 +83,7 @@ API="http://127.0.0.1:$HTTP_PORT"
 # The loadgen, idle phase long enough for the quiet window plus the HTTP timings.
 IDLE_S=$(( QUIET_S + 45 ))
 "$LOADGEN_BIN" --scenario conns100k --agents "$AGENTS" --idle-phase "${IDLE_S}s" \
-  --connect-concurrency "$CONNECT_CONCURRENCY" \
+  --connect-concurrency "$CONNECT_CONCURRENCY" --idle-timeout-ms "$IDLE_TIMEOUT_MS" \
   --relay "127.0.0.1:$RELAY_PORT" --ca "$dir/cert/cert.pem" --relay-pid "$RELAY_PID" \
   --no-e2e --quiet --json "$OUT/loadgen.json" >"$OUT/loadgen.txt" 2>"$OUT/loadgen.err" &
 LG_PID=$!

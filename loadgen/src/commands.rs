@@ -116,10 +116,7 @@ pub async fn run(o: Opts) -> anyhow::Result<bool> {
         &o.relays,
         &o.trust,
         o.sockets.max(1),
-        contrail_protocol::client::config::DEFAULT_ACK_ELICITING_THRESHOLD,
-        contrail_protocol::client::config::DEFAULT_MAX_ACK_DELAY,
-        contrail_protocol::client::config::DEFAULT_MAX_UDP_PAYLOAD,
-        false,
+        crate::contrail::EndpointOptions::default(),
     )?;
     let o = Arc::new(o);
     let gate = Arc::new(tokio::sync::Semaphore::new(o.connect_concurrency.max(1)));

@@ -49,10 +49,40 @@ pub struct Target {
     pub endpoints: Arc<[SharedEndpoint]>,
     /// Largest UDP payload for the subscriber (see `SubscriberConfig::max_udp_payload_bytes`).
     pub max_udp_payload_bytes: u16,
+    /// The agents' QUIC idle timeout (as their endpoints'): their pings' upper interval.
+    pub idle_timeout: std::time::Duration,
 }
 
 /// Kernel buffer size asked for each shared agent socket (hundreds of connections per socket).
 const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+
+/// The agents' transport settings, which belong to the sockets they share.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointOptions {
+    /// Packets the relay may receive before it must ACK (QUIC ACK-frequency).
+    pub ack_eliciting_threshold: u32,
+    /// Longest the relay may hold back an ACK.
+    pub max_ack_delay: std::time::Duration,
+    /// Largest UDP payload.
+    pub max_udp_payload_bytes: u16,
+    /// Share TLS session tickets between the agents of one socket.
+    pub tls_resumption: bool,
+    /// QUIC idle timeout of every agent (an idle agent pings every third of it at least).
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for EndpointOptions {
+    fn default() -> Self {
+        use contrail_protocol::client::config as c;
+        EndpointOptions {
+            ack_eliciting_threshold: c::DEFAULT_ACK_ELICITING_THRESHOLD,
+            max_ack_delay: c::DEFAULT_MAX_ACK_DELAY,
+            max_udp_payload_bytes: c::DEFAULT_MAX_UDP_PAYLOAD,
+            tls_resumption: false,
+            idle_timeout: std::time::Duration::from_secs(30),
+        }
+    }
+}
 
 impl Target {
     /// Binds `n` shared agent sockets for `relays` (inside a tokio runtime).
@@ -60,10 +90,7 @@ impl Target {
         relays: &[std::net::SocketAddr],
         trust: &Trust,
         n: usize,
-        ack_eliciting_threshold: u32,
-        max_ack_delay: std::time::Duration,
-        max_udp_payload_bytes: u16,
-        tls_resumption: bool,
+        o: EndpointOptions,
     ) -> anyhow::Result<Arc<[SharedEndpoint]>> {
         let first = *relays.first().context("no relay address")?;
         let mut probe = ClientConfig::new(
@@ -71,10 +98,11 @@ impl Target {
             AgentId::new("loadgen").context("agent id")?,
             trust.clone(),
         );
-        probe.ack_eliciting_threshold = ack_eliciting_threshold;
-        probe.max_ack_delay = max_ack_delay;
-        probe.max_udp_payload_bytes = max_udp_payload_bytes;
-        probe.tls_resumption = tls_resumption;
+        probe.ack_eliciting_threshold = o.ack_eliciting_threshold;
+        probe.max_ack_delay = o.max_ack_delay;
+        probe.max_udp_payload_bytes = o.max_udp_payload_bytes;
+        probe.tls_resumption = o.tls_resumption;
+        probe.idle_timeout = o.idle_timeout;
         let bind = contrail_protocol::client::config::bind_addr(first);
         (0..n.max(1))
             .map(|_| {
@@ -122,6 +150,7 @@ pub async fn run_agent(
     config.server_name = target.server_name.clone();
     config.auth_token = target.token.clone();
     config.platform = "contrail-loadgen".into();
+    config.idle_timeout = target.idle_timeout;
     let Ok(permit) = gate.acquire().await else {
         return AgentEnd::default();
     };

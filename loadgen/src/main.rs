@@ -163,6 +163,11 @@ struct Cli {
     /// pays a first connect's full handshake (certificate verification included).
     #[arg(long)]
     tls_resumption: bool,
+    /// The agents' QUIC idle timeout in ms. An idle agent pings at the relay's heartbeat or
+    /// every third of this, whichever is shorter (the relay's `limits.idle_timeout_ms` must be
+    /// longer than its heartbeat for long heartbeats to pay).
+    #[arg(long, default_value_t = 30_000)]
+    idle_timeout_ms: u64,
     /// Scenario `commands`: the relay admin API to submit through.
     #[arg(long, default_value = "http://127.0.0.1:2112")]
     commands_api: String,
@@ -284,10 +289,13 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                     &relays,
                     &trust,
                     sockets,
-                    cli.ack_threshold,
-                    std::time::Duration::from_millis(cli.max_ack_delay_ms),
-                    cli.max_udp_payload,
-                    cli.tls_resumption,
+                    contrail::EndpointOptions {
+                        ack_eliciting_threshold: cli.ack_threshold,
+                        max_ack_delay: std::time::Duration::from_millis(cli.max_ack_delay_ms),
+                        max_udp_payload_bytes: cli.max_udp_payload,
+                        tls_resumption: cli.tls_resumption,
+                        idle_timeout: std::time::Duration::from_millis(cli.idle_timeout_ms),
+                    },
                 )?
             };
             run::Driver::Contrail(contrail::Target {
@@ -297,6 +305,7 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                 token: cli.token.clone(),
                 endpoints,
                 max_udp_payload_bytes: cli.max_udp_payload,
+                idle_timeout: std::time::Duration::from_millis(cli.idle_timeout_ms),
             })
         }
         TargetArg::Mqtt => run::Driver::Broker(

@@ -63,7 +63,10 @@ pub struct ClientConfig {
     pub max_buffered: usize,
     /// Time allowed for connect + register.
     pub connect_timeout: Duration,
-    /// QUIC idle timeout.
+    /// QUIC idle timeout. An idle session keeps its connection alive with the Contrail `Ping`
+    /// alone, every heartbeat interval the relay names at Register or every third of this,
+    /// whichever is shorter (and not at all while telemetry flows): there is no separate QUIC
+    /// keep-alive, so an idle agent costs the relay one ping and one pong per interval.
     pub idle_timeout: Duration,
     /// Packets the relay may receive from this agent before it must send a QUIC ACK (asked
     /// for with the QUIC ACK-frequency extension; 0 keeps QUIC's default of every other
@@ -298,9 +301,12 @@ pub fn rustls_client_config(
 }
 
 /// Builds a quinn client config from a rustls config with Contrail's transport settings.
+/// `keep_alive` is QUIC's own keep-alive interval: `None` for agents, whose session pings at
+/// its heartbeat; a raw client that sends nothing for a while wants `Some(idle_timeout / 3)`.
 pub fn quinn_client_config(
     tls: rustls::ClientConfig,
     idle_timeout: Duration,
+    keep_alive: Option<Duration>,
     ack_eliciting_threshold: u32,
     max_ack_delay: Duration,
     max_udp_payload: u16,
@@ -310,7 +316,7 @@ pub fn quinn_client_config(
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
-    transport.keep_alive_interval(Some(idle_timeout / 3));
+    transport.keep_alive_interval(keep_alive);
     transport.stream_receive_window(quinn::VarInt::from_u32(4 * 1024 * 1024));
     transport.send_window(8 * 1024 * 1024);
     transport.mtu_discovery_config(Some(mtu_discovery(max_udp_payload)));
@@ -357,9 +363,13 @@ fn endpoint_on(
     if !config.tls_resumption {
         tls.resumption = rustls::client::Resumption::disabled();
     }
+    // No QUIC keep-alive: the session's pinger sends a Contrail Ping at least every third of the
+    // idle timeout while nothing else goes out (driver.rs), so a QUIC PING would only double
+    // an idle agent's packets (and the relay's: it acknowledges both).
     let quic = quinn_client_config(
         tls,
         config.idle_timeout,
+        None,
         config.ack_eliciting_threshold,
         config.max_ack_delay,
         config.max_udp_payload_bytes,

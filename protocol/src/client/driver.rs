@@ -308,7 +308,11 @@ async fn session(
             })
         }
     };
-    let heartbeat = Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(100)));
+    // The pinger is the connection's only keep-alive (no QUIC PINGs, config.rs): at the relay's
+    // heartbeat, or every third of our own idle timeout when that is shorter.
+    let heartbeat = Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(100)))
+        .min(config.idle_timeout / 3)
+        .max(Duration::from_millis(100));
     if !registered.fleet.is_empty() {
         let fleet = super::placement::resolve(&registered.fleet).await;
         placement.on_fleet(&config.relays, fleet);

@@ -321,3 +321,42 @@ async fn a_streaming_agent_skips_heartbeats_and_its_frames_count_as_ones() {
     busy.close().await.expect("close");
     idle.close().await.expect("close");
 }
+
+/// The agent library sends no QUIC keep-alive: its pings are the only keep-alive, so they come
+/// at least every third of the agent's own idle timeout even when the relay's heartbeat is
+/// longer. Here the heartbeat (3 s) exceeds the agent's idle timeout (900 ms): with pings only
+/// at the heartbeat the connection would idle out and reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_agent_pings_often_enough_for_its_own_idle_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.limits.heartbeat_interval_ms = 3_000;
+    config.limits.idle_timeout_ms = 10_000;
+    let (spec, _rx) = channel_sink("chan", false, 1024);
+    let relay = start_with(config, dir, vec![spec], Hooks::default()).await;
+
+    let mut cfg = relay.client_config("drone-short-idle");
+    cfg.idle_timeout = Duration::from_millis(900);
+    let agent = contrail_protocol::client::Agent::connect(cfg)
+        .await
+        .expect("connect");
+    let session = agent.session().expect("registered").session_id;
+    // Ten of the agent's pings (every 300 ms) span more than three of its idle timeouts.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut poll = tokio::time::interval(Duration::from_millis(50));
+    while agent.stats().pings < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} pings in 20 s",
+            agent.stats().pings
+        );
+        poll.tick().await;
+    }
+    assert_eq!(agent.stats().reconnects, 0, "the connection idled out");
+    assert_eq!(
+        agent.session().expect("registered").session_id,
+        session,
+        "the session changed"
+    );
+    agent.close().await.expect("close");
+}

@@ -49,6 +49,7 @@ impl TestRelay {
         let cfg = contrail_protocol::client::config::quinn_client_config(
             tls,
             Duration::from_secs(10),
+            Some(Duration::from_secs(3)),
             0,
             Duration::ZERO,
             contrail_protocol::client::config::DEFAULT_MAX_UDP_PAYLOAD,
